@@ -1,0 +1,259 @@
+"""The click application. Each command opens a Store, calls one library function and prints.
+
+Errors the library raises on purpose (:class:`editstore.EditStoreError`) become a
+one-line message on stderr and their exit code (2 for bad input); anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+from tqdm import tqdm
+
+from editstore import Store
+from editstore.errors import EditStoreError
+from editstore.fsck import fsck as run_fsck
+from editstore.fsck import gc as run_gc
+
+from .output import echo_json, format_commit, format_show, print_table
+
+
+class EditStoreGroup(click.Group):
+    """Turns library errors into clean messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EditStoreError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+store_option = click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(path_type=Path),
+    envvar="EDITSTORE_DIR",
+    help="Store directory (default: .editstore here or in a parent; env EDITSTORE_DIR).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
+    store = Store.open(store_dir or ctx.obj.get("store"))
+    ctx.call_on_close(store.close)
+    return store
+
+
+@click.group(cls=EditStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), envvar="EDITSTORE_DIR", help="Store directory.")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="editstore")
+@click.pass_context
+def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
+    """Version control for knowledge edits of transformer language models."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)["store"] = store_dir
+
+
+@cli.command()
+@click.option("--base", required=True, type=click.Path(path_type=Path), help="Hugging Face model directory.")
+@store_option
+def init(base: Path, store_dir: Path | None) -> None:
+    """Create a store for the base checkpoint BASE (default location: ./.editstore)."""
+    store = Store.init(base, store_dir or click.get_current_context().obj.get("store"))
+    click.echo(f"Initialised editstore in {store.root} for base {store.base.path} ({store.base_fingerprint[:12]})")
+    store.close()
+
+
+@cli.command("import-delta")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-m", "--message", required=True, help="Commit message.")
+@click.option("--name", help="A short name for the edit.")
+@store_option
+@click.pass_context
+def import_delta(ctx: click.Context, file: Path, message: str, name: str | None, store_dir: Path | None) -> None:
+    """Validate a delta safetensors FILE against the base and commit it as one edit."""
+    click.echo(open_store(ctx, store_dir).import_delta(file, message=message, name=name))
+
+
+def ref_decorations(store: Store) -> dict[str, list[str]]:
+    current = store.current_branch()
+    refs: dict[str, list[str]] = {}
+    for b in store.branches():
+        refs.setdefault(b.commit, []).append(f"HEAD -> {b.name}" if b.current else b.name)
+    for name, target in store.tags().items():
+        refs.setdefault(target, []).append(f"tag: {name}")
+    if current is None:
+        refs.setdefault(store.head(), []).insert(0, "HEAD")
+    return refs
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--oneline", is_flag=True, help="One line per commit.")
+@click.option("-n", "--max-count", type=int, help="Show at most N commits.")
+@json_option
+@store_option
+@click.pass_context
+def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_json: bool, store_dir: Path | None) -> None:
+    """Show the history reachable from REV (default HEAD), newest first."""
+    store = open_store(ctx, store_dir)
+    entries = store.log(rev, limit=max_count)
+    if as_json:
+        echo_json([{"id": cid, **c.record()} for cid, c in entries])
+        return
+    refs = ref_decorations(store)
+    for cid, c in entries:
+        click.echo(format_commit(cid, c, refs, oneline=oneline))
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@json_option
+@store_option
+@click.pass_context
+def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) -> None:
+    """Show a commit (and the edits it added or removed) or an edit."""
+    shown = open_store(ctx, store_dir).show(rev)
+    echo_json(shown) if as_json else click.echo(format_show(shown))
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("rev", default="HEAD")
+@click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
+@json_option
+@store_option
+@click.pass_context
+def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json: bool, store_dir: Path | None) -> None:
+    """List branches, create branch NAME at REV, or delete it with -d."""
+    store = open_store(ctx, store_dir)
+    if name is None:
+        branches = store.branches()
+        if as_json:
+            echo_json([{"name": b.name, "commit": b.commit, "current": b.current} for b in branches])
+        for b in [] if as_json else branches:
+            click.echo(f"{'*' if b.current else ' '} {b.name:20} {b.commit[:12]}")
+    elif delete:
+        store.delete_branch(name)
+        click.echo(f"Deleted branch {name}")
+    else:
+        click.echo(f"Created branch {name} at {store.create_branch(name, rev)[:12]}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-c", "--create", is_flag=True, help="Create the branch at HEAD first.")
+@store_option
+@click.pass_context
+def switch(ctx: click.Context, name: str, create: bool, store_dir: Path | None) -> None:
+    """Make branch NAME the current branch."""
+    open_store(ctx, store_dir).switch(name, create=create)
+    click.echo(f"Switched to branch {name}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("rev", default="HEAD")
+@store_option
+@click.pass_context
+def tag(ctx: click.Context, name: str | None, rev: str, store_dir: Path | None) -> None:
+    """List tags, or create tag NAME at REV."""
+    store = open_store(ctx, store_dir)
+    if name is None:
+        for tag_name, target in store.tags().items():
+            click.echo(f"{tag_name:20} {target[:12]}")
+        return
+    click.echo(f"Tagged {store.tag(name, rev)[:12]} as {name}")
+
+
+@cli.command()
+@click.argument("rev")
+@store_option
+@click.pass_context
+def reset(ctx: click.Context, rev: str, store_dir: Path | None) -> None:
+    """Move the current branch to REV."""
+    store = open_store(ctx, store_dir)
+    click.echo(f"HEAD is now at {store.reset(rev)[:12]}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("-m", "--message", help="Commit message (default: Revert \"...\").")
+@store_option
+@click.pass_context
+def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | None) -> None:
+    """Commit a new version without the edit REV (or without the edits commit REV introduced)."""
+    click.echo(open_store(ctx, store_dir).revert(rev, message=message))
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (missing or empty).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@store_option
+@click.pass_context
+def checkout(ctx: click.Context, rev: str, out: Path, device: str, store_dir: Path | None) -> None:
+    """Write version REV as a Hugging Face directory that from_pretrained loads."""
+    store = open_store(ctx, store_dir)
+    params = len(store.factors(store.tree(rev)))
+    with tqdm(total=params, desc="composing", unit="param", disable=params == 0) as bar:
+        path = store.checkout_to(rev, out, device=device, progress=lambda _: bar.update())
+    click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")
+
+
+@cli.command()
+@click.argument("rev_a")
+@click.argument("rev_b")
+@json_option
+@store_option
+@click.pass_context
+def diff(ctx: click.Context, rev_a: str, rev_b: str, as_json: bool, store_dir: Path | None) -> None:
+    """Edits only in REV_A or REV_B, and per parameter ‖W_B − W_A‖_F and rank."""
+    store = open_store(ctx, store_dir)
+    d = store.diff(rev_a, rev_b)
+    if as_json:
+        echo_json(d.to_json())
+        return
+    for sign, edits in (("-", d.only_a), ("+", d.only_b)):
+        for e in edits:
+            name = store.edit(e).name
+            click.echo(f"{sign} edit {e[:12]} {name or ''}".rstrip())
+    table = Table("parameter", "‖ΔW‖_F", "rank", title=f"{rev_a} → {rev_b}")
+    for p in d.params:
+        table.add_row(p.param, f"{p.frobenius:.6g}", str(p.rank))
+    print_table(table) if d.params else click.echo("no weight differences")
+
+
+@cli.command()
+@store_option
+@click.pass_context
+def fsck(ctx: click.Context, store_dir: Path | None) -> None:
+    """Re-hash every object and check every record and ref; exit 1 on any fault."""
+    report = run_fsck(open_store(ctx, store_dir))
+    for w in report.warnings:
+        click.echo(f"warning: {w}")
+    for e in report.errors:
+        click.echo(f"error: {e}")
+    click.echo(f"checked {report.objects} objects, {report.edits} edits, {report.commits} commits: "
+               f"{'ok' if report.ok else f'{len(report.errors)} fault(s)'}")
+    ctx.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@store_option
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
+    """Remove commits, edits and objects that no branch or tag reaches."""
+    report = run_gc(open_store(ctx, store_dir), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(report.commits)} commits, {len(report.edits)} edits, {len(report.objects)} objects, "
+               f"{len(report.temporaries)} temporary files")
+

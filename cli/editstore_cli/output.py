@@ -1,0 +1,68 @@
+"""Rendering of records for the terminal: git-style text, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from editstore.records import Commit
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def print_table(table: Table) -> None:
+    Console(soft_wrap=True).print(table)
+
+
+def decorations(commit_id: str, refs: dict[str, list[str]]) -> str:
+    names = refs.get(commit_id, [])
+    return f" ({', '.join(names)})" if names else ""
+
+
+def format_commit(commit_id: str, commit: Commit, refs: dict[str, list[str]], *, oneline: bool) -> str:
+    first_line = commit.message.splitlines()[0] if commit.message else ""
+    if oneline:
+        return f"{commit_id[:12]}{decorations(commit_id, refs)} [{commit.operation}] {first_line}"
+    lines = [
+        f"commit {commit_id}{decorations(commit_id, refs)}",
+        *([f"Merge: {' '.join(p[:12] for p in commit.parents)}"] if len(commit.parents) > 1 else []),
+        f"Operation: {commit.operation}",
+        f"Author: {commit.author}",
+        f"Date:   {commit.time}",
+        "",
+        *(f"    {line}" for line in (commit.message.splitlines() or [""])),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def format_show(shown: dict[str, Any]) -> str:
+    if shown["type"] == "edit":
+        lines = [f"edit {shown['id']}"]
+        for key in ("name", "method", "rank", "author", "time", "delta"):
+            lines.append(f"{key.capitalize() + ':':9} {shown[key]}")
+        lines.append(f"{'Params:':9} {', '.join(shown['params'])}")
+        for key in ("request", "hparams", "info"):
+            if shown[key]:
+                lines.append(f"{key.capitalize() + ':':9} {json.dumps(shown[key], sort_keys=True)}")
+        return "\n".join(lines)
+    lines = [
+        f"commit {shown['id']}",
+        f"Parents:   {' '.join(p[:12] for p in shown['parents']) or '(none)'}",
+        f"Operation: {shown['operation']}",
+        f"Author:    {shown['author']}",
+        f"Date:      {shown['time']}",
+        f"Edits:     {shown['size']} in tree",
+        "",
+        *(f"    {line}" for line in (shown["message"].splitlines() or [""])),
+        "",
+    ]
+    lines += [f"+ {e['id'][:12]} {e['method']} {e['name'] or ''}".rstrip() for e in shown["added"]]
+    lines += [f"- {e[:12]}" for e in shown["removed"]]
+    return "\n".join(lines)

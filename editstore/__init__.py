@@ -1,0 +1,8 @@
+"""editstore: version control for knowledge edits of transformer language models."""
+
+from .delta import Delta, Factors
+from .errors import EditStoreError
+from .store import NewEdit, Store
+
+__all__ = ["Delta", "EditStoreError", "Factors", "NewEdit", "Store"]
+__version__ = "0.1.0"

@@ -1,0 +1,141 @@
+"""Materialise a version: write an HF directory, or build the model in memory.
+
+Writing streams: a shard that no delta touches is hard-linked (or copied across
+filesystems); a touched shard is copied and only the byte ranges of its edited
+tensors are rewritten, one tensor at a time. The safetensors header is kept
+byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
+bitwise equal to the base. The directory is assembled beside ``out`` and renamed
+into place, so an interrupted checkout never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import INDEX_FILE, Checkpoint, model_class, resolve_module_name
+from .compose import apply_factors
+from .delta import Factors
+from .errors import BaseModelError, OutputDirError
+from .hashing import sha256_bytes
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "editstore.json"
+Progress = Callable[[str], None]
+
+
+def check_output_dir(out: Path) -> None:
+    """``out`` must be missing or an empty directory."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputDirError(f"--out {out} exists and is not an empty directory")
+
+
+def _verify(raw: bytes, name: str, expected: Mapping[str, str]) -> None:
+    want = expected.get(name)
+    if want is not None and sha256_bytes(raw) != want:
+        raise BaseModelError(
+            f"base tensor {name} no longer matches the checkpoint the store registered; "
+            "the base directory was modified after `editstore init`"
+        )
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def write_checkout(
+    base: Checkpoint,
+    factors: Mapping[str, Sequence[Factors]],
+    out: Path,
+    *,
+    device: torch.device,
+    base_hashes: Mapping[str, str],
+    provenance: dict[str, Any],
+    progress: Progress | None = None,
+) -> Path:
+    """Write base + Σ U Vᵀ as a Hugging Face directory at ``out``; return ``out``."""
+    out = Path(out).resolve()
+    check_output_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.editstore-tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for f in base.non_weight_files():
+            shutil.copyfile(f, staging / f.name)
+        if base.sharded:
+            shutil.copyfile(base.path / INDEX_FILE, staging / INDEX_FILE)
+        by_file: dict[str, list[str]] = {}
+        for param in factors:
+            by_file.setdefault(base.info(param).file, []).append(param)
+        for file in base.weight_files:
+            touched = sorted(by_file.get(file, []))
+            if not touched:
+                _link_or_copy(base.path / file, staging / file)
+                continue
+            shutil.copyfile(base.path / file, staging / file)
+            with open(staging / file, "r+b") as fh:
+                for param in touched:
+                    info = base.info(param)
+                    raw = base.read_bytes(param)
+                    _verify(raw, param, base_hashes)
+                    weight = torch.frombuffer(bytearray(raw), dtype=info.torch_dtype).reshape(info.shape)
+                    new = apply_factors(weight, factors[param], orientation=base.orientations[param], device=device)
+                    fh.seek(info.begin)
+                    fh.write(_tensor_bytes(new.cpu()))
+                    if progress:
+                        progress(param)
+                fh.flush()
+                os.fsync(fh.fileno())
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("checked out %d edited parameter(s) into %s", len(factors), out)
+    return out
+
+
+def load_model(
+    base: Checkpoint,
+    factors: Mapping[str, Sequence[Factors]],
+    *,
+    device: torch.device,
+    base_hashes: Mapping[str, str],
+    progress: Progress | None = None,
+) -> torch.nn.Module:
+    """Load the base once with ``from_pretrained`` and add Σ U Vᵀ to the edited parameters in place."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base.path)
+    model = model_class(config).from_pretrained(base.path, dtype="auto").to(device)
+    model.eval()
+    with torch.no_grad():
+        for param, fs in sorted(factors.items()):
+            _verify(base.read_bytes(param), param, base_hashes)
+            name = resolve_module_name(model, param)
+            if name is None:
+                raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
+            p = model.get_parameter(name)
+            p.copy_(apply_factors(p, fs, orientation=base.orientations[param], device=device))
+            if progress:
+                progress(param)
+    return model
+

@@ -1,0 +1,64 @@
+"""The SQLite metadata database (through sqlite-utils, WAL mode).
+
+Tables: ``meta`` (format version), ``bases``, ``base_tensors`` (content hashes of
+the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``.
+Every user operation writes inside one ``db.atomic()`` transaction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlite_utils
+
+from .errors import StoreFormatError
+
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bases (
+    fingerprint TEXT PRIMARY KEY, path TEXT NOT NULL, config TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS base_tensors (
+    base TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (base, name));
+CREATE TABLE IF NOT EXISTS edits (
+    id TEXT PRIMARY KEY, base TEXT NOT NULL, name TEXT, method TEXT NOT NULL, request TEXT, hparams TEXT,
+    delta TEXT NOT NULL, params TEXT NOT NULL, rank INTEGER NOT NULL, info TEXT NOT NULL,
+    author TEXT NOT NULL, time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trees (id TEXT PRIMARY KEY, edits TEXT NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS commits (
+    id TEXT PRIMARY KEY, base TEXT NOT NULL, parents TEXT NOT NULL, tree TEXT NOT NULL, operation TEXT NOT NULL,
+    message TEXT NOT NULL, author TEXT NOT NULL, time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refs (name TEXT PRIMARY KEY, target TEXT, symbolic TEXT);
+CREATE INDEX IF NOT EXISTS edits_delta ON edits (delta);
+"""
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """Open the store database, with WAL and a busy timeout for concurrent readers."""
+    db = sqlite_utils.Database(path)
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
+
+
+def create(path: Path) -> sqlite_utils.Database:
+    """Create the tables of a new store and stamp the format version."""
+    db = connect(path)
+    db.enable_wal()
+    db.conn.executescript(SCHEMA)
+    db["meta"].insert({"key": "format_version", "value": str(FORMAT_VERSION)}, replace=True)
+    return db
+
+
+def check_format(db: sqlite_utils.Database, path: Path) -> None:
+    """Refuse stores written by a newer (or unknown) format version."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
+    except Exception as exc:  # a file that is not our database at all
+        raise StoreFormatError(f"{path} is not an editstore database ({exc})") from None
+    version = int(row[0]) if row else None
+    if version is None or version > FORMAT_VERSION:
+        raise StoreFormatError(
+            f"the store at {path.parent} has format version {version}; this editstore reads version ≤ {FORMAT_VERSION}. "
+            "Upgrade editstore."
+        )

@@ -1,0 +1,185 @@
+"""The delta: per edited parameter, low-rank factors with ΔW = U Vᵀ (nn.Linear orientation).
+
+On disk a delta is a safetensors file with tensors ``<param>.U`` (d_out, r) and
+``<param>.V`` (d_in, r), and optionally ``<param>.keys`` (d_in, n) and
+``<param>.targets`` (d_out, n), the edit keys and target values a batched
+re-solve needs. ``__metadata__`` holds one key, ``editstore``, whose value is the
+JSON object described by ``schemas/delta-metadata.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .checkpoint import CONV1D, Checkpoint
+from .errors import InvalidDeltaError, SchemaError
+from .hashing import canonical_json
+from .schema import validate
+
+FORMAT = "editstore-delta"
+FORMAT_VERSION = 1
+METADATA_KEY = "editstore"
+PARTS = ("U", "V", "keys", "targets")
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Low-rank update of one parameter: ΔW = U Vᵀ, out x in."""
+
+    U: torch.Tensor  # (d_out, r)
+    V: torch.Tensor  # (d_in, r)
+    keys: torch.Tensor | None = None  # (d_in, n)
+    targets: torch.Tensor | None = None  # (d_out, n)
+
+    @property
+    def rank(self) -> int:
+        return int(self.U.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(d_out, d_in) of the update in nn.Linear orientation."""
+        return int(self.U.shape[0]), int(self.V.shape[0])
+
+    def dense(self) -> torch.Tensor:
+        """U Vᵀ as a dense (d_out, d_in) float32 matrix (for tests and small models)."""
+        return self.U.float() @ self.V.float().T
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A set of low-rank parameter updates plus header metadata."""
+
+    factors: Mapping[str, Factors]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> list[str]:
+        return sorted(self.factors)
+
+    @property
+    def rank(self) -> int:
+        """Sum of the factor ranks over all parameters."""
+        return sum(f.rank for f in self.factors.values())
+
+    def to_bytes(self) -> bytes:
+        """Canonical safetensors bytes: the same content always gives the same bytes (and id)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for param, f in self.factors.items():
+            for part in PARTS:
+                value = getattr(f, part)
+                if value is not None:
+                    tensors[f"{param}.{part}"] = value.detach().cpu().contiguous()
+        header = {"format": FORMAT, "version": FORMAT_VERSION, **self.metadata}
+        return st_save(tensors, metadata={METADATA_KEY: canonical_json(header)})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the delta to ``path`` as a safetensors file."""
+        path = Path(path)
+        path.write_bytes(self.to_bytes())
+        return path
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "delta") -> Delta:
+        """Parse and structurally validate safetensors bytes (no base model needed)."""
+        try:
+            tensors = st_load(data)
+            metadata = _read_metadata(data)
+        except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+            raise InvalidDeltaError(f"{source} is not a valid safetensors file: {exc}") from None
+        return cls(_group_factors(tensors, source), _parse_header(metadata, source))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Delta:
+        """Read a delta file."""
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidDeltaError(f"delta file {path} does not exist")
+        return cls.from_bytes(path.read_bytes(), source=str(path))
+
+    def check_fits(self, base: Checkpoint) -> None:
+        """Raise :class:`InvalidDeltaError` unless every parameter exists in ``base`` with fitting shapes."""
+        claimed = self.metadata.get("base")
+        if claimed and claimed != base.fingerprint:
+            raise InvalidDeltaError(
+                f"the delta was computed for base {claimed[:12]}, but this store's base is {base.fingerprint[:12]}"
+            )
+        for param, f in self.factors.items():
+            if param not in base.tensors:
+                raise InvalidDeltaError(f"the base model has no parameter {param!r}")
+            shape = base.tensors[param].shape
+            if len(shape) != 2:
+                raise InvalidDeltaError(f"{param} has shape {list(shape)}; only 2-D weights can take a low-rank delta")
+            orientation = base.orientations.get(param)
+            if orientation is None:
+                raise InvalidDeltaError(f"cannot tell the orientation of {param}: its module type is unknown")
+            d_out, d_in = (shape[1], shape[0]) if orientation == CONV1D else shape
+            if f.shape != (d_out, d_in):
+                raise InvalidDeltaError(
+                    f"{param}: U Vᵀ is {f.shape[0]} x {f.shape[1]} but the weight is {d_out} x {d_in} (out x in, "
+                    f"{orientation} module)"
+                )
+            if f.keys is not None and f.keys.shape[0] != d_in:
+                raise InvalidDeltaError(f"{param}.keys has {f.keys.shape[0]} rows, expected d_in = {d_in}")
+            if f.targets is not None and f.targets.shape[0] != d_out:
+                raise InvalidDeltaError(f"{param}.targets has {f.targets.shape[0]} rows, expected d_out = {d_out}")
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+
+
+def _parse_header(metadata: dict[str, str], source: str) -> dict[str, Any]:
+    if METADATA_KEY not in metadata:
+        return {}
+    try:
+        header = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise InvalidDeltaError(f"{source}: metadata key {METADATA_KEY!r} is not JSON: {exc}") from None
+    try:
+        validate(header, "delta-metadata", what=f"{source} header")
+    except SchemaError as exc:
+        raise InvalidDeltaError(str(exc)) from None
+    if header["version"] > FORMAT_VERSION:
+        raise InvalidDeltaError(f"{source} uses delta format version {header['version']}; this editstore reads ≤ {FORMAT_VERSION}")
+    return {k: v for k, v in header.items() if k not in ("format", "version")}
+
+
+def _group_factors(tensors: dict[str, torch.Tensor], source: str) -> dict[str, Factors]:
+    if not tensors:
+        raise InvalidDeltaError(f"{source} holds no tensors")
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        param, _, part = name.rpartition(".")
+        if part not in PARTS or not param:
+            raise InvalidDeltaError(f"{source}: tensor {name!r} is not <param>.U, .V, .keys or .targets")
+        parts.setdefault(param, {})[part] = tensor
+    return {param: _check_factors(param, p, source) for param, p in sorted(parts.items())}
+
+
+def _check_factors(param: str, p: dict[str, torch.Tensor], source: str) -> Factors:
+    if "U" not in p or "V" not in p:
+        raise InvalidDeltaError(f"{source}: {param} needs both .U and .V")
+    for part, t in p.items():
+        if t.ndim != 2:
+            raise InvalidDeltaError(f"{source}: {param}.{part} must be 2-D, got shape {list(t.shape)}")
+        if not t.is_floating_point():
+            raise InvalidDeltaError(f"{source}: {param}.{part} must be floating point, got {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise InvalidDeltaError(f"{source}: {param}.{part} contains NaN or Inf")
+    U, V = p["U"], p["V"]
+    if U.shape[1] < 1 or U.shape[1] != V.shape[1]:
+        raise InvalidDeltaError(f"{source}: {param} has U with {U.shape[1]} and V with {V.shape[1]} columns; need equal r ≥ 1")
+    keys, targets = p.get("keys"), p.get("targets")
+    if (keys is None) != (targets is None) or (keys is not None and keys.shape[1] != targets.shape[1]):
+        raise InvalidDeltaError(f"{source}: {param}.keys and .targets must come together with the same column count n")
+    return Factors(U, V, keys, targets)

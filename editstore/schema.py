@@ -1,0 +1,35 @@
+"""Load the packaged JSON Schemas and validate documents against them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from .errors import SchemaError
+
+
+@functools.cache
+def load_schema(name: str) -> dict[str, Any]:
+    """The schema ``schemas/<name>.schema.json``, read from the installed package."""
+    text = resources.files("editstore.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = load_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def validate(document: Any, name: str, *, what: str | None = None) -> None:
+    """Raise :class:`SchemaError` naming the first violation of schema ``name``."""
+    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(document))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise SchemaError(f"{what or name} is invalid at {where}: {error.message}")

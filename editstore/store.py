@@ -1,0 +1,495 @@
+"""The store: a git-like history of low-rank edits over one base checkpoint.
+
+``Store.init`` registers a base and creates ``<dir>/.editstore``; ``Store.open``
+finds a store the way git finds a repository. Every write holds the writer lock
+and lands in one SQLite transaction after its objects are safely on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import db as dbmod
+from .checkout import Progress, load_model, write_checkout
+from .checkpoint import Checkpoint
+from .compose import resolve_device
+from .delta import Delta, Factors
+from .diff import ParamDiff, param_diff
+from .errors import (
+    AmbiguousRevisionError,
+    BaseModelError,
+    NotInTreeError,
+    RefError,
+    RevisionError,
+    StoreExistsError,
+    StoreNotFoundError,
+    UnknownRevisionError,
+)
+from .hashing import HEX_ID_LENGTH, is_hex
+from .lock import writer_lock
+from .objects import ObjectStore
+from .records import Commit, Edit, author, now, tree_id
+from .revisions import MIN_PREFIX, check_ref_name, parse_revision
+
+log = logging.getLogger(__name__)
+
+STORE_DIRNAME = ".editstore"
+DB_FILE = "store.db"
+ENV_VAR = "EDITSTORE_DIR"
+HEADS = "refs/heads/"
+TAGS = "refs/tags/"
+DEFAULT_BRANCH = "main"
+
+
+def find_store(explicit: str | Path | None = None, *, start: Path | None = None) -> Path:
+    """The store directory: ``explicit``, else ``$EDITSTORE_DIR``, else ``.editstore`` in the nearest ancestor."""
+    chosen = explicit or os.environ.get(ENV_VAR)
+    if chosen:
+        root = Path(chosen)
+        if not (root / DB_FILE).is_file():
+            raise StoreNotFoundError(f"no editstore store at {root}")
+        return root.resolve()
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / STORE_DIRNAME / DB_FILE).is_file():
+            return directory / STORE_DIRNAME
+    raise StoreNotFoundError(
+        f"no editstore store in {here} or any parent; run `editstore init --base MODEL_DIR` or pass --store"
+    )
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    """What a caller hands to :meth:`Store.record_edits`: a delta and how it was made."""
+
+    delta: Delta
+    method: str
+    name: str | None = None
+    request: dict[str, Any] | None = None
+    hparams: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Branch:
+    name: str
+    commit: str
+    current: bool
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """Edits only in A, only in B, and per parameter how far the weights moved."""
+
+    a: str
+    b: str
+    only_a: list[str]
+    only_b: list[str]
+    params: list[ParamDiff]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "params": [{"param": p.param, "frobenius": p.frobenius, "rank": p.rank} for p in self.params],
+        }
+
+
+class Store:
+    """An opened store. Use :meth:`init` or :meth:`open` rather than the constructor."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.db = dbmod.connect(self.root / DB_FILE)
+        dbmod.check_format(self.db, self.root / DB_FILE)
+        self.objects = ObjectStore(self.root / "objects")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def init(cls, base: str | Path, store: str | Path | None = None) -> Store:
+        """Register the checkpoint ``base`` and create a store with an empty ``main`` branch."""
+        root = Path(store) if store else Path.cwd() / STORE_DIRNAME
+        if (root / DB_FILE).exists():
+            raise StoreExistsError(f"a store already exists at {root}")
+        checkpoint = Checkpoint(base)
+        root.mkdir(parents=True, exist_ok=True)
+        db = dbmod.create(root / DB_FILE)
+        with writer_lock(root / "lock"), db.atomic():
+            db["bases"].insert(
+                {
+                    "fingerprint": checkpoint.fingerprint,
+                    "path": str(checkpoint.path),
+                    "config": json.dumps(checkpoint.config),
+                    "created": now(),
+                }
+            )
+            root_commit = Commit(checkpoint.fingerprint, (), tree_id([]), "init", "init", author(), now())
+            db["trees"].insert({"id": root_commit.tree, "edits": "[]", "size": 0}, ignore=True)
+            db["commits"].insert(root_commit.row())
+            db["refs"].insert({"name": HEADS + DEFAULT_BRANCH, "target": root_commit.id, "symbolic": None})
+            db["refs"].insert({"name": "HEAD", "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
+        db.close()
+        log.info("initialised store at %s for base %s", root, checkpoint.path)
+        return cls(root)
+
+    @classmethod
+    def open(cls, store: str | Path | None = None) -> Store:
+        """Open the store at ``store``, ``$EDITSTORE_DIR``, or the nearest ``.editstore`` upwards."""
+        return cls(find_store(store))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with writer_lock(self.root / "lock"):
+            yield
+
+    # ----------------------------------------------------------------- base
+
+    @functools.cached_property
+    def base_fingerprint(self) -> str:
+        return self.db.execute("SELECT fingerprint FROM bases").fetchone()[0]
+
+    @functools.cached_property
+    def base(self) -> Checkpoint:
+        """The registered base checkpoint, checked against its fingerprint."""
+        path = self.db.execute("SELECT path FROM bases").fetchone()[0]
+        checkpoint = Checkpoint(path)
+        if checkpoint.fingerprint != self.base_fingerprint:
+            raise BaseModelError(f"the base model at {path} has changed since `editstore init` (config or tensor layout)")
+        return checkpoint
+
+    def base_hashes(self) -> dict[str, str]:
+        """Recorded content hashes of the base tensors that deltas touch."""
+        rows = self.db.execute("SELECT name, sha256 FROM base_tensors WHERE base = ?", [self.base_fingerprint])
+        return dict(rows.fetchall())
+
+    # ----------------------------------------------------------------- refs and revisions
+
+    def _ref(self, name: str) -> dict[str, Any] | None:
+        rows = list(self.db["refs"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def current_branch(self) -> str | None:
+        """The branch HEAD points at, or None when HEAD is detached."""
+        symbolic = self._ref("HEAD")["symbolic"]
+        return symbolic.removeprefix(HEADS) if symbolic else None
+
+    def head(self) -> str:
+        """The commit id HEAD resolves to."""
+        ref = self._ref("HEAD")
+        return self._ref(ref["symbolic"])["target"] if ref["symbolic"] else ref["target"]
+
+    def _move_head(self, commit_id: str) -> None:
+        """Point the current branch (or a detached HEAD) at ``commit_id``; call inside a transaction."""
+        ref = self._ref("HEAD")
+        self.db["refs"].update(ref["symbolic"] or "HEAD", {"target": commit_id})
+
+    def resolve_object(self, rev: str) -> tuple[str, str]:
+        """``("commit", id)`` or ``("edit", id)`` for a revision string."""
+        parsed = parse_revision(rev)
+        kind, oid = self._resolve_name(parsed.name)
+        if parsed.back and kind != "commit":
+            raise RevisionError(f"{rev}: ~ and ^ apply to commits, and {parsed.name} names an edit")
+        for step in range(parsed.back):
+            parents = self.commit(oid).parents
+            if not parents:
+                raise UnknownRevisionError(f"{rev} goes back {parsed.back} commit(s), but history has only {step}")
+            oid = parents[0]
+        return kind, oid
+
+    def _resolve_name(self, name: str) -> tuple[str, str]:
+        if name == "HEAD":
+            return "commit", self.head()
+        for prefix in (HEADS, TAGS):
+            ref = self._ref(prefix + name)
+            if ref:
+                return "commit", ref["target"]
+        text = name.lower()
+        if not is_hex(text) or len(text) > HEX_ID_LENGTH:
+            raise UnknownRevisionError(f"unknown revision {name!r} (not a branch, tag or id)")
+        if len(text) < MIN_PREFIX:
+            raise UnknownRevisionError(f"unknown revision {name!r}; id prefixes need at least {MIN_PREFIX} characters")
+        matches = [
+            (kind, row[0])
+            for kind, table in (("commit", "commits"), ("edit", "edits"))
+            for row in self.db.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?", [text, text + "g"])
+        ]
+        if not matches:
+            raise UnknownRevisionError(f"unknown revision {name!r}")
+        if len(matches) > 1:
+            listed = ", ".join(f"{k} {i[:12]}" for k, i in matches[:5])
+            raise AmbiguousRevisionError(f"revision {name!r} is ambiguous: {listed}")
+        return matches[0]
+
+    def resolve(self, rev: str) -> str:
+        """The commit id a revision names; an edit id is an error here."""
+        kind, oid = self.resolve_object(rev)
+        if kind != "commit":
+            raise RevisionError(f"{rev} names an edit, not a commit")
+        return oid
+
+    # ----------------------------------------------------------------- reading records
+
+    def commit(self, commit_id: str) -> Commit:
+        rows = list(self.db["commits"].rows_where("id = ?", [commit_id]))
+        if not rows:
+            raise UnknownRevisionError(f"no commit {commit_id}")
+        return Commit.from_row(rows[0])
+
+    def edit(self, edit_id: str) -> Edit:
+        rows = list(self.db["edits"].rows_where("id = ?", [edit_id]))
+        if not rows:
+            raise UnknownRevisionError(f"no edit {edit_id}")
+        return Edit.from_row(rows[0])
+
+    def tree(self, rev: str = "HEAD") -> list[str]:
+        """The ordered edit ids of a version."""
+        return self.tree_edits(self.commit(self.resolve(rev)).tree)
+
+    def tree_edits(self, tid: str) -> list[str]:
+        """The ordered edit ids of the tree ``tid``."""
+        return json.loads(self.db.execute("SELECT edits FROM trees WHERE id = ?", [tid]).fetchone()[0])
+
+    def load_delta(self, edit_id: str) -> Delta:
+        """The delta object of an edit, hash-verified."""
+        oid = self.edit(edit_id).delta
+        return Delta.from_bytes(self.objects.read(oid), source=f"object {oid}")
+
+    def log(self, rev: str = "HEAD", *, limit: int | None = None) -> list[tuple[str, Commit]]:
+        """Commits reachable from ``rev``, newest first."""
+        seen: dict[str, Commit] = {}
+        frontier = [self.resolve(rev)]
+        while frontier:
+            cid = frontier.pop()
+            if cid in seen:
+                continue
+            seen[cid] = self.commit(cid)
+            frontier.extend(seen[cid].parents)
+        ordered = sorted(seen.items(), key=lambda item: item[1].time, reverse=True)
+        return ordered[:limit] if limit else ordered
+
+    def show(self, rev: str) -> dict[str, Any]:
+        """A commit (with the edits it added and removed) or an edit, as a JSON-ready dict."""
+        kind, oid = self.resolve_object(rev)
+        if kind == "edit":
+            return {"type": "edit", "id": oid, **self.edit(oid).record()}
+        c = self.commit(oid)
+        tree = self.tree(oid)
+        parent_tree = self.tree(c.parents[0]) if c.parents else []
+        added = [e for e in tree if e not in set(parent_tree)]
+        removed = [e for e in parent_tree if e not in set(tree)]
+        edits = [{"id": e, "name": self.edit(e).name, "method": self.edit(e).method} for e in added]
+        return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
+
+    # ----------------------------------------------------------------- branches and tags
+
+    def branches(self) -> list[Branch]:
+        current = self.current_branch()
+        rows = self.db.execute("SELECT name, target FROM refs WHERE name LIKE ? ORDER BY name", [HEADS + "%"])
+        return [Branch(n.removeprefix(HEADS), t, n.removeprefix(HEADS) == current) for n, t in rows.fetchall()]
+
+    def tags(self) -> dict[str, str]:
+        rows = self.db.execute("SELECT name, target FROM refs WHERE name LIKE ? ORDER BY name", [TAGS + "%"])
+        return {n.removeprefix(TAGS): t for n, t in rows.fetchall()}
+
+    def _create_ref(self, full: str, rev: str, what: str) -> str:
+        check_ref_name(full.split("/", 2)[2])
+        with self._writing():
+            if self._ref(full):
+                raise RefError(f"{what} {full.split('/', 2)[2]!r} already exists")
+            target = self.resolve(rev)
+            with self.db.atomic():
+                self.db["refs"].insert({"name": full, "target": target, "symbolic": None})
+        return target
+
+    def create_branch(self, name: str, rev: str = "HEAD") -> str:
+        """Create branch ``name`` at ``rev``; returns its commit id."""
+        return self._create_ref(HEADS + name, rev, "branch")
+
+    def tag(self, name: str, rev: str = "HEAD") -> str:
+        """Create tag ``name`` at ``rev``; returns its commit id."""
+        return self._create_ref(TAGS + name, rev, "tag")
+
+    def delete_branch(self, name: str) -> None:
+        with self._writing():
+            if not self._ref(HEADS + name):
+                raise RefError(f"no branch named {name!r}")
+            if self.current_branch() == name:
+                raise RefError(f"cannot delete {name!r}: it is the current branch")
+            with self.db.atomic():
+                self.db["refs"].delete(HEADS + name)
+
+    def switch(self, name: str, *, create: bool = False) -> None:
+        """Make ``name`` the current branch (creating it at HEAD with ``create``)."""
+        if create:
+            self.create_branch(name)
+        with self._writing():
+            if not self._ref(HEADS + name):
+                raise RefError(f"no branch named {name!r}")
+            with self.db.atomic():
+                self.db["refs"].update("HEAD", {"symbolic": HEADS + name, "target": None})
+
+    def reset(self, rev: str) -> str:
+        """Move the current branch (or detached HEAD) to ``rev``."""
+        with self._writing():
+            target = self.resolve(rev)
+            with self.db.atomic():
+                self._move_head(target)
+        return target
+
+    # ----------------------------------------------------------------- writing history
+
+    def record_edits(self, new: Sequence[NewEdit], *, message: str, operation: str = "edit") -> str:
+        """Store the deltas, append their edits to the current tree and commit; returns the commit id."""
+        for item in new:
+            item.delta.check_fits(self.base)
+        with self._writing():
+            edits = [self._store_edit(item) for item in new]
+            known = self.base_hashes()
+            touched = sorted({p for e in edits for p in e.params if p not in known})
+            hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]
+            tree = self.tree("HEAD") + [e.id for e in edits]
+            return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes)
+
+    def import_delta(self, delta: str | Path | Delta, *, message: str, name: str | None = None) -> str:
+        """Validate a delta file (or object) against the base and commit it as one edit."""
+        source = None if isinstance(delta, Delta) else str(delta)
+        d = delta if isinstance(delta, Delta) else Delta.load(delta)
+        method = d.metadata.get("method", "import")
+        info = {"source": Path(source).name} if source else {}
+        return self.record_edits([NewEdit(d, method, name=name, info=info)], message=message, operation="import")
+
+    def revert(self, rev: str, *, message: str | None = None) -> str:
+        """New commit whose tree lacks the edit ``rev`` (or the edits commit ``rev`` introduced)."""
+        kind, oid = self.resolve_object(rev)
+        with self._writing():
+            tree = self.tree("HEAD")
+            if kind == "edit":
+                if oid not in tree:
+                    raise NotInTreeError(f"edit {oid[:12]} is not in the current tree")
+                remove, readd = {oid}, []
+                label = self.edit(oid).name or oid[:12]
+                default = f"Revert edit {label}"
+            else:
+                commit = self.commit(oid)
+                before = self.tree(commit.parents[0]) if commit.parents else []
+                after = self.tree(oid)
+                remove = (set(after) - set(before)) & set(tree)
+                readd = [e for e in before if e not in set(after) and e not in set(tree)]
+                if not remove and not readd:
+                    raise NotInTreeError(f"the changes of commit {oid[:12]} are not in the current tree")
+                default = f'Revert "{commit.message.splitlines()[0] if commit.message else oid[:12]}"'
+            new_tree = [e for e in tree if e not in remove] + readd
+            return self._commit(new_tree, operation="revert", message=message or default)
+
+    def _store_edit(self, item: NewEdit) -> Edit:
+        oid = self.objects.write(item.delta.to_bytes())
+        return Edit(
+            base=self.base_fingerprint,
+            name=item.name,
+            method=item.method,
+            request=item.request,
+            hparams=item.hparams,
+            delta=oid,
+            params=tuple(item.delta.params),
+            rank=item.delta.rank,
+            info=dict(item.info),
+            author=author(),
+            time=now(),
+        )
+
+    def _commit(
+        self,
+        tree: list[str],
+        *,
+        operation: str,
+        message: str,
+        new_edits: Sequence[Edit] = (),
+        parents: Sequence[str] | None = None,
+        base_hashes: Sequence[dict[str, str]] = (),
+    ) -> str:
+        """Write one commit in one transaction; the caller holds the writer lock."""
+        commit = Commit(
+            self.base_fingerprint, tuple(parents or [self.head()]), tree_id(tree), operation, message, author(), now()
+        )
+        with self.db.atomic():
+            for edit in new_edits:
+                self.db["edits"].insert(edit.row(), ignore=True)
+            self.db["base_tensors"].insert_all(base_hashes, ignore=True)
+            self.db["trees"].insert({"id": commit.tree, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
+            self.db["commits"].insert(commit.row())
+            self._move_head(commit.id)
+        log.info("commit %s (%s, %d edits)", commit.id[:12], operation, len(tree))
+        return commit.id
+
+    # ----------------------------------------------------------------- checkout and diff
+
+    def factors(self, edit_ids: Sequence[str]) -> dict[str, list[Factors]]:
+        """Per parameter, the factors of the given edits in tree order."""
+        grouped: dict[str, list[Factors]] = {}
+        for eid in edit_ids:
+            for param, f in self.load_delta(eid).factors.items():
+                grouped.setdefault(param, []).append(f)
+        return grouped
+
+    def checkout(
+        self, rev: str = "HEAD", *, device: str | torch.device = "auto", progress: Progress | None = None
+    ) -> torch.nn.Module:
+        """The version ``rev`` as an in-memory ``PreTrainedModel`` (base + Σ U Vᵀ)."""
+        factors = self.factors(self.tree(rev))
+        return load_model(
+            self.base, factors, device=resolve_device(device), base_hashes=self.base_hashes(), progress=progress
+        )
+
+    def checkout_to(
+        self,
+        rev: str,
+        out: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        progress: Progress | None = None,
+    ) -> Path:
+        """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty)."""
+        commit_id = self.resolve(rev)
+        tree = self.tree(commit_id)
+        provenance = {"store": str(self.root), "commit": commit_id, "tree": tree_id(tree), "base": self.base_fingerprint}
+        return write_checkout(
+            self.base,
+            self.factors(tree),
+            Path(out),
+            device=resolve_device(device),
+            base_hashes=self.base_hashes(),
+            provenance=provenance,
+            progress=progress,
+        )
+
+    def diff(self, rev_a: str, rev_b: str) -> VersionDiff:
+        """Edits only in A or only in B, and each touched parameter's ‖W_B − W_A‖_F and rank."""
+        a, b = self.resolve(rev_a), self.resolve(rev_b)
+        tree_a, tree_b = self.tree(a), self.tree(b)
+        only_a = [e for e in tree_a if e not in set(tree_b)]
+        only_b = [e for e in tree_b if e not in set(tree_a)]
+        removed, added = self.factors(only_a), self.factors(only_b)
+        params = [param_diff(p, added.get(p, []), removed.get(p, [])) for p in sorted(set(added) | set(removed))]
+        return VersionDiff(a, b, only_a, only_b, params)

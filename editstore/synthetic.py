@@ -1,0 +1,72 @@
+"""Small models built from configs and random low-rank deltas: fixtures for tests and benchmarks.
+
+Nothing here downloads anything: models are initialised randomly from a config
+and saved as ordinary Hugging Face directories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CONV1D, Checkpoint
+from .delta import Delta, Factors
+
+TINY_CONFIGS = {
+    "gpt2": dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=128,
+                 bos_token_id=0, eos_token_id=0),
+    "llama": dict(model_type="llama", num_hidden_layers=2, hidden_size=32, intermediate_size=48,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, vocab_size=128,
+                  bos_token_id=0, eos_token_id=0, tie_word_embeddings=False),
+}
+
+
+def tiny_model(
+    arch: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    **overrides: object,
+) -> Path:
+    """Save a randomly initialised ``arch`` model (``gpt2`` or ``llama``) to ``out``; shard it when asked."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    params = {**TINY_CONFIGS[arch], **overrides}
+    config = AutoConfig.for_model(params.pop("model_type"), **params)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(out, **kwargs)
+    return Path(out)
+
+
+def linear_shape(base: Checkpoint, param: str) -> tuple[int, int]:
+    """(d_out, d_in) of a 2-D weight, whatever its storage orientation."""
+    shape = base.info(param).shape
+    return (shape[1], shape[0]) if base.orientations[param] == CONV1D else (shape[0], shape[1])
+
+
+def random_delta(
+    base: Checkpoint,
+    params: Sequence[str],
+    *,
+    rank: int = 1,
+    scale: float = 0.1,
+    seed: int = 0,
+    with_keys: bool = False,
+) -> Delta:
+    """A random rank-``rank`` delta on each parameter in ``params``."""
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for param in params:
+        d_out, d_in = linear_shape(base, param)
+        U = torch.randn(d_out, rank, generator=g) * scale  # (d_out, r)
+        V = torch.randn(d_in, rank, generator=g) * scale  # (d_in, r)
+        keys = torch.randn(d_in, rank, generator=g) if with_keys else None  # (d_in, n)
+        targets = torch.randn(d_out, rank, generator=g) if with_keys else None  # (d_out, n)
+        factors[param] = Factors(U, V, keys, targets)
+    return Delta(factors, {"base": base.fingerprint, "method": "random"})
