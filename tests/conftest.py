@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny real HF models built from configs (no network), and stores on tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from editstore import Store
+from editstore.checkpoint import CONV1D, Checkpoint
+from editstore.synthetic import tiny_model
+
+GPT2_PARAMS = ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.attn.c_attn.weight"]
+LLAMA_PARAMS = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"]
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 (Conv1D layers) saved in several shards."""
+    return tiny_model("gpt2", tmp_path_factory.mktemp("gpt2") / "base", max_shard_size="20KB")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (Linear layers) saved as one model.safetensors."""
+    return tiny_model("llama", tmp_path_factory.mktemp("llama") / "base")
+
+
+@pytest.fixture(scope="session")
+def bf16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama stored in bfloat16."""
+    return tiny_model("llama", tmp_path_factory.mktemp("bf16") / "base", dtype=torch.bfloat16, seed=1)
+
+
+@pytest.fixture
+def gpt2_store(tmp_path: Path, gpt2_dir: Path) -> Store:
+    store = Store.init(gpt2_dir, tmp_path / "store")
+    yield store
+    store.close()
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory, read with the safetensors library."""
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            for name in fh.keys():
+                out[name] = fh.get_tensor(name)
+    return out
+
+
+def expected_weight(base: Checkpoint, param: str, dense: torch.Tensor) -> torch.Tensor:
+    """W₀ + ΔW in the weight's storage layout (Conv1D transposed), float32."""
+    w0 = base.read_tensor(param).float()
+    return w0 + (dense.T if base.orientations[param] == CONV1D else dense)
+
+
+def snapshot(store_root: Path) -> dict:
+    """Everything a user operation could change: rows of every table and the object files."""
+    store = Store(store_root)
+    try:
+        tables = {t: sorted(json.dumps(r, sort_keys=True) for r in store.db[t].rows) for t in store.db.table_names()}
+        return {"tables": tables, "objects": sorted(store.objects)}
+    finally:
+        store.close()

@@ -1,0 +1,134 @@
+"""Point 7 of the store issue: checkout = W₀ + Σ U Vᵀ, revert, untouched tensors, dtypes."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from editstore import Store
+from editstore.errors import BaseModelError, DeviceError, OutputDirError
+from editstore.synthetic import random_delta
+
+from .conftest import GPT2_PARAMS, LLAMA_PARAMS, expected_weight, read_weights
+
+CASES = [("gpt2_dir", GPT2_PARAMS), ("llama_dir", LLAMA_PARAMS), ("bf16_dir", LLAMA_PARAMS)]
+
+
+def commit_deltas(store: Store, params: list[str], n: int = 4) -> list:
+    """n random deltas of rank 1..3 over overlapping parameter subsets."""
+    deltas = []
+    for i in range(n):
+        d = random_delta(store.base, params[i % 2 : i % 2 + 2], rank=1 + i % 3, seed=100 + i, with_keys=i % 2 == 0)
+        store.import_delta(d, message=f"delta {i}", name=f"d{i}")
+        deltas.append(d)
+    return deltas
+
+
+def check_weights(store: Store, out: Path, deltas: list) -> None:
+    base = store.base
+    written = read_weights(out)
+    original = read_weights(base.path)
+    assert written.keys() == original.keys()
+    touched = {p for d in deltas for p in d.params}
+    for name, tensor in written.items():
+        assert tensor.dtype == original[name].dtype
+        if name not in touched:
+            assert torch.equal(tensor, original[name]), f"{name} is not bitwise equal to the base"
+            continue
+        dense = sum(d.factors[name].dense() for d in deltas if name in d.factors)
+        want = expected_weight(base, name, dense)
+        if tensor.dtype == torch.float32:
+            assert (tensor - want).abs().max() <= 1e-5
+        else:  # one rounding to the low-precision dtype: within one ulp of the float32 result
+            torch.testing.assert_close(tensor.float(), want, rtol=2**-7, atol=0)
+
+
+@pytest.mark.parametrize(("fixture", "params"), CASES)
+def test_checkout_equals_base_plus_factors_and_revert(
+    request: pytest.FixtureRequest, tmp_path: Path, fixture: str, params: list[str]
+) -> None:
+    store = Store.init(request.getfixturevalue(fixture), tmp_path / "store")
+    deltas = commit_deltas(store, params)
+    check_weights(store, store.checkout_to("HEAD", tmp_path / "all"), deltas)
+
+    middle = store.tree()[1]
+    store.revert(middle)
+    check_weights(store, store.checkout_to("HEAD", tmp_path / "reverted"), deltas[:1] + deltas[2:])
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "reverted")
+    assert model.dtype == read_weights(store.base.path)[params[0]].dtype
+    in_memory = store.checkout("HEAD", device="cpu")
+    on_disk = read_weights(tmp_path / "reverted")
+    for name, p in in_memory.state_dict().items():
+        if name in on_disk:
+            assert torch.equal(p, on_disk[name]), name
+    store.close()
+
+
+def test_checkout_carries_config_and_tokenizer_files(tmp_path: Path, gpt2_dir: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in gpt2_dir.iterdir():
+        (base / f.name).write_bytes(f.read_bytes())
+    (base / "tokenizer.json").write_text("{}")
+    (base / "pytorch_model.bin").write_bytes(b"stale weights must not be copied")
+    store = Store.init(base, tmp_path / "store")
+    out = store.checkout_to("HEAD", tmp_path / "out")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "tokenizer.json", "model.safetensors.index.json", "editstore.json"} <= names
+    assert "pytorch_model.bin" not in names
+    store.close()
+
+
+def test_untouched_shards_are_linked(tmp_path: Path, gpt2_dir: Path) -> None:
+    store = Store.init(gpt2_dir, tmp_path / "store")
+    store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+    out = store.checkout_to("HEAD", tmp_path / "out")
+    edited_file = store.base.info(GPT2_PARAMS[0]).file
+    for f in store.base.weight_files:
+        same_inode = (out / f).stat().st_ino == (gpt2_dir / f).stat().st_ino
+        assert same_inode == (f != edited_file), f
+    store.close()
+
+
+def test_checkout_refuses_non_empty_out_and_leaves_no_partial_dir(tmp_path: Path, gpt2_store: Store) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputDirError):
+        gpt2_store.checkout_to("HEAD", out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputDirError):
+        gpt2_store.checkout_to("HEAD", tmp_path / "file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert gpt2_store.checkout_to("HEAD", empty) == empty.resolve()
+    assert not list(tmp_path.glob(".*editstore-tmp*"))
+
+
+def test_changed_base_tensor_is_detected(tmp_path: Path, gpt2_dir: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in gpt2_dir.iterdir():
+        (base / f.name).write_bytes(f.read_bytes())
+    store = Store.init(base, tmp_path / "store")
+    store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+    info = store.base.info(GPT2_PARAMS[0])
+    with open(base / info.file, "r+b") as fh:  # flip one byte of the edited tensor, layout unchanged
+        fh.seek(info.begin)
+        byte = fh.read(1)
+        fh.seek(info.begin)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BaseModelError, match="no longer matches"):
+        store.checkout_to("HEAD", tmp_path / "out")
+    store.close()
+
+
+def test_device_choice(gpt2_store: Store, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            gpt2_store.checkout_to("HEAD", tmp_path / "out", device="cuda")
+    with pytest.raises(DeviceError):
+        gpt2_store.checkout("HEAD", device="tpu")

@@ -1,0 +1,139 @@
+"""History, refs and revisions on a real store (SQLite + objects) over a tiny GPT-2."""
+
+from pathlib import Path
+
+import pytest
+
+from editstore import Store
+from editstore.errors import (
+    AmbiguousRevisionError,
+    NotInTreeError,
+    RefError,
+    RevisionError,
+    StoreExistsError,
+    StoreNotFoundError,
+    UnknownRevisionError,
+)
+from editstore.store import find_store
+from editstore.synthetic import random_delta
+
+from .conftest import GPT2_PARAMS
+
+
+def commit_random(store: Store, seed: int, name: str | None = None) -> str:
+    return store.import_delta(random_delta(store.base, GPT2_PARAMS[:2], seed=seed), message=f"edit {seed}", name=name)
+
+
+def test_init_creates_main_with_root_commit(gpt2_store: Store) -> None:
+    assert gpt2_store.current_branch() == "main"
+    [(cid, root)] = gpt2_store.log()
+    assert root.operation == "init" and root.parents == ()
+    assert gpt2_store.tree() == []
+    with pytest.raises(StoreExistsError):
+        Store.init(gpt2_store.base.path, gpt2_store.root)
+
+
+def test_history_and_revisions(gpt2_store: Store) -> None:
+    ids = [commit_random(gpt2_store, s) for s in range(3)]
+    assert gpt2_store.head() == ids[-1]
+    assert gpt2_store.resolve("HEAD~1") == ids[1]
+    assert gpt2_store.resolve("main^^") == ids[0]
+    assert gpt2_store.resolve(ids[1][:6]) == ids[1]
+    assert gpt2_store.resolve(ids[1].upper()) == ids[1]
+    assert [c for c, _ in gpt2_store.log()][:3] == ids[::-1]
+    assert len(gpt2_store.tree()) == 3
+    edit_id = gpt2_store.tree()[1]
+    assert gpt2_store.resolve_object(edit_id[:8]) == ("edit", edit_id)
+    with pytest.raises(RevisionError, match="names an edit"):
+        gpt2_store.resolve(edit_id)
+    with pytest.raises(UnknownRevisionError, match="history has only"):
+        gpt2_store.resolve("HEAD~10")
+    with pytest.raises(UnknownRevisionError, match="at least 4"):
+        gpt2_store.resolve(ids[0][:3])
+    with pytest.raises(UnknownRevisionError):
+        gpt2_store.resolve("nosuchbranch")
+
+
+def test_ambiguous_prefix(gpt2_store: Store) -> None:
+    """Make commits (revert of revert is cheap) until two ids share 4 hex chars; P(none in 3000) ≈ e^-68."""
+    commit_random(gpt2_store, 0)
+    seen: dict[str, str] = {}
+    for _ in range(3000):
+        cid = gpt2_store.revert("HEAD")
+        if cid[:4] in seen:
+            break
+        seen[cid[:4]] = cid
+    with pytest.raises(AmbiguousRevisionError, match="ambiguous"):
+        gpt2_store.resolve_object(cid[:4])
+    assert gpt2_store.resolve(cid[:12]) == cid
+
+
+def test_branches_tags_switch_reset(gpt2_store: Store) -> None:
+    first = commit_random(gpt2_store, 0)
+    gpt2_store.create_branch("feature")
+    gpt2_store.tag("v1")
+    gpt2_store.switch("feature")
+    second = commit_random(gpt2_store, 1)
+    assert gpt2_store.resolve("feature") == second
+    assert gpt2_store.resolve("main") == first
+    assert gpt2_store.resolve("v1") == first
+    assert [b.name for b in gpt2_store.branches() if b.current] == ["feature"]
+    with pytest.raises(RefError, match="current branch"):
+        gpt2_store.delete_branch("feature")
+    with pytest.raises(RefError, match="already exists"):
+        gpt2_store.create_branch("main")
+    with pytest.raises(RefError, match="not a valid"):
+        gpt2_store.tag("a..b")
+    gpt2_store.reset("v1")
+    assert gpt2_store.head() == first
+    gpt2_store.switch("main")
+    gpt2_store.delete_branch("feature")
+    with pytest.raises(RefError, match="no branch"):
+        gpt2_store.switch("feature")
+    gpt2_store.switch("other", create=True)
+    assert gpt2_store.current_branch() == "other"
+
+
+def test_revert_edit_and_commit(gpt2_store: Store) -> None:
+    ids = [commit_random(gpt2_store, s, name=f"e{s}") for s in range(3)]
+    e0, e1, e2 = gpt2_store.tree()
+    gpt2_store.revert(e1)
+    assert gpt2_store.tree() == [e0, e2]
+    assert gpt2_store.commit(gpt2_store.head()).message == "Revert edit e1"
+    with pytest.raises(NotInTreeError):
+        gpt2_store.revert(e1)
+    with pytest.raises(NotInTreeError):
+        gpt2_store.revert(ids[1])  # the commit that added e1: already reverted
+    revert_commit = gpt2_store.head()
+    gpt2_store.revert(revert_commit)  # reverting the revert brings e1 back
+    assert gpt2_store.tree() == [e0, e2, e1]
+    gpt2_store.revert(ids[0], message="drop the first")
+    assert gpt2_store.tree() == [e2, e1]
+    shown = gpt2_store.show("HEAD")
+    assert shown["operation"] == "revert" and shown["removed"] == [e0] and shown["message"] == "drop the first"
+
+
+def test_show_edit_and_commit(gpt2_store: Store) -> None:
+    cid = commit_random(gpt2_store, 7, name="seven")
+    shown = gpt2_store.show(cid[:10])
+    assert shown["type"] == "commit" and [e["name"] for e in shown["added"]] == ["seven"]
+    edit = gpt2_store.show(shown["added"][0]["id"])
+    assert edit["type"] == "edit" and edit["method"] == "random" and edit["rank"] == 2
+    assert edit["params"] == sorted(GPT2_PARAMS[:2])
+
+
+def test_find_store_walks_up(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EDITSTORE_DIR", raising=False)
+    Store.init(gpt2_dir).close()
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_store() == tmp_path / ".editstore"
+    monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(StoreNotFoundError):
+        find_store()
+    monkeypatch.delenv("EDITSTORE_DIR")
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(StoreNotFoundError, match="editstore init"):
+        find_store(start=Path("/"))
