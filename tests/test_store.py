@@ -137,3 +137,15 @@ def test_find_store_walks_up(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path.parent)
     with pytest.raises(StoreNotFoundError, match="editstore init"):
         find_store(start=Path("/"))
+
+
+def test_records_match_their_schemas(gpt2_store: Store) -> None:
+    from editstore.schema import validate
+
+    commit_random(gpt2_store, 1, name="one")
+    gpt2_store.revert("HEAD")
+    for cid, c in gpt2_store.log():
+        validate(c.record(), "commit-record")
+        assert c.id == cid
+    for row in gpt2_store.db["edits"].rows:
+        validate(gpt2_store.edit(row["id"]).record(), "edit-record")

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+from editstore import Store
+from editstore.fsck import fsck, gc
+from editstore.synthetic import random_delta
+
+from .conftest import GPT2_PARAMS
+
+
+def test_clean_store_passes(gpt2_store: Store) -> None:
+    for s in range(3):
+        gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=s), message=str(s))
+    report = fsck(gpt2_store)
+    assert report.ok and not report.warnings
+    assert (report.objects, report.edits, report.commits) == (3, 3, 4)
+
+
+def test_corrupt_object_and_broken_ref_are_faults(gpt2_store: Store) -> None:
+    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS), message="x")
+    oid = gpt2_store.edit(gpt2_store.tree()[0]).delta
+    path = gpt2_store.objects.path(oid)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    gpt2_store.db.execute("UPDATE refs SET target = ? WHERE name = 'refs/heads/main'", ["f" * 64])
+    gpt2_store.db.conn.commit()
+    report = fsck(gpt2_store)
+    assert not report.ok
+    assert any("corrupt" in e for e in report.errors)
+    assert any("missing commit" in e for e in report.errors)
+
+
+def test_gc_drops_unreachable_after_reset(gpt2_store: Store) -> None:
+    root = gpt2_store.head()
+    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="keep")
+    gpt2_store.tag("keep")
+    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="drop")
+    gpt2_store.reset("keep")
+    (gpt2_store.objects.tmp / "obj-leftover").write_bytes(b"partial")
+    dry = gc(gpt2_store, dry_run=True)
+    assert (len(dry.commits), len(dry.edits), len(dry.objects), len(dry.temporaries)) == (1, 1, 1, 1)
+    assert len(list(gpt2_store.objects)) == 2
+    done = gc(gpt2_store)
+    assert done.commits == dry.commits
+    assert len(list(gpt2_store.objects)) == 1
+    report = fsck(gpt2_store)
+    assert report.ok and not report.warnings
+    assert [c for c, _ in gpt2_store.log()][-1] == root
+
+
+def test_unreferenced_object_is_a_warning(tmp_path: Path, gpt2_store: Store) -> None:
+    gpt2_store.objects.write(b"orphan from a crash between object write and commit")
+    report = fsck(gpt2_store)
+    assert report.ok and any("not referenced" in w for w in report.warnings)
