@@ -1,7 +1,8 @@
 """The SQLite metadata database (through sqlite-utils, WAL mode).
 
 Tables: ``meta`` (format version), ``bases``, ``base_tensors`` (content hashes of
-the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``.
+the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``, ``evaluations``
+(metrics of a version, see :mod:`editstore.behavior`).
 Every user operation writes inside one ``db.atomic()`` transaction.
 """
 
@@ -30,6 +31,9 @@ CREATE TABLE IF NOT EXISTS commits (
     id TEXT PRIMARY KEY, base TEXT NOT NULL, parents TEXT NOT NULL, tree TEXT NOT NULL, operation TEXT NOT NULL,
     message TEXT NOT NULL, author TEXT NOT NULL, time TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refs (name TEXT PRIMARY KEY, target TEXT, symbolic TEXT);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY, commit_id TEXT NOT NULL, requests TEXT NOT NULL, n_requests INTEGER NOT NULL,
+    metrics TEXT NOT NULL, time TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS edits_delta ON edits (delta);
 """
 

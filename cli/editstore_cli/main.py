@@ -16,11 +16,13 @@ from rich.table import Table
 from tqdm import tqdm
 
 from editstore import Store
+from editstore.behavior import behavior_diff, evaluate_version, evaluations, load_requests
 from editstore.errors import EditStoreError
 from editstore.fsck import fsck as run_fsck
 from editstore.fsck import gc as run_gc
 
 from .output import echo_json, format_commit, format_show, print_table
+from .world import trace, world
 
 
 class EditStoreGroup(click.Group):
@@ -120,7 +122,10 @@ def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_j
 @click.pass_context
 def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) -> None:
     """Show a commit (and the edits it added or removed) or an edit."""
-    shown = open_store(ctx, store_dir).show(rev)
+    store = open_store(ctx, store_dir)
+    shown = store.show(rev)
+    if shown["type"] == "commit":
+        shown["evaluations"] = evaluations(store, shown["id"])
     echo_json(shown) if as_json else click.echo(format_show(shown))
 
 
@@ -211,12 +216,19 @@ def checkout(ctx: click.Context, rev: str, out: Path, device: str, store_dir: Pa
 @cli.command()
 @click.argument("rev_a")
 @click.argument("rev_b")
+@click.option("--behavior", is_flag=True, help="Compare answers to probes instead of weights.")
+@click.option("--requests", "requests_file", type=click.Path(path_type=Path), help="Extra requests to probe (JSONL).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @json_option
 @store_option
 @click.pass_context
-def diff(ctx: click.Context, rev_a: str, rev_b: str, as_json: bool, store_dir: Path | None) -> None:
-    """Edits only in REV_A or REV_B, and per parameter ‖W_B − W_A‖_F and rank."""
+def diff(ctx: click.Context, rev_a: str, rev_b: str, behavior: bool, requests_file: Path | None, device: str,
+         as_json: bool, store_dir: Path | None) -> None:
+    """Edits only in REV_A or REV_B, and per parameter ‖W_B − W_A‖_F and rank (or, with --behavior, answers)."""
     store = open_store(ctx, store_dir)
+    if behavior:
+        show_behavior_diff(store, rev_a, rev_b, requests_file, device, as_json)
+        return
     d = store.diff(rev_a, rev_b)
     if as_json:
         echo_json(d.to_json())
@@ -229,6 +241,42 @@ def diff(ctx: click.Context, rev_a: str, rev_b: str, as_json: bool, store_dir: P
     for p in d.params:
         table.add_row(p.param, f"{p.frobenius:.6g}", str(p.rank))
     print_table(table) if d.params else click.echo("no weight differences")
+
+
+def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path | None, device: str, as_json: bool) -> None:
+    requests = load_requests(requests_file) if requests_file else []
+    d = behavior_diff(store, rev_a, rev_b, requests=requests, device=device)
+    if as_json:
+        echo_json(d.to_json())
+        return
+    table = Table("kind", "prompt", f"{rev_a}", "p", f"{rev_b}", "p", title="probes whose answer changed")
+    for c in d.changes:
+        table.add_row(c.probe.kind, c.probe.prompt, c.answer_a, f"{c.p_a:.3f}", c.answer_b, f"{c.p_b:.3f}")
+    print_table(table) if d.changes else click.echo("no probe changed its answer")
+    summary = d.to_json()
+    click.echo("changed: " + ", ".join(f"{k} {summary['n_changed'][k]}/{n}" for k, n in d.n_probes.items()))
+
+
+@cli.command("eval")
+@click.argument("rev", default="HEAD")
+@click.option("--requests", "requests_file", type=click.Path(path_type=Path),
+              help="Requests to score (JSONL; default: the requests of the version's edits).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@json_option
+@store_option
+@click.pass_context
+def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str, as_json: bool, store_dir: Path | None) -> None:
+    """Efficacy, paraphrase, specificity (and top-1 variants) and recall of untouched facts of REV."""
+    store = open_store(ctx, store_dir)
+    requests = load_requests(requests_file) if requests_file else None
+    metrics = evaluate_version(store, rev, requests=requests, device=device).to_json()
+    if as_json:
+        echo_json(metrics)
+        return
+    table = Table("metric", "value", title=f"eval {rev} ({metrics['n_requests']} requests)")
+    for key, value in metrics.items():
+        table.add_row(key, "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value))
+    print_table(table)
 
 
 @cli.command()
@@ -257,3 +305,6 @@ def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
     click.echo(f"{verb} {len(report.commits)} commits, {len(report.edits)} edits, {len(report.objects)} objects, "
                f"{len(report.temporaries)} temporary files")
 
+
+cli.add_command(world)
+cli.add_command(trace)

@@ -65,4 +65,8 @@ def format_show(shown: dict[str, Any]) -> str:
     ]
     lines += [f"+ {e['id'][:12]} {e['method']} {e['name'] or ''}".rstrip() for e in shown["added"]]
     lines += [f"- {e[:12]}" for e in shown["removed"]]
+    for ev in shown.get("evaluations", []):
+        m = ev["metrics"]
+        values = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+        lines.append(f"eval {ev['time']} ({m['n_requests']} requests): {values}")
     return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""``editstore world build`` and ``editstore trace``: the fact world and causal tracing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+from tqdm import tqdm
+
+from .output import echo_json, print_table
+
+
+@click.group()
+def world() -> None:
+    """The fact world: a synthetic knowledge base and small LMs trained on it."""
+
+
+@world.command("build")
+@click.option("--arch", type=click.Choice(["gpt2", "llama"]), default="gpt2", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Directory to build into (default: the user cache).")
+@click.option("--force", is_flag=True, help="Rebuild even when a matching world exists.")
+def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
+    """Generate the knowledge base, train the model, print the world's directory."""
+    from editstore.world.build import build_world
+
+    bar = None
+
+    def on_epoch(epoch: int, total: int, loss: float) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=total, desc=f"training {arch} world", unit="epoch", file=click.get_text_stream("stderr"))
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update()
+
+    path = build_world(arch, seed=seed, out=out, force=force, on_epoch=on_epoch)
+    if bar:
+        bar.close()
+    info = json.loads((path / "world.json").read_text())
+    click.echo(
+        f"world: {info['n_subjects']} subjects, {info['n_facts']} facts; trained in {info['train_seconds']} s; "
+        f"recall {info['recall']['trained']:.3f} trained, {info['recall']['held_out']:.3f} held out",
+        err=True,
+    )
+    click.echo(str(path))
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="HF model directory.")
+@click.option("--prompt", required=True, help="The prompt, with the subject filled in (or {} for it).")
+@click.option("--subject", required=True, help="The subject, which must occur in the prompt.")
+@click.option("--answer", help="The answer to trace (default: the model's greedy next token).")
+@click.option("--samples", type=int, default=10, show_default=True, help="Noise samples.")
+@click.option("--noise", type=float, default=3.0, show_default=True, help="Noise scale, in embedding std units.")
+@click.option("--out", type=click.Path(path_type=Path), help="Save a heatmap PNG here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def trace(model_dir: Path, prompt: str, subject: str, answer: str | None, samples: int, noise: float,
+          out: Path | None, as_json: bool) -> None:
+    """Causal tracing: which layer and token recover the answer when the subject is corrupted."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editstore.checkpoint import Checkpoint
+    from editstore.trace import KINDS, causal_trace, save_heatmap
+
+    Checkpoint(model_dir)  # a clear error for a non-HF directory
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    result = causal_trace(model, tokenizer, prompt.replace("{}", subject), subject, answer=answer,
+                          samples=samples, noise=noise)
+    if out:
+        save_heatmap(result, out)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    click.echo(f"answer {result.answer!r}: p clean {result.p_clean:.4f}, subject corrupted {result.p_corrupted:.4f}")
+    for kind in KINDS:
+        table = Table("token", *[f"L{i}" for i in range(result.recovery[kind].shape[0])], title=f"recovery, restoring {kind} output")
+        for t, tok in enumerate(result.tokens):
+            mark = "*" if result.subject[0] <= t < result.subject[1] else ""
+            table.add_row(tok + mark, *[f"{v:.2f}" for v in result.recovery[kind][:, t].tolist()])
+        print_table(table)
+        layer, token = result.peak(kind)
+        click.echo(f"peak ({kind}): layer {layer}, token {result.tokens[token]!r}")
+    if out:
+        click.echo(f"heatmap saved to {out}")

@@ -1,0 +1,172 @@
+"""Behaviour of versions: ``eval`` metrics stored against a commit, and the behavioural diff.
+
+Both run probes through in-memory checkouts. The probes come from the edit
+requests of the versions (or a requests file) and, on a fact-world base, from
+the facts no edit touched (``facts.jsonl`` beside the base weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import BaseModelError, SchemaError
+from .evaluate import Metrics, evaluate_requests, fill, next_tokens
+from .hashing import sha256_json
+from .records import now
+from .schema import validate
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+FACTS_FILE = "facts.jsonl"
+
+
+def load_requests(path: str | Path) -> list[dict[str, Any]]:
+    """Edit requests from a JSONL file, each validated against ``edit-request.schema.json``."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SchemaError(f"{path}:{n} is not JSON: {exc}") from None
+            validate(row, "edit-request", what=f"{path}:{n}")
+            rows.append(row)
+    return rows
+
+
+def load_tokenizer(store: Store) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(store.base.path)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"the base at {store.base.path} has no loadable tokenizer: {exc}") from None
+
+
+def edit_requests(store: Store, tree: Sequence[str]) -> list[dict[str, Any]]:
+    """The requests of the edits in a tree (imported deltas have none)."""
+    return [r for r in (store.edit(e).request for e in tree) if r]
+
+
+def untouched_facts(store: Store, edited_subjects: set[str], *, limit: int) -> list[tuple[str, str]]:
+    """(prompt, object) of up to ``limit`` world facts whose subject no edit touched, spread evenly."""
+    path = store.base.path / FACTS_FILE
+    if not path.is_file():
+        return []
+    facts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    facts = [f for f in facts if f["subject"] not in edited_subjects]
+    step = max(1, len(facts) // limit) if limit else 1
+    return [(f["trained_prompts"][0], f["object"]) for f in facts[::step][:limit]]
+
+
+def evaluate_version(
+    store: Store,
+    rev: str = "HEAD",
+    *,
+    requests: Sequence[dict[str, Any]] | None = None,
+    recall_limit: int = 500,
+    device: str | torch.device = "auto",
+) -> Metrics:
+    """Metrics of version ``rev`` on ``requests`` (default: its own edits' requests); stored against the commit."""
+    commit_id = store.resolve(rev)
+    tree = store.tree(commit_id)
+    reqs = list(requests) if requests is not None else edit_requests(store, tree)
+    edited = {r["subject"] for r in edit_requests(store, tree)}
+    facts = untouched_facts(store, edited, limit=recall_limit)
+    model = store.checkout(commit_id, device=device)
+    metrics = evaluate_requests(model, load_tokenizer(store), reqs, recall_facts=facts)
+    with store._writing(), store.db.atomic():
+        store.db["evaluations"].insert(
+            {"commit_id": commit_id, "requests": sha256_json(reqs), "n_requests": len(reqs),
+             "metrics": json.dumps(metrics.to_json()), "time": now()}
+        )
+    return metrics
+
+
+def evaluations(store: Store, commit_id: str) -> list[dict[str, Any]]:
+    """Stored evaluations of a commit, oldest first."""
+    rows = store.db["evaluations"].rows_where("commit_id = ?", [commit_id], order_by="id")
+    return [{"time": r["time"], "requests": r["requests"], "metrics": json.loads(r["metrics"])} for r in rows]
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str  # edit | paraphrase | neighborhood | fact
+    prompt: str
+
+
+@dataclass(frozen=True)
+class BehaviorChange:
+    probe: Probe
+    answer_a: str
+    p_a: float
+    answer_b: str
+    p_b: float
+
+
+@dataclass(frozen=True)
+class BehaviorDiff:
+    a: str
+    b: str
+    n_probes: dict[str, int]
+    changes: list[BehaviorChange]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a, "b": self.b, "n_probes": self.n_probes,
+            "n_changed": {k: sum(c.probe.kind == k for c in self.changes) for k in self.n_probes},
+            "changes": [{"kind": c.probe.kind, "prompt": c.probe.prompt, "answer_a": c.answer_a, "p_a": c.p_a,
+                         "answer_b": c.answer_b, "p_b": c.p_b} for c in self.changes],
+        }
+
+
+def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[dict[str, Any]], *, facts: int) -> list[Probe]:
+    """Edit prompts, paraphrases and neighbourhoods of every request, then untouched facts; no duplicates."""
+    reqs = [r for tree in trees for r in edit_requests(store, tree)] + list(requests)
+    probes: list[Probe] = []
+    for r in reqs:
+        probes.append(Probe("edit", fill(r["prompt"], r["subject"])))
+        probes += [Probe("paraphrase", p) for p in r.get("paraphrase_prompts", [])]
+        probes += [Probe("neighborhood", n["prompt"]) for n in r.get("neighborhood_prompts", [])]
+    edited = {r["subject"] for r in reqs}
+    probes += [Probe("fact", p) for p, _ in untouched_facts(store, edited, limit=facts)]
+    seen: set[str] = set()
+    return [p for p in probes if not (p.prompt in seen or seen.add(p.prompt))]
+
+
+def behavior_diff(
+    store: Store,
+    rev_a: str,
+    rev_b: str,
+    *,
+    requests: Sequence[dict[str, Any]] = (),
+    facts: int = 200,
+    device: str | torch.device = "auto",
+) -> BehaviorDiff:
+    """Every probe whose greedy next token differs between versions A and B, with both probabilities."""
+    a, b = store.resolve(rev_a), store.resolve(rev_b)
+    probes = probes_for(store, [store.tree(a), store.tree(b)], requests, facts=facts)
+    tokenizer = load_tokenizer(store)
+    prompts = [p.prompt for p in probes]
+    answers = []
+    for commit_id in (a, b):  # one model in memory at a time
+        model = store.checkout(commit_id, device=device)
+        answers.append(next_tokens(model, tokenizer, prompts))
+        del model
+    changes = [
+        BehaviorChange(p, tokenizer.decode([ta]).strip(), pa, tokenizer.decode([tb]).strip(), pb)
+        for p, (ta, pa), (tb, pb) in zip(probes, *answers)
+        if ta != tb
+    ]
+    counts: dict[str, int] = {}
+    for p in probes:
+        counts[p.kind] = counts.get(p.kind, 0) + 1
+    return BehaviorDiff(a, b, counts, changes)

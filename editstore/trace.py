@@ -1,0 +1,147 @@
+"""Causal tracing (Meng et al., ROME §2): where does a model recall a fact?
+
+Run the prompt clean, then with Gaussian noise added to the subject's token
+embeddings (several noise samples in one batch). For each layer and token,
+restore one clean hidden state into the corrupted runs and measure how much of
+the true answer's probability comes back:
+recovery = (p_restored − p_corrupted) / (p_clean − p_corrupted).
+Three kinds of state are restored: the block output (residual stream), the MLP
+output and the attention output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluate import target_ids
+from .layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
+from .tokens import subject_span
+
+KINDS = ("block", "mlp", "attn")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Per kind, a (layers, tokens) matrix of recovery; plus the probabilities it is relative to."""
+
+    tokens: list[str]
+    subject: tuple[int, int]
+    answer: str
+    p_clean: float
+    p_corrupted: float
+    recovery: dict[str, torch.Tensor]  # kind -> (L, T)
+
+    def peak(self, kind: str) -> tuple[int, int]:
+        """(layer, token) of the highest recovery for ``kind``."""
+        r = self.recovery[kind]
+        flat = int(r.argmax())
+        return flat // r.shape[1], flat % r.shape[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens, "subject": list(self.subject), "answer": self.answer,
+            "p_clean": self.p_clean, "p_corrupted": self.p_corrupted,
+            "recovery": {k: v.tolist() for k, v in self.recovery.items()},
+        }
+
+
+def _output_tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextlib.contextmanager
+def _hook(module: torch.nn.Module, fn: Any) -> Iterator[None]:
+    handle = module.register_forward_hook(fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def causal_trace(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    subject: str,
+    *,
+    answer: str | None = None,
+    samples: int = 10,
+    noise: float = 3.0,
+    seed: int = 0,
+) -> Trace:
+    """Trace ``prompt`` (with ``subject`` in it); ``answer`` defaults to the model's greedy first token."""
+    device = next(model.parameters()).device
+    ids, s0, s1 = subject_span(tokenizer, prompt, subject)
+    x = torch.tensor([ids] * (samples + 1), device=device)  # row 0 clean, rows 1.. corrupted
+    embed = model.get_input_embeddings()
+    sigma = noise * float(embed.weight.float().std())
+    g = torch.Generator().manual_seed(seed)
+    eps = (torch.randn(samples, s1 - s0, embed.embedding_dim, generator=g) * sigma).to(device)
+
+    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[1:, s0:s1] += eps.to(out.dtype)
+        return out
+
+    clean_logits = model(input_ids=x[:1]).logits[0, -1]
+    answer_id = target_ids(tokenizer, answer)[0] if answer else int(clean_logits.argmax())
+    p_clean = float(clean_logits.float().softmax(-1)[answer_id])
+
+    def prob(logits: torch.Tensor) -> float:
+        return float(logits[1:, -1].float().softmax(-1)[:, answer_id].mean())
+
+    with _hook(embed, corrupt):
+        p_corrupted = prob(model(input_ids=x).logits)
+        blocks = transformer_blocks(model)
+        modules = {"block": list(blocks), "mlp": [child(b, MLP_NAMES) for b in blocks],
+                   "attn": [child(b, ATTN_NAMES) for b in blocks]}
+        recovery = {k: torch.zeros(len(blocks), len(ids)) for k in KINDS}
+        for kind, mods in modules.items():
+            for layer, module in enumerate(mods):
+                for t in range(len(ids)):
+                    recovery[kind][layer, t] = _restored(model, x, module, t, prob)
+    span = max(p_clean - p_corrupted, 1e-9)
+    recovery = {k: (v - p_corrupted) / span for k, v in recovery.items()}
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return Trace(tokens, (s0, s1), tokenizer.decode([answer_id]).strip(), p_clean, p_corrupted, recovery)
+
+
+def _restored(model: torch.nn.Module, x: torch.Tensor, module: torch.nn.Module, t: int, prob: Any) -> float:
+    def restore(_m: Any, _i: Any, output: Any) -> Any:
+        h = _output_tensor(output).clone()
+        h[1:, t] = h[0, t]
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    with _hook(module, restore):
+        return prob(model(input_ids=x).logits)
+
+
+def save_heatmap(trace: Trace, path: str | Path) -> Path:
+    """Write the three recovery maps side by side as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(4.2 * len(KINDS), 0.35 * len(trace.tokens) + 1.5), sharey=True)
+    labels = [f"{tok}*" if trace.subject[0] <= i < trace.subject[1] else tok for i, tok in enumerate(trace.tokens)]
+    for ax, kind in zip(axes, KINDS):
+        im = ax.imshow(trace.recovery[kind].T.numpy(), cmap={"block": "Purples", "mlp": "Greens", "attn": "Reds"}[kind],
+                       vmin=0, vmax=1, aspect="auto")
+        ax.set_title(f"restore {kind} output")
+        ax.set_xlabel("layer")
+        ax.set_xticks(range(trace.recovery[kind].shape[0]))
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    axes[0].set_yticks(range(len(labels)), labels)
+    fig.suptitle(f"p({trace.answer}): clean {trace.p_clean:.3f}, subject corrupted {trace.p_corrupted:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

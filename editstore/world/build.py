@@ -1,0 +1,145 @@
+"""Build (or reuse) a fact world: knowledge base files plus a model trained on them.
+
+A world is a normal Hugging Face directory (config, safetensors, tokenizer) plus
+``facts.jsonl``, ``requests.jsonl``, ``corpus.txt`` and ``world.json`` (the spec,
+the training time and the measured recall). Worlds are cached under the user
+cache directory, keyed by the hash of their spec, and assembled in a temporary
+directory that is renamed into place, so a cache entry is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..evaluate import score_pairs
+from ..hashing import sha256_json
+from .knowledge import KnowledgeBase, WorldSpec
+from .tokenizer import build_tokenizer
+from .train import TrainSpec, train_lm
+
+log = logging.getLogger(__name__)
+
+WORLD_FILE = "world.json"
+WORLD_VERSION = 1
+DEFAULT_TRAIN = {
+    "gpt2": TrainSpec(arch="gpt2"),
+    "llama": TrainSpec(arch="llama"),
+}
+ARCHES = tuple(DEFAULT_TRAIN)
+EpochHook = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    world: WorldSpec
+    train: TrainSpec
+
+    @property
+    def key(self) -> str:
+        """Hash of everything that determines the world's files."""
+        return sha256_json({"version": WORLD_VERSION, "world": self.world.to_json(), "train": self.train.to_json()})
+
+
+def world_config(arch: str = "gpt2", seed: int = 0) -> WorldConfig:
+    """The default world for an architecture and seed."""
+    train = DEFAULT_TRAIN[arch]
+    return WorldConfig(WorldSpec(seed=seed), TrainSpec(**{**train.to_json(), "seed": seed}))
+
+
+def cache_root() -> Path:
+    """``$EDITSTORE_CACHE``, else ``$XDG_CACHE_HOME/editstore``, else ``~/.cache/editstore``."""
+    if os.environ.get("EDITSTORE_CACHE"):
+        return Path(os.environ["EDITSTORE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "editstore"
+
+
+def is_world(path: Path) -> bool:
+    return (path / WORLD_FILE).is_file()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def measure_recall(model: torch.nn.Module, tokenizer: Any, facts: list[dict[str, Any]]) -> dict[str, float]:
+    """Top-1 recall of every fact on its trained and on its held-out formulations."""
+    out = {}
+    for kind in ("trained_prompts", "held_out_prompts"):
+        pairs = [(p, f["object"]) for f in facts for p in f[kind]]
+        scores = score_pairs(model, tokenizer, pairs, batch_size=256)
+        out[kind.removesuffix("_prompts")] = sum(s.top1 for s in scores) / len(scores)
+    return out
+
+
+def build_world(
+    arch: str = "gpt2",
+    *,
+    seed: int = 0,
+    out: Path | None = None,
+    force: bool = False,
+    on_epoch: EpochHook | None = None,
+    config: WorldConfig | None = None,
+) -> Path:
+    """Return the directory of the world (building it when it is not cached)."""
+    config = config or world_config(arch, seed)
+    target = Path(out) if out else cache_root() / "worlds" / f"{config.train.arch}-{config.key[:16]}"
+    if is_world(target) and not force:
+        saved = json.loads((target / WORLD_FILE).read_text())
+        if saved.get("key") == config.key:
+            log.info("reusing world %s", target)
+            return target
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _build_into(config, staging, on_epoch)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None) -> None:
+    kb = KnowledgeBase(config.world)
+    lines = list(kb.training_lines())
+    facts = [kb.fact_record(f) for f in kb.facts]
+    tokenizer = build_tokenizer(lines)
+    start = time.perf_counter()
+
+    def hook(epoch: int, loss: float, _model: torch.nn.Module) -> bool:
+        if on_epoch:
+            on_epoch(epoch, config.train.epochs, loss)
+        return False
+
+    model = train_lm(config.train, tokenizer, lines, on_epoch=hook)
+    seconds = time.perf_counter() - start
+    recall = measure_recall(model, tokenizer, facts)
+    log.info("trained %s world in %.0f s: recall %s", config.train.arch, seconds, recall)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_jsonl(out / "facts.jsonl", facts)
+    write_jsonl(out / "requests.jsonl", kb.requests())
+    (out / "corpus.txt").write_text("\n".join(lines) + "\n")
+    info = {
+        "key": config.key, "version": WORLD_VERSION, "world": config.world.to_json(), "train": config.train.to_json(),
+        "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "recall": recall,
+        "n_facts": len(facts), "n_subjects": len(kb.subjects),
+    }
+    (out / WORLD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

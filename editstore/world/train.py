@@ -1,0 +1,128 @@
+"""Train a small causal LM on the world's text (CPU friendly, deterministic for a seed)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from ..layers import MLP_NAMES, child, transformer_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Architecture and optimisation settings of a world model."""
+
+    arch: str = "gpt2"
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    d_ff: int = 512
+    epochs: int = 24
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    mlp_drop_layers: tuple[int, ...] = (0,)
+    mlp_drop: float = 0.5
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+def model_config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast, max_len: int) -> Any:
+    """The HF config of a world model of ``spec.arch``."""
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    if spec.arch == "gpt2":
+        return AutoConfig.for_model(
+            "gpt2", n_layer=spec.n_layer, n_embd=spec.d_model, n_head=spec.n_head, n_inner=spec.d_ff,
+            n_positions=max_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
+        )
+    if spec.arch == "llama":
+        return AutoConfig.for_model(
+            "llama", num_hidden_layers=spec.n_layer, hidden_size=spec.d_model, num_attention_heads=spec.n_head,
+            num_key_value_heads=spec.n_head, intermediate_size=spec.d_ff, max_position_embeddings=max_len,
+            tie_word_embeddings=True, **common,
+        )
+    raise ValueError(f"unknown world architecture {spec.arch!r}")
+
+
+def train_lm(
+    spec: TrainSpec,
+    tokenizer: PreTrainedTokenizerFast,
+    lines: Sequence[str],
+    *,
+    on_epoch: Callable[[int, float, PreTrainedModel], bool] | None = None,
+) -> PreTrainedModel:
+    """Train from scratch on ``lines``; ``on_epoch(epoch, loss, model)`` may return True to stop early."""
+    torch.manual_seed(spec.seed)
+    enc = tokenizer(list(lines), padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]  # (N, T)
+    labels = ids.masked_fill(mask == 0, -100)
+    model = AutoModelForCausalLM.from_config(model_config(spec, tokenizer, max_len=ids.shape[1] + 64))
+    model.train()
+    hooks = [_drop_mlp_output(model, layer, spec.mlp_drop, spec.seed) for layer in spec.mlp_drop_layers]
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(ids) / spec.batch_size)
+    total = spec.epochs * steps_per_epoch
+    warm = max(1, int(spec.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    )
+    g = torch.Generator().manual_seed(spec.seed)
+    start = time.perf_counter()
+    for epoch in range(spec.epochs):
+        perm = torch.randperm(len(ids), generator=g)
+        running = 0.0
+        for b in range(steps_per_epoch):
+            idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
+            width = int(mask[idx].sum(1).max())
+            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            running += out.loss.item()
+        loss = running / steps_per_epoch
+        log.info("epoch %d loss %.4f (%.0f s)", epoch + 1, loss, time.perf_counter() - start)
+        if on_epoch is not None:
+            model.eval()
+            stop = on_epoch(epoch + 1, loss, model)
+            model.train()
+            if stop:
+                break
+    for h in hooks:
+        h.remove()
+    model.eval()
+    return model
+
+
+def _drop_mlp_output(model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
+    """While training, zero the output of one block's MLP for a random fraction ``p`` of the sequences.
+
+    Real LMs use their first MLP much like an extension of the token embedding and recall
+    facts in the MLPs above it; a small model trained from scratch would otherwise store
+    every fact in MLP 0. Dropping that MLP's output for some sequences makes the facts
+    retrievable without it, so they are written into the middle layers.
+    """
+    g = torch.Generator().manual_seed(seed + 7919 * (layer + 1))
+    mlp = child(transformer_blocks(model)[layer], MLP_NAMES)
+
+    def hook(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if not module.training:
+            return None
+        keep = (torch.rand(output.shape[0], generator=g) >= p).to(output.dtype)  # (B,)
+        return output * keep[:, None, None]
+
+    return mlp.register_forward_hook(hook)

@@ -1,0 +1,71 @@
+"""The fact world: deterministic generation, valid requests, a build pipeline that caches."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editstore.schema import validate
+from editstore.world.build import WorldConfig, build_world, read_jsonl
+from editstore.world.knowledge import RELATIONS, KnowledgeBase, WorldSpec
+from editstore.world.train import TrainSpec
+
+SMALL = WorldConfig(WorldSpec(n_subjects=40, lines_per_subject=2), TrainSpec(n_layer=2, d_model=32, d_ff=64, epochs=2))
+
+
+def test_default_world_shape() -> None:
+    kb = KnowledgeBase(WorldSpec())
+    assert len(kb.subjects) >= 500 and len(set(kb.subjects)) == len(kb.subjects)
+    assert len(RELATIONS) >= 5 and all(len(r.formulations) >= 3 for r in RELATIONS)
+    assert all(len(s.split()) >= 2 for s in kb.subjects)  # subjects span several tokens
+    for r in RELATIONS:  # the subject is not always first
+        assert any(not f.startswith("{s}") for f in r.formulations)
+    for f in kb.facts:
+        assert f.held_out not in f.trained and len(f.trained) == len(kb.relations[f.relation].formulations) - 1
+
+
+def test_generation_is_deterministic_and_seeded() -> None:
+    a, b, c = KnowledgeBase(WorldSpec(seed=3)), KnowledgeBase(WorldSpec(seed=3)), KnowledgeBase(WorldSpec(seed=4))
+    assert a.requests() == b.requests() and list(a.training_lines()) == list(b.training_lines())
+    assert a.requests() != c.requests()
+
+
+def test_held_out_formulations_never_appear_in_training_text() -> None:
+    kb = KnowledgeBase(WorldSpec(n_subjects=60))
+    text = "\n".join(kb.training_lines())
+    for f in kb.facts:
+        held = kb.relations[f.relation].formulations[f.held_out].replace("{s}", f.subject)
+        assert f"{held} {f.object}" not in text
+
+
+def test_every_request_is_schema_valid() -> None:
+    kb = KnowledgeBase(WorldSpec())
+    for r in kb.requests():
+        validate(r, "edit-request")
+        assert r["target_new"] != r["target_true"]
+        assert len(r["neighborhood_prompts"]) >= 5
+        assert all(n["target"] != r["target_new"] and r["subject"] not in n["prompt"] for n in r["neighborhood_prompts"])
+
+
+def test_build_writes_a_loadable_world_and_caches_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDITSTORE_CACHE", str(tmp_path / "cache"))
+    epochs: list[int] = []
+    path = build_world(config=SMALL, on_epoch=lambda e, total, loss: epochs.append(e))
+    assert epochs == [1, 2]
+    assert build_world(config=SMALL, on_epoch=lambda *a: epochs.append(-1)) == path  # cached: no training
+    assert epochs == [1, 2]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "facts.jsonl", "requests.jsonl", "corpus.txt"):
+        assert (path / name).is_file(), name
+    AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    facts = read_jsonl(path / "facts.jsonl")
+    assert len(facts) == 40 * len(RELATIONS)
+    assert tok.unk_token_id not in tok(facts[0]["trained_prompts"][0] + " " + facts[0]["object"])["input_ids"]
+    info = json.loads((path / "world.json").read_text())
+    assert set(info["recall"]) == {"trained", "held_out"}
+
+    again = build_world(config=SMALL, out=tmp_path / "again")
+    for name in ("facts.jsonl", "requests.jsonl", "corpus.txt", "tokenizer.json"):
+        assert (again / name).read_bytes() == (path / name).read_bytes(), name
+    assert (again / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
