@@ -83,7 +83,7 @@ def evaluate_version(
     facts = untouched_facts(store, edited, limit=recall_limit)
     model = store.checkout(commit_id, device=device)
     metrics = evaluate_requests(model, load_tokenizer(store), reqs, recall_facts=facts)
-    with store._writing(), store.db.atomic():
+    with store.locked(), store.db.atomic():
         store.db["evaluations"].insert(
             {"commit_id": commit_id, "requests": sha256_json(reqs), "n_requests": len(reqs),
              "metrics": json.dumps(metrics.to_json()), "time": now()}

@@ -137,7 +137,7 @@ def reachable_commits(store: Store) -> set[str]:
 def gc(store: Store, *, dry_run: bool = False) -> GcReport:
     """Delete unreachable commits, trees, edits and objects (and temporary files)."""
     report = GcReport(dry_run=dry_run)
-    with store._writing():
+    with store.locked():
         live = reachable_commits(store)
         all_commits = [row[0] for row in store.db.execute("SELECT id FROM commits")]
         report.commits = sorted(set(all_commits) - live)

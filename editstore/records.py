@@ -5,9 +5,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from .hashing import sha256_json
 
@@ -33,9 +33,41 @@ def tree_id(edits: list[str]) -> str:
     return sha256_json(edits)
 
 
+class Record:
+    """Shared behaviour of frozen records: canonical dict, content id, SQLite row."""
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ()  # stored as JSON text in SQLite
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()  # tuples in Python, lists in JSON
+
+    def record(self) -> dict[str, Any]:
+        """The canonical record (what the id hashes)."""
+        d = asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if k in self.TUPLE_FIELDS else v for k, v in d.items()}
+
+    @property
+    def id(self) -> str:
+        return sha256_json(self.record())
+
+    def row(self) -> dict[str, Any]:
+        """The table row: id plus the record, JSON fields as text."""
+        r = self.record()
+        return {"id": self.id, **{k: json.dumps(v) if k in self.JSON_FIELDS else v for k, v in r.items()}}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Any:
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            v = json.loads(row[f.name]) if f.name in cls.JSON_FIELDS else row[f.name]
+            values[f.name] = tuple(v) if f.name in cls.TUPLE_FIELDS else v
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class Edit:
+class Edit(Record):
     """One recorded edit: request, method, hyperparameters and the delta object it produced."""
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("request", "hparams", "params", "info")
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("params",)
 
     base: str
     name: str | None
@@ -49,43 +81,13 @@ class Edit:
     author: str
     time: str
 
-    def record(self) -> dict[str, Any]:
-        """The canonical record (what the id hashes)."""
-        d = asdict(self)
-        d["params"] = list(self.params)
-        return d
-
-    @property
-    def id(self) -> str:
-        return sha256_json(self.record())
-
-    def row(self) -> dict[str, Any]:
-        """The ``edits`` table row."""
-        r = self.record()
-        for key in ("request", "hparams", "params", "info"):
-            r[key] = json.dumps(r[key])
-        return {"id": self.id, **r}
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Edit:
-        return cls(
-            base=row["base"],
-            name=row["name"],
-            method=row["method"],
-            request=json.loads(row["request"]),
-            hparams=json.loads(row["hparams"]),
-            delta=row["delta"],
-            params=tuple(json.loads(row["params"])),
-            rank=row["rank"],
-            info=json.loads(row["info"]),
-            author=row["author"],
-            time=row["time"],
-        )
-
 
 @dataclass(frozen=True)
-class Commit:
+class Commit(Record):
     """One version: parents, the tree (ordered edits) it holds, and how it was made."""
+
+    JSON_FIELDS: ClassVar[tuple[str, ...]] = ("parents",)
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("parents",)
 
     base: str
     parents: tuple[str, ...]
@@ -94,29 +96,3 @@ class Commit:
     message: str
     author: str
     time: str
-
-    def record(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["parents"] = list(self.parents)
-        return d
-
-    @property
-    def id(self) -> str:
-        return sha256_json(self.record())
-
-    def row(self) -> dict[str, Any]:
-        r = self.record()
-        r["parents"] = json.dumps(r["parents"])
-        return {"id": self.id, **r}
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Commit:
-        return cls(
-            base=row["base"],
-            parents=tuple(json.loads(row["parents"])),
-            tree=row["tree"],
-            operation=row["operation"],
-            message=row["message"],
-            author=row["author"],
-            time=row["time"],
-        )

@@ -160,7 +160,8 @@ class Store:
         self.close()
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the store's writer lock (every write does; readers never need it)."""
         with writer_lock(self.root / "lock"):
             yield
 
@@ -299,7 +300,7 @@ class Store:
         parent_tree = self.tree(c.parents[0]) if c.parents else []
         added = [e for e in tree if e not in set(parent_tree)]
         removed = [e for e in parent_tree if e not in set(tree)]
-        edits = [{"id": e, "name": self.edit(e).name, "method": self.edit(e).method} for e in added]
+        edits = [{"id": e, "name": edit.name, "method": edit.method} for e, edit in ((e, self.edit(e)) for e in added)]
         return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
 
     # ----------------------------------------------------------------- branches and tags
@@ -315,7 +316,7 @@ class Store:
 
     def _create_ref(self, full: str, rev: str, what: str) -> str:
         check_ref_name(full.split("/", 2)[2])
-        with self._writing():
+        with self.locked():
             if self._ref(full):
                 raise RefError(f"{what} {full.split('/', 2)[2]!r} already exists")
             target = self.resolve(rev)
@@ -332,7 +333,7 @@ class Store:
         return self._create_ref(TAGS + name, rev, "tag")
 
     def delete_branch(self, name: str) -> None:
-        with self._writing():
+        with self.locked():
             if not self._ref(HEADS + name):
                 raise RefError(f"no branch named {name!r}")
             if self.current_branch() == name:
@@ -344,7 +345,7 @@ class Store:
         """Make ``name`` the current branch (creating it at HEAD with ``create``)."""
         if create:
             self.create_branch(name)
-        with self._writing():
+        with self.locked():
             if not self._ref(HEADS + name):
                 raise RefError(f"no branch named {name!r}")
             with self.db.atomic():
@@ -352,7 +353,7 @@ class Store:
 
     def reset(self, rev: str) -> str:
         """Move the current branch (or detached HEAD) to ``rev``."""
-        with self._writing():
+        with self.locked():
             target = self.resolve(rev)
             with self.db.atomic():
                 self._move_head(target)
@@ -364,7 +365,7 @@ class Store:
         """Store the deltas, append their edits to the current tree and commit; returns the commit id."""
         for item in new:
             item.delta.check_fits(self.base)
-        with self._writing():
+        with self.locked():
             edits = [self._store_edit(item) for item in new]
             known = self.base_hashes()
             touched = sorted({p for e in edits for p in e.params if p not in known})
@@ -383,7 +384,7 @@ class Store:
     def revert(self, rev: str, *, message: str | None = None) -> str:
         """New commit whose tree lacks the edit ``rev`` (or the edits commit ``rev`` introduced)."""
         kind, oid = self.resolve_object(rev)
-        with self._writing():
+        with self.locked():
             tree = self.tree("HEAD")
             if kind == "edit":
                 if oid not in tree:

@@ -207,8 +207,8 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 def checkout(ctx: click.Context, rev: str, out: Path, device: str, store_dir: Path | None) -> None:
     """Write version REV as a Hugging Face directory that from_pretrained loads."""
     store = open_store(ctx, store_dir)
-    params = len(store.factors(store.tree(rev)))
-    with tqdm(total=params, desc="composing", unit="param", disable=params == 0) as bar:
+    params = len({p for e in store.tree(rev) for p in store.edit(e).params})
+    with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
         path = store.checkout_to(rev, out, device=device, progress=lambda _: bar.update())
     click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")
 

@@ -26,7 +26,7 @@ class TrainSpec:
     d_model: int = 128
     n_head: int = 4
     d_ff: int = 512
-    epochs: int = 24
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
