@@ -68,6 +68,12 @@ def find_store(explicit: str | Path | None = None, *, start: Path | None = None)
     )
 
 
+def _minus(items: Sequence[str], other: Sequence[str]) -> list[str]:
+    """``items`` without those in ``other``, order kept."""
+    drop = set(other)
+    return [i for i in items if i not in drop]
+
+
 @dataclass(frozen=True)
 class NewEdit:
     """What a caller hands to :meth:`Store.record_edits`: a delta and how it was made."""
@@ -298,8 +304,7 @@ class Store:
         c = self.commit(oid)
         tree = self.tree(oid)
         parent_tree = self.tree(c.parents[0]) if c.parents else []
-        added = [e for e in tree if e not in set(parent_tree)]
-        removed = [e for e in parent_tree if e not in set(tree)]
+        added, removed = _minus(tree, parent_tree), _minus(parent_tree, tree)
         edits = [{"id": e, "name": edit.name, "method": edit.method} for e, edit in ((e, self.edit(e)) for e in added)]
         return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
 
@@ -397,7 +402,7 @@ class Store:
                 before = self.tree(commit.parents[0]) if commit.parents else []
                 after = self.tree(oid)
                 remove = (set(after) - set(before)) & set(tree)
-                readd = [e for e in before if e not in set(after) and e not in set(tree)]
+                readd = _minus(_minus(before, after), tree)
                 if not remove and not readd:
                     raise NotInTreeError(f"the changes of commit {oid[:12]} are not in the current tree")
                 default = f'Revert "{commit.message.splitlines()[0] if commit.message else oid[:12]}"'
@@ -489,8 +494,7 @@ class Store:
         """Edits only in A or only in B, and each touched parameter's ‖W_B − W_A‖_F and rank."""
         a, b = self.resolve(rev_a), self.resolve(rev_b)
         tree_a, tree_b = self.tree(a), self.tree(b)
-        only_a = [e for e in tree_a if e not in set(tree_b)]
-        only_b = [e for e in tree_b if e not in set(tree_a)]
+        only_a, only_b = _minus(tree_a, tree_b), _minus(tree_b, tree_a)
         removed, added = self.factors(only_a), self.factors(only_b)
         params = [param_diff(p, added.get(p, []), removed.get(p, [])) for p in sorted(set(added) | set(removed))]
         return VersionDiff(a, b, only_a, only_b, params)

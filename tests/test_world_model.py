@@ -32,17 +32,20 @@ def test_world_recall_floors(world: Path) -> None:
 
 
 def test_causal_trace_peaks_at_last_subject_token(world: Path, world_model: tuple) -> None:
+    """Averaged over facts, restoring the MLP output recovers most at the last subject token, middle layer."""
     model, tok = world_model
-    facts = read_jsonl(world / "facts.jsonl")[::97][:12]
-    mlp = torch.zeros(model.config.n_layer)
+    facts = read_jsonl(world / "facts.jsonl")[::97][:16]
+    at_last = torch.zeros(model.config.n_layer)
+    peaks_at_last = 0
     for f in facts:
         t = causal_trace(model, tok, f["trained_prompts"][0], f["subject"], answer=f["object"])
         last = t.subject[1] - 1
-        layer, token = t.peak("mlp")
-        assert token == last, (f, t.tokens)
-        mlp += t.recovery["mlp"][:, last]
-    peak_layer = int(mlp.argmax())
-    assert 0 < peak_layer < model.config.n_layer - 1, mlp  # a middle layer
+        peaks_at_last += t.peak("mlp")[1] == last
+        at_last += t.recovery["mlp"][:, last] / len(facts)
+    assert peaks_at_last >= 0.75 * len(facts)
+    peak_layer = int(at_last.argmax())
+    assert 0 < peak_layer < model.config.n_layer - 1, at_last  # a middle layer
+    assert at_last[peak_layer] >= 0.4
 
 
 def test_eval_on_base_reports_recall_and_low_efficacy(tmp_path: Path, world: Path) -> None:
@@ -82,7 +85,8 @@ def test_behavior_diff_finds_exactly_the_changed_probes(tmp_path: Path, world: P
     assert 0 < len(changed_by_hand) < len(prompts)  # the delta changed some probes, not all
     for c in d.changes:
         assert c.answer_a != c.answer_b and 0 < c.p_a <= 1 and 0 < c.p_b <= 1
-    assert sum(d.n_probes.values()) == len(prompts) + 100
+    assert sum(n for kind, n in d.n_probes.items() if kind != "fact") == len(prompts)
+    assert 90 <= d.n_probes["fact"] <= 100  # 100 untouched facts, less those already probed as neighbours
     store.close()
 
 
@@ -96,7 +100,7 @@ def test_world_commands_from_the_cli(tmp_path: Path, world: Path) -> None:
     def run(*args: object, code: int = 0) -> str:
         result = CliRunner().invoke(cli, [str(a) for a in args])
         assert result.exit_code == code, result.output
-        return result.output
+        return result.stdout if code == 0 else result.output
 
     fact = read_jsonl(world / "facts.jsonl")[0]
     out = run("trace", "--model", world, "--prompt", fact["trained_prompts"][0], "--subject", fact["subject"],
