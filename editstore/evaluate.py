@@ -42,6 +42,17 @@ def score_logits(logits: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[
     return scores
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as a right-padded batch: ids (B, T) and attention mask (B, T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r)
+        mask[b, : len(r)] = 1
+    return ids, mask
+
+
 def target_ids(tokenizer: Any, target: str) -> list[int]:
     """Token ids of a target as it continues a prompt (with its leading space)."""
     ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
@@ -65,12 +76,7 @@ def score_pairs(
             t = target_ids(tokenizer, target)
             rows.append(p + t)
             spans.append((len(p), len(p) + len(t)))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : len(r)] = torch.tensor(r)
-            mask[b, : len(r)] = 1
+        ids, mask = right_pad(rows, pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.cpu()
         scores.extend(score_logits(logits, ids, spans))
     return scores
@@ -156,12 +162,7 @@ def next_tokens(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], 
     out: list[tuple[int, float]] = []
     for i in range(0, len(prompts), batch_size):
         rows = [tokenizer(p)["input_ids"] for p in prompts[i : i + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, : len(r)] = torch.tensor(r)
-            mask[b, : len(r)] = 1
+        ids, mask = right_pad(rows, tokenizer.pad_token_id or 0)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         last = logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1].softmax(-1)  # (B, V)
         p, tok = last.max(-1)

@@ -38,8 +38,14 @@ class Trace:
     recovery: dict[str, torch.Tensor]  # kind -> (L, T)
 
     def peak(self, kind: str) -> tuple[int, int]:
-        """(layer, token) of the highest recovery for ``kind``."""
-        r = self.recovery[kind]
+        """(layer, token) of the highest recovery for ``kind``.
+
+        For ``block``, the last layer at the last token is left out: restoring the model's
+        own output there restores everything, trivially.
+        """
+        r = self.recovery[kind].clone()
+        if kind == "block":
+            r[-1, -1] = float("-inf")
         flat = int(r.argmax())
         return flat // r.shape[1], flat % r.shape[1]
 

@@ -1,0 +1,57 @@
+"""The fact worlds: build time, recall, and where facts live (causal tracing averaged over facts).
+
+    python benchmarks/world.py [--arch gpt2 llama] [--facts 40]
+
+Builds each world (or reuses the cache; its world.json holds the time measured
+when it was built) and prints two tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from editstore.trace import causal_trace
+from editstore.world.build import build_world, read_jsonl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["gpt2", "llama"])
+    parser.add_argument("--facts", type=int, default=40, help="facts to trace per world")
+    args = parser.parse_args()
+    console = Console()
+    build = Table("world", "subjects", "facts", "train s (threads)", "recall trained", "recall held out",
+                  title="fact worlds (editstore world build)")
+    traces = Table("world", "kind", "state restored", *[f"L{i}" for i in range(4)],
+                   title=f"causal trace: mean recovery over {args.facts} facts")
+    for arch in args.arch:
+        path = build_world(arch)
+        info = json.loads((path / "world.json").read_text())
+        build.add_row(arch, str(info["n_subjects"]), str(info["n_facts"]), f"{info['train_seconds']} ({info['threads']})",
+                      f"{info['recall']['trained']:.3f}", f"{info['recall']['held_out']:.3f}")
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        tok = AutoTokenizer.from_pretrained(path)
+        facts = read_jsonl(path / "facts.jsonl")
+        facts = facts[:: max(1, len(facts) // args.facts)][: args.facts]
+        sums: dict[tuple[str, str], torch.Tensor] = {}
+        for f in facts:
+            t = causal_trace(model, tok, f["trained_prompts"][0], f["subject"], answer=f["object"])
+            last = t.subject[1] - 1
+            for kind, r in t.recovery.items():
+                for where, col in (("last subject token", r[:, last]), ("last token", r[:, -1]),
+                                   ("other subject tokens", r[:, t.subject[0] : last].max(1).values if last > t.subject[0] else torch.zeros(r.shape[0]))):
+                    sums[(kind, where)] = sums.get((kind, where), 0) + col / len(facts)
+        for (kind, where), v in sums.items():
+            traces.add_row(arch, kind, where, *[f"{x:.2f}" for x in v.tolist()])
+    console.print(build)
+    console.print(traces)
+
+
+if __name__ == "__main__":
+    main()
