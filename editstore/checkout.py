@@ -1,8 +1,10 @@
 """Materialise a version: write an HF directory, or build the model in memory.
 
-Writing streams: a shard that no delta touches is hard-linked (or copied across
-filesystems); a touched shard is copied and only the byte ranges of its edited
-tensors are rewritten, one tensor at a time. The safetensors header is kept
+Writing streams: a shard that no delta touches is copied (or, with ``link``,
+hard-linked: fast, but the checkout then shares those files with the base, so
+writing into them in place would change the base too); a touched shard is
+copied and only the byte ranges of its edited tensors are rewritten, one tensor
+at a time. The safetensors header is kept
 byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
 bitwise equal to the base. The directory is assembled beside ``out`` and renamed
 into place, so an interrupted checkout never leaves a half-written model.
@@ -47,11 +49,14 @@ def _verify(raw: bytes, name: str, expected: Mapping[str, str]) -> None:
         )
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another filesystem
+            pass
+    shutil.copyfile(src, dst)
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -66,6 +71,7 @@ def write_checkout(
     device: torch.device,
     base_hashes: Mapping[str, str],
     provenance: dict[str, Any],
+    link: bool = False,
     progress: Progress | None = None,
 ) -> Path:
     """Write base + Σ U Vᵀ as a Hugging Face directory at ``out``; return ``out``."""
@@ -86,7 +92,7 @@ def write_checkout(
         for file in base.weight_files:
             touched = sorted(by_file.get(file, []))
             if not touched:
-                _link_or_copy(base.path / file, staging / file)
+                _link_or_copy(base.path / file, staging / file, link)
                 continue
             shutil.copyfile(base.path / file, staging / file)
             with open(staging / file, "r+b") as fh:

@@ -39,6 +39,8 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
 LINEAR = "linear"  # stored (out, in), as nn.Linear
 CONV1D = "conv1d"  # stored (in, out), as GPT-2's transformers Conv1D
 
@@ -95,7 +97,10 @@ class Checkpoint:
     def _weight_files(self) -> list[str]:
         index = self.path / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise BaseModelError(f"{index} is not a valid safetensors index ({exc!r})") from None
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (self.path / f).is_file()]
             if missing:
@@ -165,6 +170,11 @@ class Checkpoint:
     def orientations(self) -> dict[str, str]:
         """For each 2-D weight, ``linear`` or ``conv1d``, decided by the owning module's type."""
         return module_orientations(self.config, self.path, [n for n, t in self.tensors.items() if len(t.shape) == 2])
+
+    def linear_shape(self, name: str) -> tuple[int, int]:
+        """(d_out, d_in) of a 2-D weight in nn.Linear orientation, whatever its storage layout."""
+        rows, cols = self.info(name).shape
+        return (cols, rows) if self.orientations[name] == CONV1D else (rows, cols)
 
     def non_weight_files(self) -> list[Path]:
         """Top-level files to carry into a checkout (config, tokenizer, generation config, ...)."""

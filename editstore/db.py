@@ -39,7 +39,7 @@ CREATE INDEX IF NOT EXISTS edits_delta ON edits (delta);
 
 
 def connect(path: Path) -> sqlite_utils.Database:
-    """Open the store database, with WAL and a busy timeout for concurrent readers."""
+    """Open the store database with a busy timeout (WAL mode is stored in the file by :func:`create`)."""
     db = sqlite_utils.Database(path)
     db.execute("PRAGMA busy_timeout = 30000")
     return db

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import CONV1D, Checkpoint
+from .checkpoint import FLOAT_DTYPES, Checkpoint
 from .errors import InvalidDeltaError, SchemaError
 from .hashing import canonical_json
 from .schema import validate
@@ -105,8 +105,18 @@ class Delta:
             raise InvalidDeltaError(f"delta file {path} does not exist")
         return cls.from_bytes(path.read_bytes(), source=str(path))
 
+    def check(self, source: str = "delta") -> None:
+        """Structural checks that need no base: non-empty, 2-D float factors, equal r ≥ 1, all finite."""
+        if not self.factors:
+            raise InvalidDeltaError(f"{source} holds no tensors")
+        for param, f in self.factors.items():
+            parts = {part: getattr(f, part) for part in PARTS if getattr(f, part) is not None}
+            _check_factors(param, parts, source)
+
     def check_fits(self, base: Checkpoint) -> None:
-        """Raise :class:`InvalidDeltaError` unless every parameter exists in ``base`` with fitting shapes."""
+        """Raise :class:`InvalidDeltaError` unless the delta is well formed and every parameter exists in
+        ``base`` with fitting shapes."""
+        self.check()
         claimed = self.metadata.get("base")
         if claimed and claimed != base.fingerprint:
             raise InvalidDeltaError(
@@ -115,17 +125,18 @@ class Delta:
         for param, f in self.factors.items():
             if param not in base.tensors:
                 raise InvalidDeltaError(f"the base model has no parameter {param!r}")
-            shape = base.tensors[param].shape
-            if len(shape) != 2:
-                raise InvalidDeltaError(f"{param} has shape {list(shape)}; only 2-D weights can take a low-rank delta")
-            orientation = base.orientations.get(param)
-            if orientation is None:
+            info = base.tensors[param]
+            if len(info.shape) != 2:
+                raise InvalidDeltaError(f"{param} has shape {list(info.shape)}; only 2-D weights can take a low-rank delta")
+            if info.dtype not in FLOAT_DTYPES:
+                raise InvalidDeltaError(f"{param} is stored as {info.dtype}; only float weights can take a delta")
+            if param not in base.orientations:
                 raise InvalidDeltaError(f"cannot tell the orientation of {param}: its module type is unknown")
-            d_out, d_in = (shape[1], shape[0]) if orientation == CONV1D else shape
+            d_out, d_in = base.linear_shape(param)
             if f.shape != (d_out, d_in):
                 raise InvalidDeltaError(
                     f"{param}: U Vᵀ is {f.shape[0]} x {f.shape[1]} but the weight is {d_out} x {d_in} (out x in, "
-                    f"{orientation} module)"
+                    f"{base.orientations[param]} module)"
                 )
             if f.keys is not None and f.keys.shape[0] != d_in:
                 raise InvalidDeltaError(f"{param}.keys has {f.keys.shape[0]} rows, expected d_in = {d_in}")

@@ -69,5 +69,9 @@ class LockTimeoutError(EditStoreError):
     """Another process held the writer lock for too long."""
 
 
+class SubjectNotInPromptError(EditStoreError):
+    """An edit request's subject does not occur in its prompt."""
+
+
 class DeviceError(EditStoreError):
     """The requested device is not available (e.g. ``cuda`` without a GPU)."""

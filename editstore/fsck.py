@@ -50,7 +50,15 @@ def referenced_objects(store: Store) -> set[str]:
 
 
 def fsck(store: Store) -> FsckReport:
-    """Check every object, record and ref; never modifies the store."""
+    """Check every object, record and ref; never modifies the store.
+
+    Holds the writer lock, so objects and rows are seen in one consistent state.
+    """
+    with store.locked():
+        return _fsck(store)
+
+
+def _fsck(store: Store) -> FsckReport:
     report = FsckReport()
     on_disk = set()
     for oid in store.objects:
@@ -154,9 +162,11 @@ def gc(store: Store, *, dry_run: bool = False) -> GcReport:
                 store.db["commits"].delete(cid)
             for eid in report.edits:
                 store.db["edits"].delete(eid)
-            store.db.execute(
-                f"DELETE FROM trees WHERE id NOT IN ({','.join('?' * len(live_trees))})", sorted(live_trees)
-            )
+            for (tid,) in store.db.execute("SELECT id FROM trees").fetchall():
+                if tid not in live_trees:
+                    store.db["trees"].delete(tid)
+            for cid in report.commits:
+                store.db.execute("DELETE FROM evaluations WHERE commit_id = ?", [cid])
         for oid in report.objects:
             store.objects.delete(oid)
         for tmp in store.objects.temporaries():

@@ -40,6 +40,7 @@ from .lock import writer_lock
 from .objects import ObjectStore
 from .records import Commit, Edit, author, now, tree_id
 from .revisions import MIN_PREFIX, check_ref_name, parse_revision
+from .schema import validate
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +122,39 @@ class Store:
         self.db = dbmod.connect(self.root / DB_FILE)
         dbmod.check_format(self.db, self.root / DB_FILE)
         self.objects = ObjectStore(self.root / "objects")
+        self._lock_depth = 0
 
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
     def init(cls, base: str | Path, store: str | Path | None = None) -> Store:
-        """Register the checkpoint ``base`` and create a store with an empty ``main`` branch."""
-        root = Path(store) if store else Path.cwd() / STORE_DIRNAME
+        """Register the checkpoint ``base`` and create a store with an empty ``main`` branch.
+
+        The store goes to ``store``, else ``$EDITSTORE_DIR``, else ``./.editstore``.
+        """
+        root = Path(store or os.environ.get(ENV_VAR) or Path.cwd() / STORE_DIRNAME)
+        if root.exists() and not root.is_dir():
+            raise StoreExistsError(f"{root} exists and is not a directory")
         if (root / DB_FILE).exists():
             raise StoreExistsError(f"a store already exists at {root}")
         checkpoint = Checkpoint(base)
         root.mkdir(parents=True, exist_ok=True)
-        db = dbmod.create(root / DB_FILE)
-        with writer_lock(root / "lock"), db.atomic():
+        with writer_lock(root / "lock"):
+            if (root / DB_FILE).exists():
+                raise StoreExistsError(f"a store already exists at {root}")
+            staging = root / f".{DB_FILE}.tmp-{os.getpid()}"  # complete before it is renamed into place
+            staging.unlink(missing_ok=True)
+            db = dbmod.create(staging)
+            cls._write_root(db, checkpoint)
+            db.close()
+            os.replace(staging, root / DB_FILE)
+        log.info("initialised store at %s for base %s", root, checkpoint.path)
+        return cls(root)
+
+    @staticmethod
+    def _write_root(db: Any, checkpoint: Checkpoint) -> None:
+        """The base row, the empty root commit, ``main`` and ``HEAD``, in one transaction."""
+        with db.atomic():
             db["bases"].insert(
                 {
                     "fingerprint": checkpoint.fingerprint,
@@ -147,9 +168,6 @@ class Store:
             db["commits"].insert(root_commit.row())
             db["refs"].insert({"name": HEADS + DEFAULT_BRANCH, "target": root_commit.id, "symbolic": None})
             db["refs"].insert({"name": "HEAD", "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
-        db.close()
-        log.info("initialised store at %s for base %s", root, checkpoint.path)
-        return cls(root)
 
     @classmethod
     def open(cls, store: str | Path | None = None) -> Store:
@@ -167,9 +185,20 @@ class Store:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store's writer lock (every write does; readers never need it)."""
+        """Hold the store's writer lock (every write does; readers never need it). Re-entrant."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         with writer_lock(self.root / "lock"):
-            yield
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
 
     # ----------------------------------------------------------------- base
 
@@ -272,7 +301,11 @@ class Store:
 
     def tree(self, rev: str = "HEAD") -> list[str]:
         """The ordered edit ids of a version."""
-        return self.tree_edits(self.commit(self.resolve(rev)).tree)
+        return self.commit_tree(self.resolve(rev))
+
+    def commit_tree(self, commit_id: str) -> list[str]:
+        """The ordered edit ids of the commit ``commit_id`` (a full id, not a revision)."""
+        return self.tree_edits(self.commit(commit_id).tree)
 
     def tree_edits(self, tid: str) -> list[str]:
         """The ordered edit ids of the tree ``tid``."""
@@ -294,7 +327,7 @@ class Store:
             seen[cid] = self.commit(cid)
             frontier.extend(seen[cid].parents)
         ordered = sorted(seen.items(), key=lambda item: item[1].time, reverse=True)
-        return ordered[:limit] if limit else ordered
+        return ordered if limit is None else ordered[:limit]
 
     def show(self, rev: str) -> dict[str, Any]:
         """A commit (with the edits it added and removed) or an edit, as a JSON-ready dict."""
@@ -302,8 +335,8 @@ class Store:
         if kind == "edit":
             return {"type": "edit", "id": oid, **self.edit(oid).record()}
         c = self.commit(oid)
-        tree = self.tree(oid)
-        parent_tree = self.tree(c.parents[0]) if c.parents else []
+        tree = self.commit_tree(oid)
+        parent_tree = self.commit_tree(c.parents[0]) if c.parents else []
         added, removed = _minus(tree, parent_tree), _minus(parent_tree, tree)
         edits = [{"id": e, "name": edit.name, "method": edit.method} for e, edit in ((e, self.edit(e)) for e in added)]
         return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
@@ -370,11 +403,13 @@ class Store:
         """Store the deltas, append their edits to the current tree and commit; returns the commit id."""
         for item in new:
             item.delta.check_fits(self.base)
+            if item.request is not None:
+                validate(item.request, "edit-request", what="edit request")
         with self.locked():
-            edits = [self._store_edit(item) for item in new]
             known = self.base_hashes()
-            touched = sorted({p for e in edits for p in e.params if p not in known})
+            touched = sorted({p for item in new for p in item.delta.params if p not in known})
             hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]
+            edits = [self._store_edit(item) for item in new]
             tree = self.tree("HEAD") + [e.id for e in edits]
             return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes)
 
@@ -399,8 +434,8 @@ class Store:
                 default = f"Revert edit {label}"
             else:
                 commit = self.commit(oid)
-                before = self.tree(commit.parents[0]) if commit.parents else []
-                after = self.tree(oid)
+                before = self.commit_tree(commit.parents[0]) if commit.parents else []
+                after = self.commit_tree(oid)
                 remove = (set(after) - set(before)) & set(tree)
                 readd = _minus(_minus(before, after), tree)
                 if not remove and not readd:
@@ -474,11 +509,15 @@ class Store:
         out: str | Path,
         *,
         device: str | torch.device = "auto",
+        link: bool = False,
         progress: Progress | None = None,
     ) -> Path:
-        """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty)."""
+        """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty).
+
+        With ``link``, shards no delta touches are hard-linked to the base instead of copied.
+        """
         commit_id = self.resolve(rev)
-        tree = self.tree(commit_id)
+        tree = self.commit_tree(commit_id)
         provenance = {"store": str(self.root), "commit": commit_id, "tree": tree_id(tree), "base": self.base_fingerprint}
         return write_checkout(
             self.base,
@@ -487,13 +526,14 @@ class Store:
             device=resolve_device(device),
             base_hashes=self.base_hashes(),
             provenance=provenance,
+            link=link,
             progress=progress,
         )
 
     def diff(self, rev_a: str, rev_b: str) -> VersionDiff:
         """Edits only in A or only in B, and each touched parameter's ‖W_B − W_A‖_F and rank."""
         a, b = self.resolve(rev_a), self.resolve(rev_b)
-        tree_a, tree_b = self.tree(a), self.tree(b)
+        tree_a, tree_b = self.commit_tree(a), self.commit_tree(b)
         only_a, only_b = _minus(tree_a, tree_b), _minus(tree_b, tree_a)
         removed, added = self.factors(only_a), self.factors(only_b)
         params = [param_diff(p, added.get(p, []), removed.get(p, [])) for p in sorted(set(added) | set(removed))]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONV1D, Checkpoint
+from .checkpoint import Checkpoint
 from .delta import Delta, Factors
 
 TINY_CONFIGS = {
@@ -44,12 +44,6 @@ def tiny_model(
     return Path(out)
 
 
-def linear_shape(base: Checkpoint, param: str) -> tuple[int, int]:
-    """(d_out, d_in) of a 2-D weight, whatever its storage orientation."""
-    shape = base.info(param).shape
-    return (shape[1], shape[0]) if base.orientations[param] == CONV1D else (shape[0], shape[1])
-
-
 def random_delta(
     base: Checkpoint,
     params: Sequence[str],
@@ -63,7 +57,7 @@ def random_delta(
     g = torch.Generator().manual_seed(seed)
     factors = {}
     for param in params:
-        d_out, d_in = linear_shape(base, param)
+        d_out, d_in = base.linear_shape(param)
         U = torch.randn(d_out, rank, generator=g) * scale  # (d_out, r)
         V = torch.randn(d_in, rank, generator=g) * scale  # (d_in, r)
         keys = torch.randn(d_in, rank, generator=g) if with_keys else None  # (d_in, n)

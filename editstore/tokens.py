@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import EditStoreError
-
-
-class SubjectNotInPromptError(EditStoreError):
-    """The subject does not occur in the prompt."""
+from .errors import SubjectNotInPromptError
 
 
 def subject_span(tokenizer: Any, prompt: str, subject: str) -> tuple[list[int], int, int]:

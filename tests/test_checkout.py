@@ -58,11 +58,12 @@ def test_checkout_equals_base_plus_factors_and_revert(
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "reverted")
     assert model.dtype == read_weights(store.base.path)[params[0]].dtype
-    in_memory = store.checkout("HEAD", device="cpu")
+    in_memory = store.checkout("HEAD", device="cpu").state_dict()
     on_disk = read_weights(tmp_path / "reverted")
-    for name, p in in_memory.state_dict().items():
-        if name in on_disk:
-            assert torch.equal(p, on_disk[name]), name
+    assert set(params) <= set(in_memory) & set(on_disk)
+    for name in on_disk:
+        if name in in_memory:
+            assert torch.equal(in_memory[name], on_disk[name]), name
     store.close()
 
 
@@ -81,14 +82,17 @@ def test_checkout_carries_config_and_tokenizer_files(tmp_path: Path, gpt2_dir: P
     store.close()
 
 
-def test_untouched_shards_are_linked(tmp_path: Path, gpt2_dir: Path) -> None:
+def test_untouched_shards_are_copied_or_linked(tmp_path: Path, gpt2_dir: Path) -> None:
     store = Store.init(gpt2_dir, tmp_path / "store")
     store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
-    out = store.checkout_to("HEAD", tmp_path / "out")
+    copied = store.checkout_to("HEAD", tmp_path / "copied")
+    linked = store.checkout_to("HEAD", tmp_path / "linked", link=True)
     edited_file = store.base.info(GPT2_PARAMS[0]).file
     for f in store.base.weight_files:
-        same_inode = (out / f).stat().st_ino == (gpt2_dir / f).stat().st_ino
-        assert same_inode == (f != edited_file), f
+        base_inode = (gpt2_dir / f).stat().st_ino
+        assert (copied / f).stat().st_ino != base_inode  # by default nothing is shared with the base
+        assert ((linked / f).stat().st_ino == base_inode) == (f != edited_file), f
+        assert (copied / f).read_bytes() == (linked / f).read_bytes()
     store.close()
 
 

@@ -190,7 +190,14 @@ def test_corrupt_object_is_a_clean_error(tmp_path: Path, gpt2_dir: Path, store_d
 
 
 def test_every_command_has_help() -> None:
-    for name, command in cli.commands.items():
-        assert command.help and command.help.strip(), name
-        assert "Usage:" in run(name, "--help")
+    import click
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> None:
+        for name, command in group.commands.items():
+            assert command.help and command.help.strip(), path + (name,)
+            assert "Usage:" in run(*path, name, "--help")
+            if isinstance(command, click.Group):
+                walk(command, path + (name,))
+
+    walk(cli, ())
     assert "Commands:" in run("--help")

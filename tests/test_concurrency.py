@@ -66,7 +66,7 @@ def test_sigkill_mid_import_leaves_old_or_new_head(gpt2_store: Store) -> None:
         head = store.head()
         history = store.log()
         assert {c for c, _ in history} >= before
-        assert len(history) > len(before)  # the writer was killed while committing, not before
+        assert len(history) > len(before)  # it committed before it was killed, so it was killed mid-stream
         # HEAD is a complete commit: its tree is exactly the edits of every import before it
         assert len(store.tree(head)) == len(history) - 1
         for eid in store.tree(head):

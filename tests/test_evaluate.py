@@ -1,11 +1,11 @@
-"""The scorer on hand-made logits, and the metrics' definitions on a real tiny model."""
+"""The scorer on hand-made logits (the metrics on a real model: tests/test_world_model.py)."""
 
 import math
 
 import pytest
 import torch
 
-from editstore.evaluate import Score, evaluate_requests, score_logits
+from editstore.evaluate import Score, score_logits
 
 
 def test_score_logits_sums_target_logprobs() -> None:

@@ -52,3 +52,23 @@ def test_unreferenced_object_is_a_warning(tmp_path: Path, gpt2_store: Store) -> 
     gpt2_store.objects.write(b"orphan from a crash between object write and commit")
     report = fsck(gpt2_store)
     assert report.ok and any("not referenced" in w for w in report.warnings)
+
+
+def test_missing_object_and_dangling_head_are_faults(gpt2_store: Store) -> None:
+    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS), message="x")
+    gpt2_store.objects.delete(gpt2_store.edit(gpt2_store.tree()[0]).delta)
+    gpt2_store.db.execute("UPDATE refs SET symbolic = 'refs/heads/gone' WHERE name = 'HEAD'")
+    gpt2_store.db.conn.commit()
+    errors = fsck(gpt2_store).errors
+    assert any("is missing" in e for e in errors) and any("does not exist" in e for e in errors)
+
+
+def test_gc_keeps_what_a_detached_head_reaches(gpt2_store: Store) -> None:
+    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="one")
+    gpt2_store.db.execute("UPDATE refs SET symbolic = NULL, target = ? WHERE name = 'HEAD'", [gpt2_store.head()])
+    gpt2_store.db.conn.commit()
+    gpt2_store.reset("HEAD")  # detached: reset moves HEAD itself
+    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="two, detached")
+    report = gc(gpt2_store)
+    assert report.commits == [] and report.objects == []
+    assert fsck(gpt2_store).ok

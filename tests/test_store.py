@@ -149,3 +149,44 @@ def test_records_match_their_schemas(gpt2_store: Store) -> None:
         assert c.id == cid
     for row in gpt2_store.db["edits"].rows:
         validate(gpt2_store.edit(row["id"]).record(), "edit-record")
+
+
+def test_api_deltas_are_validated_before_anything_is_written(gpt2_store: Store) -> None:
+    from editstore import Delta, Factors
+    from editstore.errors import InvalidDeltaError, SchemaError
+    from editstore.store import NewEdit
+
+    import torch
+
+    from .conftest import snapshot
+
+    p = GPT2_PARAMS[0]
+    before = snapshot(gpt2_store.root)
+    bad = [
+        Delta({p: Factors(torch.full((32, 1), float("nan")), torch.ones(128, 1))}),
+        Delta({p: Factors(torch.ones(32, 1), torch.ones(128, 2))}),
+        Delta({}),
+    ]
+    for delta in bad:
+        with pytest.raises(InvalidDeltaError):
+            gpt2_store.import_delta(delta, message="bad")
+    good = random_delta(gpt2_store.base, [p])
+    with pytest.raises(SchemaError):
+        gpt2_store.record_edits([NewEdit(good, "rome", request={"prompt": "no slot", "subject": "x"})], message="m")
+    assert snapshot(gpt2_store.root) == before
+
+
+def test_writer_lock_is_reentrant(gpt2_store: Store) -> None:
+    with gpt2_store.locked():
+        commit_random(gpt2_store, 1)
+    assert len(gpt2_store.tree()) == 1
+
+
+def test_init_refuses_a_file_and_honours_env(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreExistsError, match="not a directory"):
+        Store.init(gpt2_dir, tmp_path / "file")
+    monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / "from-env"))
+    Store.init(gpt2_dir).close()
+    assert (tmp_path / "from-env" / "store.db").is_file()
+    assert not list((tmp_path / "from-env").glob(".store.db.tmp-*"))

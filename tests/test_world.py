@@ -69,3 +69,13 @@ def test_build_writes_a_loadable_world_and_caches_it(tmp_path: Path, monkeypatch
     for name in ("facts.jsonl", "requests.jsonl", "corpus.txt", "tokenizer.json"):
         assert (again / name).read_bytes() == (path / name).read_bytes(), name
     assert (again / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
+
+
+def test_build_never_replaces_a_directory_that_is_not_a_world(tmp_path: Path) -> None:
+    from editstore.errors import OutputDirError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep")
+    with pytest.raises(OutputDirError):
+        build_world(config=SMALL, out=tmp_path / "mine")
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"

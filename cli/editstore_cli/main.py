@@ -40,8 +40,7 @@ store_option = click.option(
     "--store",
     "store_dir",
     type=click.Path(path_type=Path),
-    envvar="EDITSTORE_DIR",
-    help="Store directory (default: .editstore here or in a parent; env EDITSTORE_DIR).",
+    help="Store directory (default: $EDITSTORE_DIR, else .editstore here or in a parent).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -53,7 +52,7 @@ def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
 
 
 @click.group(cls=EditStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", "store_dir", type=click.Path(path_type=Path), envvar="EDITSTORE_DIR", help="Store directory.")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), help="Store directory (also $EDITSTORE_DIR).")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="editstore")
 @click.pass_context
@@ -202,14 +201,16 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 @click.argument("rev", default="HEAD")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (missing or empty).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--link", is_flag=True, help="Hard-link unedited shards to the base instead of copying them "
+              "(fast; never write into such a checkout in place).")
 @store_option
 @click.pass_context
-def checkout(ctx: click.Context, rev: str, out: Path, device: str, store_dir: Path | None) -> None:
+def checkout(ctx: click.Context, rev: str, out: Path, device: str, link: bool, store_dir: Path | None) -> None:
     """Write version REV as a Hugging Face directory that from_pretrained loads."""
     store = open_store(ctx, store_dir)
     params = len({p for e in store.tree(rev) for p in store.edit(e).params})
     with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
-        path = store.checkout_to(rev, out, device=device, progress=lambda _: bar.update())
+        path = store.checkout_to(rev, out, device=device, link=link, progress=lambda _: bar.update())
     click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")
 
 
@@ -217,7 +218,8 @@ def checkout(ctx: click.Context, rev: str, out: Path, device: str, store_dir: Pa
 @click.argument("rev_a")
 @click.argument("rev_b")
 @click.option("--behavior", is_flag=True, help="Compare answers to probes instead of weights.")
-@click.option("--requests", "requests_file", type=click.Path(path_type=Path), help="Extra requests to probe (JSONL).")
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Extra requests to probe (JSONL).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @json_option
 @store_option
@@ -259,7 +261,7 @@ def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path
 
 @cli.command("eval")
 @click.argument("rev", default="HEAD")
-@click.option("--requests", "requests_file", type=click.Path(path_type=Path),
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Requests to score (JSONL; default: the requests of the version's edits).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @json_option

@@ -9,6 +9,8 @@ import click
 from rich.table import Table
 from tqdm import tqdm
 
+from editstore.world.build import ARCHES
+
 from .output import echo_json, print_table
 
 
@@ -18,7 +20,7 @@ def world() -> None:
 
 
 @world.command("build")
-@click.option("--arch", type=click.Choice(["gpt2", "llama"]), default="gpt2", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHES), default="gpt2", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory to build into (default: the user cache).")
 @click.option("--force", is_flag=True, help="Rebuild even when a matching world exists.")
@@ -51,8 +53,9 @@ def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
 @click.option("--prompt", required=True, help="The prompt, with the subject filled in (or {} for it).")
 @click.option("--subject", required=True, help="The subject, which must occur in the prompt.")
 @click.option("--answer", help="The answer to trace (default: the model's greedy next token).")
-@click.option("--samples", type=int, default=10, show_default=True, help="Noise samples.")
-@click.option("--noise", type=float, default=3.0, show_default=True, help="Noise scale, in embedding std units.")
+@click.option("--samples", type=click.IntRange(1), default=10, show_default=True, help="Noise samples.")
+@click.option("--noise", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True,
+              help="Noise scale, in embedding std units.")
 @click.option("--out", type=click.Path(path_type=Path), help="Save a heatmap PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def trace(model_dir: Path, prompt: str, subject: str, answer: str | None, samples: int, noise: float,

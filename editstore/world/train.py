@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ class TrainSpec:
     warmup: float = 0.05
     mlp_drop_layers: tuple[int, ...] = (0,)
     mlp_drop: float = 0.5
-    split_lines: float = 0.0
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -68,14 +66,15 @@ def train_lm(
 ) -> PreTrainedModel:
     """Train from scratch on ``lines``; ``on_epoch(epoch, loss, model)`` may return True to stop early."""
     torch.manual_seed(spec.seed)
-    enc = tokenizer(training_sequences(lines, spec.split_lines, spec.seed), padding=True, return_tensors="pt")
+    enc = tokenizer(list(lines), padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]  # (N, T)
     labels = ids.masked_fill(mask == 0, -100)
     model = AutoModelForCausalLM.from_config(model_config(spec, tokenizer, max_len=ids.shape[1] + 64))
     model.train()
     hooks = [_drop_mlp_output(model, layer, spec.mlp_drop, spec.seed) for layer in spec.mlp_drop_layers]
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
-    steps_per_epoch = math.ceil(len(ids) / spec.batch_size)
+    lengths = mask.sum(1)  # (N,)
+    steps_per_epoch = sum(math.ceil(len(c) / spec.batch_size) for c in torch.arange(len(ids)).split(spec.batch_size * 16))
     total = spec.epochs * steps_per_epoch
     warm = max(1, int(spec.warmup * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -84,11 +83,9 @@ def train_lm(
     g = torch.Generator().manual_seed(spec.seed)
     start = time.perf_counter()
     for epoch in range(spec.epochs):
-        perm = torch.randperm(len(ids), generator=g)
         running = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
-            width = int(mask[idx].sum(1).max())
+        for idx in _batches(lengths, spec.batch_size, g):
+            width = int(lengths[idx].max())
             out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width])
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -110,23 +107,17 @@ def train_lm(
     return model
 
 
-def training_sequences(lines: Sequence[str], split: float, seed: int) -> list[str]:
-    """The lines, each cut at a random sentence boundary into two sequences with probability ``split``.
-
-    A prompt is evaluated with no text before it, but inside a biography line most
-    sentences follow others about the same subject; cutting some lines puts more facts
-    at the start of a sequence (rotary models otherwise lean on that context).
-    """
-    rng = random.Random(seed)
-    out: list[str] = []
-    for line in lines:
-        sentences = [s.strip() + " ." for s in line.split(" .") if s.strip()]
-        if len(sentences) > 1 and rng.random() < split:
-            cut = rng.randrange(1, len(sentences))
-            out += [" ".join(sentences[:cut]), " ".join(sentences[cut:])]
-        else:
-            out.append(line)
-    return out
+def _batches(lengths: torch.Tensor, batch_size: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Random batches of sequences of similar length (less padding), in random order."""
+    perm = torch.randperm(len(lengths), generator=g)
+    chunk = batch_size * 16
+    batches = []
+    for start in range(0, len(perm), chunk):
+        part = perm[start : start + chunk]
+        part = part[torch.argsort(lengths[part], stable=True)]
+        batches += list(part.split(batch_size))
+    order = torch.randperm(len(batches), generator=g)
+    return [batches[i] for i in order]
 
 
 def _drop_mlp_output(model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
