@@ -29,7 +29,8 @@ def main() -> None:
     build = Table("world", "subjects", "facts", "train s (threads)", "recall trained", "recall held out",
                   title="fact worlds (editstore world build)")
     traces = Table("world", "kind", "state restored", *[f"L{i}" for i in range(4)],
-                   title=f"causal trace: mean recovery over {args.facts} facts")
+                   title=f"causal trace: mean recovery over the traced facts (of {args.facts}) where corrupting "
+                         "the subject changes p(answer)")
     for arch in args.arch:
         path = build_world(arch)
         info = json.loads((path / "world.json").read_text())
@@ -39,16 +40,17 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(path)
         facts = read_jsonl(path / "facts.jsonl")
         facts = facts[:: max(1, len(facts) // args.facts)][: args.facts]
+        traced = [causal_trace(model, tok, f["trained_prompts"][0], f["subject"], answer=f["object"]) for f in facts]
+        traced = [t for t in traced if t.informative]
         sums: dict[tuple[str, str], torch.Tensor] = {}
-        for f in facts:
-            t = causal_trace(model, tok, f["trained_prompts"][0], f["subject"], answer=f["object"])
+        for t in traced:
             last = t.subject[1] - 1
             for kind, r in t.recovery.items():
                 for where, col in (("last subject token", r[:, last]), ("last token", r[:, -1]),
                                    ("other subject tokens", r[:, t.subject[0] : last].max(1).values if last > t.subject[0] else torch.zeros(r.shape[0]))):
-                    sums[(kind, where)] = sums.get((kind, where), 0) + col / len(facts)
+                    sums[(kind, where)] = sums.get((kind, where), 0) + col / len(traced)
         for (kind, where), v in sums.items():
-            traces.add_row(arch, kind, where, *[f"{x:.2f}" for x in v.tolist()])
+            traces.add_row(f"{arch} ({len(traced)})", kind, where, *[f"{x:.2f}" for x in v.tolist()])
     console.print(build)
     console.print(traces)
 

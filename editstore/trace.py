@@ -24,6 +24,7 @@ from .layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
 from .tokens import subject_span
 
 KINDS = ("block", "mlp", "attn")
+MIN_EFFECT = 0.01  # p_clean − p_corrupted below this: the trace is uninformative, recovery is all 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Trace:
     p_clean: float
     p_corrupted: float
     recovery: dict[str, torch.Tensor]  # kind -> (L, T)
+
+    @property
+    def informative(self) -> bool:
+        """False when corrupting the subject barely changed the answer's probability."""
+        return self.p_clean - self.p_corrupted >= MIN_EFFECT
 
     def peak(self, kind: str) -> tuple[int, int]:
         """(layer, token) of the highest recovery for ``kind``.
@@ -113,8 +119,11 @@ def causal_trace(
             for layer, module in enumerate(mods):
                 for t in range(len(ids)):
                     recovery[kind][layer, t] = _restored(model, x, module, t, prob)
-    span = max(p_clean - p_corrupted, 1e-9)
-    recovery = {k: (v - p_corrupted) / span for k, v in recovery.items()}
+    span = p_clean - p_corrupted
+    if span < MIN_EFFECT:  # corrupting the subject did not hurt: there is nothing to recover
+        recovery = {k: torch.zeros_like(v) for k, v in recovery.items()}
+    else:
+        recovery = {k: (v - p_corrupted) / span for k, v in recovery.items()}
     tokens = tokenizer.convert_ids_to_tokens(ids)
     return Trace(tokens, (s0, s1), tokenizer.decode([answer_id]).strip(), p_clean, p_corrupted, recovery)
 
