@@ -43,6 +43,13 @@ store_option = click.option(
     help="Store directory (default: $EDITSTORE_DIR, else .editstore here or in a parent).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                             help="Where to compute: auto is CUDA when available.")
+
+
+def requests_option(help: str) -> Any:
+    return click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help=help)
 
 
 def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
@@ -200,7 +207,7 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 @cli.command()
 @click.argument("rev", default="HEAD")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (missing or empty).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--link", is_flag=True, help="Hard-link unedited shards to the base instead of copying them "
               "(fast; never write into such a checkout in place).")
 @store_option
@@ -218,9 +225,8 @@ def checkout(ctx: click.Context, rev: str, out: Path, device: str, link: bool, s
 @click.argument("rev_a")
 @click.argument("rev_b")
 @click.option("--behavior", is_flag=True, help="Compare answers to probes instead of weights.")
-@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Extra requests to probe (JSONL).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@requests_option("Extra requests to probe (JSONL).")
+@device_option
 @json_option
 @store_option
 @click.pass_context
@@ -261,9 +267,8 @@ def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path
 
 @cli.command("eval")
 @click.argument("rev", default="HEAD")
-@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Requests to score (JSONL; default: the requests of the version's edits).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@requests_option("Requests to score (JSONL; default: the requests of the version's edits).")
+@device_option
 @json_option
 @store_option
 @click.pass_context
