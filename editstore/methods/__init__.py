@@ -1,0 +1,1 @@
+"""Edit methods: each computes a :class:`editstore.Delta` and leaves the model it is given unchanged."""
