@@ -7,9 +7,13 @@ from typing import Any
 from .errors import SubjectNotInPromptError
 
 
-def subject_span(tokenizer: Any, prompt: str, subject: str) -> tuple[list[int], int, int]:
-    """(input ids, first subject token, one past the last) for ``subject`` in the filled ``prompt``."""
-    start_char = prompt.find(subject)
+def subject_span(tokenizer: Any, prompt: str, subject: str, *, search_from: int = 0) -> tuple[list[int], int, int]:
+    """(input ids, first subject token, one past the last) for ``subject`` in the filled ``prompt``.
+
+    The first occurrence at or after character ``search_from`` counts (a prefix before the
+    prompt proper may mention the subject too).
+    """
+    start_char = prompt.find(subject, search_from)
     if not subject or start_char < 0:
         raise SubjectNotInPromptError(f"subject {subject!r} does not occur in the prompt {prompt!r}")
     end_char = start_char + len(subject)

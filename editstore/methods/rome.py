@@ -131,7 +131,7 @@ def compute_rome(
     prompt = request["prompt"].replace("{}", subject)
     prefixes = sample_prefixes(model, tokenizer, hparams.n_prefixes, hparams.prefix_len, hparams.seed)
     texts = [f"{p} {prompt}".strip() for p in prefixes]
-    spans = [subject_span(tokenizer, t, subject) for t in texts]
+    spans = [subject_span(tokenizer, t, subject, search_from=len(t) - len(prompt)) for t in texts]
     rows = [ids for ids, _, _ in spans]
     idx = [end - 1 for _, _, end in spans]
 
