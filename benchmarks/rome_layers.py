@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editstore.compose import apply_factors
+from editstore.checkout import load_model
+from editstore.checkpoint import Checkpoint
 from editstore.evaluate import evaluate_requests
 from editstore.methods.rome import RomeHparams, compute_rome
 from editstore.stats import second_moment
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=20)
     args = parser.parse_args()
     world = build_world("gpt2")
+    base = Checkpoint(world)
     model = AutoModelForCausalLM.from_pretrained(world).eval()
     tok = AutoTokenizer.from_pretrained(world)
     requests = read_jsonl(world / "requests.jsonl")[::50][: args.edits]
@@ -43,10 +45,7 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / len(requests)
         scores = []
         for r, d in zip(requests, deltas):
-            edited = AutoModelForCausalLM.from_pretrained(world).eval()
-            weight = edited.get_submodule(hp.module_name).weight
-            with torch.no_grad():
-                weight.copy_(apply_factors(weight, list(d.factors.values()), orientation="conv1d", device=torch.device("cpu")))
+            edited = load_model(base, {p: [f] for p, f in d.factors.items()}, device=torch.device("cpu"), base_hashes={})
             scores.append(evaluate_requests(edited, tok, [r]))
         means = [sum(getattr(s, k) for s in scores) / len(scores) for k in KEYS]
         table.add_row(str(layer), *[f"{m:.2f}" for m in means], f"{seconds:.2f}")

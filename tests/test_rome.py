@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editstore.compose import apply_factors
+from editstore.checkout import load_model
+from editstore.checkpoint import Checkpoint
 from editstore.evaluate import evaluate_requests
 from editstore.methods.rome import RomeHparams, compute_rome, linear_weight
 from editstore.stats import second_moment
@@ -49,12 +50,10 @@ def test_rome_at_the_traced_layer_edits_world_facts() -> None:
     sigma, _ = second_moment(model, tok, (world / "corpus.txt").read_text().splitlines(), model.get_submodule(hp.module_name))
     requests = read_jsonl(world / "requests.jsonl")[::50][:12]
     metrics = []
+    base = Checkpoint(world)
     for r in requests:
-        f = compute_rome(model, tok, r, hp, sigma=sigma).delta.factors[f"{hp.module_name}.weight"]
-        edited = AutoModelForCausalLM.from_pretrained(world).eval()
-        weight = edited.get_submodule(hp.module_name).weight
-        with torch.no_grad():
-            weight.copy_(apply_factors(weight, [f], orientation="conv1d", device=torch.device("cpu")))
+        delta = compute_rome(model, tok, r, hp, sigma=sigma).delta
+        edited = load_model(base, {p: [f] for p, f in delta.factors.items()}, device=torch.device("cpu"), base_hashes={})
         metrics.append(evaluate_requests(edited, tok, [r]))
     mean = lambda key: sum(getattr(m, key) for m in metrics) / len(metrics)  # noqa: E731
     assert mean("efficacy") >= 0.8
