@@ -22,6 +22,7 @@ from .hashing import sha256_json
 from .records import now
 from .schema import validate
 from .store import Store
+from .world.build import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ def untouched_facts(store: Store, edited_subjects: set[str], *, limit: int) -> l
     path = store.base.path / FACTS_FILE
     if not path.is_file():
         return []
-    facts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    facts = [f for f in facts if f["subject"] not in edited_subjects]
+    facts = [f for f in read_jsonl(path) if f["subject"] not in edited_subjects]
     step = max(1, len(facts) // limit) if limit else 1
     return [(f["trained_prompts"][0], f["object"]) for f in facts[::step][:limit]]
 
@@ -78,8 +78,9 @@ def evaluate_version(
     """Metrics of version ``rev`` on ``requests`` (default: its own edits' requests); stored against the commit."""
     commit_id = store.resolve(rev)
     tree = store.tree(commit_id)
-    reqs = list(requests) if requests is not None else edit_requests(store, tree)
-    edited = {r["subject"] for r in edit_requests(store, tree)}
+    own = edit_requests(store, tree)
+    reqs = list(requests) if requests is not None else own
+    edited = {r["subject"] for r in own}
     facts = untouched_facts(store, edited, limit=recall_limit)
     model = store.checkout(commit_id, device=device)
     metrics = evaluate_requests(model, load_tokenizer(store), reqs, recall_facts=facts)

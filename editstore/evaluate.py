@@ -42,6 +42,11 @@ def score_logits(logits: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[
     return scores
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id (0 when it has none; padded positions are masked anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id rows as a right-padded batch: ids (B, T) and attention mask (B, T)."""
     width = max(len(r) for r in rows)
@@ -67,7 +72,7 @@ def score_pairs(
 ) -> list[Score]:
     """Score every (prompt, target) pair with teacher forcing, in right-padded batches."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     scores: list[Score] = []
     for i in range(0, len(pairs), batch_size):
         rows, spans = [], []
@@ -162,7 +167,7 @@ def next_tokens(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], 
     out: list[tuple[int, float]] = []
     for i in range(0, len(prompts), batch_size):
         rows = [tokenizer(p)["input_ids"] for p in prompts[i : i + batch_size]]
-        ids, mask = right_pad(rows, tokenizer.pad_token_id or 0)
+        ids, mask = right_pad(rows, pad_id(tokenizer))
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         last = logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1].softmax(-1)  # (B, V)
         p, tok = last.max(-1)

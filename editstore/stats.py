@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .evaluate import right_pad
+from .evaluate import pad_id, right_pad
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def second_moment(
     handle = module.register_forward_pre_hook(grab)
     try:
         for i in range(0, len(texts), batch_size):
-            ids, mask = right_pad([tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]], tokenizer.pad_token_id or 0)
+            ids, mask = right_pad([tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]], pad_id(tokenizer))
             current_mask[:] = [mask.to(device)]
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
             if progress:

@@ -338,7 +338,7 @@ class Store:
         tree = self.commit_tree(oid)
         parent_tree = self.commit_tree(c.parents[0]) if c.parents else []
         added, removed = _minus(tree, parent_tree), _minus(parent_tree, tree)
-        edits = [{"id": e, "name": edit.name, "method": edit.method} for e, edit in ((e, self.edit(e)) for e in added)]
+        edits = [{"id": e, "name": (edit := self.edit(e)).name, "method": edit.method} for e in added]
         return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
 
     # ----------------------------------------------------------------- branches and tags

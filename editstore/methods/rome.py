@@ -21,7 +21,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..delta import Delta, Factors
-from ..evaluate import right_pad, target_ids
+from ..evaluate import pad_id, right_pad, target_ids
 from ..tokens import subject_span
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def compute_rome(
     """
     module = model.get_submodule(hparams.module_name)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
     subject, target = request["subject"], request["target_new"]
     prompt = request["prompt"].replace("{}", subject)
     prefixes = sample_prefixes(model, tokenizer, hparams.n_prefixes, hparams.prefix_len, hparams.seed)
@@ -135,15 +135,14 @@ def compute_rome(
     rows = [ids for ids, _, _ in spans]
     idx = [end - 1 for _, _, end in spans]
 
-    k_all, _ = _capture(module, model, rows, idx, pad)
-    k_bar = k_all.mean(0)  # (d_in,)
-
     t_ids = target_ids(tokenizer, target)
     kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
     edit_rows = [r + t_ids[:-1] for r in rows] + [kl_ids]
     edit_idx = idx + [kl_end - 1]
-    v0_all = _capture(module, model, edit_rows, edit_idx, pad)[1]
-    v0 = v0_all[0]  # (d_out,) output at the subject in the un-prefixed prompt
+    # one pass: the model is causal, so the target tokens appended after the subject leave its key unchanged
+    k_all, v_all = _capture(module, model, edit_rows, edit_idx, pad)
+    k_bar = k_all[: len(rows)].mean(0)  # (d_in,) over the prefixed prompts, not the KL prompt
+    v0 = v_all[0]  # (d_out,) output at the subject in the un-prefixed prompt
     delta, nll_before, nll_after = _optimise_v(model, module, edit_rows, edit_idx, rows, t_ids, v0, hparams, pad)
     v_star = v0 + delta  # (d_out,)
 
