@@ -2,7 +2,8 @@
 
 Tables: ``meta`` (format version), ``bases``, ``base_tensors`` (content hashes of
 the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``, ``evaluations``
-(metrics of a version, see :mod:`editstore.behavior`).
+(metrics of a version, see :mod:`editstore.behavior`), ``stats`` (second-moment
+objects, see :mod:`editstore.moments`).
 Every user operation writes inside one ``db.atomic()`` transaction.
 """
 
@@ -14,7 +15,7 @@ import sqlite_utils
 
 from .errors import StoreFormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the stats table (an editstore that does not know it would gc its objects)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +36,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY, commit_id TEXT NOT NULL, requests TEXT NOT NULL, n_requests INTEGER NOT NULL,
     metrics TEXT NOT NULL, time TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS edits_delta ON edits (delta);
+CREATE TABLE IF NOT EXISTS stats (
+    base TEXT NOT NULL, module TEXT NOT NULL, corpus TEXT NOT NULL, samples INTEGER NOT NULL,
+    object TEXT NOT NULL, count INTEGER NOT NULL, source TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (base, module, corpus, samples));
 """
 
 
@@ -66,3 +71,7 @@ def check_format(db: sqlite_utils.Database, path: Path) -> None:
             f"the store at {path.parent} has format version {version}; this editstore reads version ≤ {FORMAT_VERSION}. "
             "Upgrade editstore."
         )
+    if version < FORMAT_VERSION:  # every upgrade so far only adds tables
+        with db.atomic():
+            db.conn.executescript(SCHEMA)
+            db["meta"].insert({"key": "format_version", "value": str(FORMAT_VERSION)}, replace=True)

@@ -75,3 +75,15 @@ class SubjectNotInPromptError(EditStoreError):
 
 class DeviceError(EditStoreError):
     """The requested device is not available (e.g. ``cuda`` without a GPU)."""
+
+
+class HeadMovedError(EditStoreError):
+    """Another writer committed while an edit was being computed on the previous HEAD."""
+
+
+class HparamsError(EditStoreError):
+    """Hyperparameters that do not fit the base (a layer or module it does not have)."""
+
+
+class MissingStatsError(EditStoreError):
+    """An edit needs second-moment statistics and there is no corpus to compute them from."""

@@ -1,4 +1,4 @@
-"""Second-moment statistics Σ = E[k kᵀ] of one module's inputs over a text corpus."""
+"""Second-moment statistics Σ = E[k kᵀ] of modules' inputs over a text corpus, in one streaming pass."""
 
 from __future__ import annotations
 
@@ -15,33 +15,43 @@ def second_moment(
     model: torch.nn.Module,
     tokenizer: Any,
     texts: Sequence[str],
-    module: torch.nn.Module,
+    modules: torch.nn.Module | Sequence[torch.nn.Module],
     *,
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """(Σ (d_in, d_in) in float64, number of token positions) of ``module``'s input over ``texts``."""
+) -> tuple[Any, int]:
+    """(Σ (d_in, d_in) float64 per module, number of token positions) of the modules' inputs over ``texts``.
+
+    Given one module, returns its Σ alone; given a sequence, a list in the same order.
+    Runs on the model's device; padding positions are left out.
+    """
+    single = isinstance(modules, torch.nn.Module)
+    mods = [modules] if single else list(modules)
     device = next(model.parameters()).device
-    acc: torch.Tensor | None = None
+    acc: list[torch.Tensor | None] = [None] * len(mods)
     count = 0
     current_mask: list[torch.Tensor] = []
 
-    def grab(_m: Any, inputs: tuple[torch.Tensor, ...]) -> None:
-        nonlocal acc, count
-        k = inputs[0][current_mask[0].bool()].double()  # (tokens, d_in)
-        acc = k.T @ k if acc is None else acc + k.T @ k
-        count += k.shape[0]
+    def grab(i: int) -> Callable[..., None]:
+        def hook(_m: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+            k = inputs[0][current_mask[0].bool()].double()  # (tokens, d_in)
+            acc[i] = k.T @ k if acc[i] is None else acc[i] + k.T @ k
 
-    handle = module.register_forward_pre_hook(grab)
+        return hook
+
+    handles = [m.register_forward_pre_hook(grab(i)) for i, m in enumerate(mods)]
     try:
         for i in range(0, len(texts), batch_size):
             ids, mask = right_pad([tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]], pad_id(tokenizer))
             current_mask[:] = [mask.to(device)]
             model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            count += int(mask.sum())
             if progress:
                 progress(len(texts[i : i + batch_size]))
     finally:
-        handle.remove()
-    if acc is None:
+        for h in handles:
+            h.remove()
+    if count == 0:
         raise ValueError("no text to compute statistics from")
-    return acc / count, count
+    sigmas = [a / count for a in acc]
+    return (sigmas[0] if single else sigmas), count

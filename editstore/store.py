@@ -28,6 +28,7 @@ from .diff import ParamDiff, param_diff
 from .errors import (
     AmbiguousRevisionError,
     BaseModelError,
+    HeadMovedError,
     NotInTreeError,
     RefError,
     RevisionError,
@@ -399,13 +400,23 @@ class Store:
 
     # ----------------------------------------------------------------- writing history
 
-    def record_edits(self, new: Sequence[NewEdit], *, message: str, operation: str = "edit") -> str:
-        """Store the deltas, append their edits to the current tree and commit; returns the commit id."""
+    def record_edits(
+        self, new: Sequence[NewEdit], *, message: str, operation: str = "edit", expected_head: str | None = None
+    ) -> str:
+        """Store the deltas, append their edits to the current tree and commit; returns the commit id.
+
+        With ``expected_head``, refuse (:class:`HeadMovedError`) when HEAD moved since the
+        caller computed the deltas on that version.
+        """
         for item in new:
             item.delta.check_fits(self.base)
             if item.request is not None:
                 validate(item.request, "edit-request", what="edit request")
         with self.locked():
+            if expected_head is not None and self.head() != expected_head:
+                raise HeadMovedError(
+                    f"HEAD moved from {expected_head[:12]} to {self.head()[:12]} while the edit was computed; run it again"
+                )
             known = self.base_hashes()
             touched = sorted({p for item in new for p in item.delta.params if p not in known})
             hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]

@@ -20,6 +20,13 @@ TINY_CONFIGS = {
     "llama": dict(model_type="llama", num_hidden_layers=2, hidden_size=32, intermediate_size=48,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, vocab_size=128,
                   bos_token_id=0, eos_token_id=0, tie_word_embeddings=False),
+    "gptj": dict(model_type="gptj", n_layer=2, n_embd=32, n_head=4, rotary_dim=4, n_positions=64, vocab_size=128,
+                 bos_token_id=0, eos_token_id=0),
+    "gpt_neox": dict(model_type="gpt_neox", num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                     num_attention_heads=4, max_position_embeddings=64, vocab_size=128, bos_token_id=0, eos_token_id=0),
+    "qwen2": dict(model_type="qwen2", num_hidden_layers=2, hidden_size=32, intermediate_size=48,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, vocab_size=128,
+                  bos_token_id=0, eos_token_id=0, tie_word_embeddings=False),
 }
 
 
@@ -32,7 +39,7 @@ def tiny_model(
     max_shard_size: str | None = None,
     **overrides: object,
 ) -> Path:
-    """Save a randomly initialised ``arch`` model (``gpt2`` or ``llama``) to ``out``; shard it when asked."""
+    """Save a randomly initialised ``arch`` model (a key of :data:`TINY_CONFIGS`) to ``out``; shard it when asked."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     params = {**TINY_CONFIGS[arch], **overrides}

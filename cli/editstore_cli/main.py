@@ -21,6 +21,8 @@ from editstore.errors import EditStoreError
 from editstore.fsck import fsck as run_fsck
 from editstore.fsck import gc as run_gc
 
+from .common import device_option, json_option, open_store, requests_option, store_option
+from .editing import edit, stats
 from .output import echo_json, format_commit, format_show, print_table
 from .world import trace, world
 
@@ -34,28 +36,6 @@ class EditStoreGroup(click.Group):
         except EditStoreError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-
-
-store_option = click.option(
-    "--store",
-    "store_dir",
-    type=click.Path(path_type=Path),
-    help="Store directory (default: $EDITSTORE_DIR, else .editstore here or in a parent).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                             help="Where to compute: auto is CUDA when available.")
-
-
-def requests_option(help: str) -> Any:
-    return click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                        help=help)
-
-
-def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
-    store = Store.open(store_dir or ctx.obj.get("store"))
-    ctx.call_on_close(store.close)
-    return store
 
 
 @click.group(cls=EditStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -313,5 +293,7 @@ def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
                f"{len(report.temporaries)} temporary files")
 
 
+cli.add_command(edit)
+cli.add_command(stats)
 cli.add_command(world)
 cli.add_command(trace)

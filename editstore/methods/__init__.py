@@ -1,1 +1,55 @@
-"""Edit methods: each computes a :class:`editstore.Delta` and leaves the model it is given unchanged."""
+"""Edit methods: each computes deltas from edit requests and leaves the model it is given unchanged.
+
+ROME and FT edit one request after another (each with the earlier ones in place);
+MEMIT, EMMET and AlphaEdit solve a batch jointly. Every request becomes one delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .finetune import finetune
+from .hparams import METHODS, Hparams, find_hparams, load_hparams
+from .locate import EditResult, locate_and_edit
+
+SEQUENTIAL = ("rome", "ft")
+
+__all__ = ["METHODS", "EditResult", "Hparams", "compute_edits", "edited_modules", "find_hparams", "load_hparams"]
+
+
+def edited_modules(hp: Hparams) -> list[str]:
+    """Names of the modules ``hp`` edits (the ones that need Σ, except for FT)."""
+    return [hp.module_name(layer) for layer in hp.layers]
+
+
+def compute_edits(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    requests: Sequence[dict[str, Any]],
+    hp: Hparams,
+    *,
+    sigmas: Mapping[str, torch.Tensor] | None = None,
+    prior_keys: Mapping[str, torch.Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EditResult:
+    """One delta per request, by ``hp.method``; ``model`` is left unchanged."""
+    if hp.method not in SEQUENTIAL:
+        return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys, progress=progress)
+    pending: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    deltas, before, after = [], [], []
+    for request in requests:
+        if hp.method == "rome":
+            res = locate_and_edit(model, tokenizer, [request], hp, sigmas=sigmas or {}, pending=pending)
+        else:
+            res = finetune(model, tokenizer, request, hp, pending=pending)
+        for param, f in res.deltas[0].factors.items():
+            pending.setdefault(param.removesuffix(".weight"), []).append((f.U, f.V))
+        deltas += res.deltas
+        before += res.nll_before
+        after += res.nll_after
+        if progress:
+            progress(1)
+    return EditResult(deltas, before, after)

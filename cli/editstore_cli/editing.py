@@ -1,0 +1,127 @@
+"""``editstore edit`` and ``editstore stats``: computing edits and the statistics they need."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+from rich.table import Table
+from tqdm import tqdm
+
+from editstore.behavior import load_requests, load_tokenizer
+from editstore.checkout import load_model
+from editstore.compose import resolve_device
+from editstore.editing import edit as run_edit
+from editstore.editing import make_request
+from editstore.methods import METHODS, load_hparams
+from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
+
+from .common import device_option, open_store, store_option
+from .output import print_table
+
+
+@contextlib.contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """A factory of tqdm bars on stderr, closed on exit: ``make(what, total)(n)`` advances by n."""
+    bars: list[tqdm] = []
+
+    def make(what: str, total: int) -> Callable[[int], None]:
+        bar = tqdm(total=total, desc=what, file=click.get_text_stream("stderr"), delay=0.5)
+        bars.append(bar)
+        return bar.update
+
+    try:
+        yield make
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+@click.command()
+@click.option("--prompt", help="Prompt; {} marks the subject (else its first occurrence is used).")
+@click.option("--subject", help="The subject whose fact changes.")
+@click.option("--target", help="The new target (target_new).")
+@click.option("--target-true", help="The current answer, for efficacy measurements.")
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL of edit requests, edited in one commit.")
+@click.option("--method", type=click.Choice(METHODS), default="rome", show_default=True)
+@click.option("--hparams", "hparams_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Hyperparameters JSON (default: the packaged file for the base's architecture).")
+@click.option("-m", "--message", help="Commit message (default: the first request).")
+@device_option
+@store_option
+@click.pass_context
+def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: str | None, target_true: str | None,
+         requests_file: Path | None, method: str, hparams_file: Path | None, message: str | None, device: str,
+         store_dir: Path | None) -> None:
+    """Compute an edit on the current version and commit it; prints the commit id."""
+    single = (prompt, subject, target)
+    if requests_file and any(single):
+        raise click.UsageError("give either --requests or --prompt/--subject/--target, not both")
+    if not requests_file and not all(single):
+        raise click.UsageError("give --prompt, --subject and --target (or --requests FILE)")
+    requests = load_requests(requests_file) if requests_file else [make_request(prompt, subject, target, target_true)]
+    hparams = load_hparams(hparams_file) if hparams_file else None
+    store = open_store(ctx, store_dir)
+    with progress_bars() as bars:
+        commit = run_edit(store, requests, method=method, hparams=hparams, message=message, device=device, progress=bars)
+    click.echo(commit)
+
+
+@click.group()
+def stats() -> None:
+    """Second-moment statistics Σ = E[k kᵀ] of the edited modules' inputs."""
+
+
+@stats.command("compute")
+@click.option("--corpus", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Plain text (one text per line) or JSONL with a \"text\" field.")
+@click.option("--samples", type=int, default=100_000, show_default=True, help="Texts to stream (at most).")
+@click.option("--module", "modules", multiple=True, help="Module name (repeatable).")
+@click.option("--layers", help="Comma-separated layers of the method's module template (e.g. 3,4,5).")
+@click.option("--method", type=click.Choice(METHODS), default="memit", show_default=True,
+              help="Whose hparams give the module template and default layers.")
+@device_option
+@store_option
+@click.pass_context
+def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple[str, ...], layers: str | None,
+                  method: str, device: str, store_dir: Path | None) -> None:
+    """Stream CORPUS through the base and store Σ per module."""
+    from editstore.editing import resolve_hparams
+
+    store = open_store(ctx, store_dir)
+    names = list(modules)
+    if not names:
+        hp = resolve_hparams(store, method)
+        picked = [int(x) for x in layers.split(",")] if layers else list(hp.layers)
+        names = [hp.module_name(layer) for layer in picked]
+    texts, _ = read_corpus(corpus, samples)
+    model = load_model(store.base, {}, device=resolve_device(device), base_hashes={})
+    with progress_bars() as bars:
+        rows = compute_stats(store, model, load_tokenizer(store), names, corpus, samples, progress=bars("statistics", len(texts)))
+    for row in rows:
+        click.echo(f"{row.module}: {row.count} positions, object {row.object[:12]}")
+
+
+@stats.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--module", required=True, help="The module the statistics are of, e.g. transformer.h.17.mlp.c_proj.")
+@store_option
+@click.pass_context
+def stats_import(ctx: click.Context, file: Path, module: str, store_dir: Path | None) -> None:
+    """Import an original ROME/MEMIT .npz (mom2.mom2, mom2.count) for MODULE."""
+    row = import_npz(open_store(ctx, store_dir), module, file)
+    click.echo(f"{row.module}: {row.count} positions imported, object {row.object[:12]}")
+
+
+@stats.command("list")
+@store_option
+@click.pass_context
+def stats_list(ctx: click.Context, store_dir: Path | None) -> None:
+    """The stored statistics."""
+    table = Table("module", "source", "samples", "positions", "object", "created")
+    for r in stats_rows(open_store(ctx, store_dir)):
+        table.add_row(r.module, r.source, str(r.samples), str(r.count), r.object[:12], r.created)
+    print_table(table)

@@ -1,0 +1,150 @@
+"""``editstore edit``: from edit requests to a commit, on the version HEAD points at.
+
+The deltas are computed on the current version (base + the branch's edits, loaded
+in memory), with the method's packaged hparams unless the caller gives some, and
+second-moment statistics from the store (computed on first use from the configured
+corpus, the fact world's ``corpus.txt`` by default). Each request becomes one edit of
+a single commit. Nothing is written before the deltas exist, and the commit is
+refused when another writer moved HEAD meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .behavior import load_tokenizer
+from .compose import resolve_device
+from .checkout import load_model
+from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
+from .methods import compute_edits, edited_modules, find_hparams
+from .methods.hparams import METHODS, Hparams, UnknownMethodError
+from .moments import compute_stats, find_stats, load_sigma, read_corpus
+from .schema import validate
+from .store import NewEdit, Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
+WORLD_CORPUS = "corpus.txt"
+
+
+def make_request(prompt: str, subject: str, target_new: str, target_true: str | None = None) -> dict[str, Any]:
+    """A request from CLI-style pieces; a prompt without ``{}`` gets one where the subject first occurs."""
+    if "{}" not in prompt:
+        if not subject or subject not in prompt:
+            raise SubjectNotInPromptError(f"subject {subject!r} does not occur in the prompt {prompt!r} (and it has no {{}})")
+        prompt = prompt.replace(subject, "{}", 1)
+    request = {"prompt": prompt, "subject": subject, "target_new": target_new}
+    if target_true:
+        request["target_true"] = target_true
+    return request
+
+
+def check_requests(requests: Sequence[dict[str, Any]]) -> None:
+    """Schema-valid, a target_new on each; raises a named error for the first bad one."""
+    if not requests:
+        raise SchemaError("no edit requests")
+    for i, r in enumerate(requests, 1):
+        if isinstance(r.get("prompt"), str) and "{}" not in r["prompt"]:
+            raise SubjectNotInPromptError(f"edit request {i}: the prompt {r['prompt']!r} has no {{}} where the subject goes")
+        validate(r, "edit-request", what=f"edit request {i}")
+        if not r.get("target_new", "").strip():
+            raise SchemaError(f"edit request {i} has no target_new")
+
+
+def resolve_hparams(store: Store, method: str, hparams: Hparams | None = None) -> Hparams:
+    """The caller's hparams or the packaged ones for the base; checked against the base's modules."""
+    if method not in METHODS:
+        raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    hp = hparams or find_hparams(method, store.base.config)
+    if hp.method != method:
+        raise HparamsError(f"the hparams are for {hp.method}, not {method}")
+    for name in edited_modules(hp):
+        if f"{name}.weight" not in store.base.tensors:
+            raise HparamsError(f"the base has no module {name} (hparams {hp.architecture}, layers {list(hp.layers)})")
+    return hp
+
+
+def stats_corpus(store: Store, hp: Hparams) -> Path:
+    """The corpus statistics come from: the hparams' ``stats.corpus``, else the world's corpus.txt."""
+    return Path(hp.stats.corpus) if hp.stats.corpus else store.base.path / WORLD_CORPUS
+
+
+def sigmas_for(
+    store: Store, hp: Hparams, tokenizer: Any, *, device: torch.device, progress: Progress | None = None
+) -> dict[str, torch.Tensor]:
+    """Σ of every module ``hp`` edits: from the store, or streamed through the base now and stored."""
+    if hp.method == "ft":
+        return {}
+    corpus = stats_corpus(store, hp)
+    digest = read_corpus(corpus, 1)[1] if corpus.is_file() else ""
+    rows = {m: find_stats(store, m, digest, hp.stats.samples) for m in edited_modules(hp)}
+    missing = [m for m, row in rows.items() if row is None]
+    if missing:
+        if not corpus.is_file():
+            raise MissingStatsError(
+                f"no second-moment statistics for {', '.join(missing)} and no corpus at {corpus}: "
+                "run `editstore stats compute --corpus FILE` or set stats.corpus in the hparams"
+            )
+        base = load_model(store.base, {}, device=device, base_hashes={})
+        texts, _ = read_corpus(corpus, hp.stats.samples)
+        advance = progress("statistics", len(texts)) if progress else None
+        for row in compute_stats(store, base, tokenizer, missing, corpus, hp.stats.samples, progress=advance):
+            rows[row.module] = row
+        del base
+    return {m: load_sigma(store, row).to(device) for m, row in rows.items() if row is not None}
+
+
+def prior_keys(store: Store, tree: Sequence[str], hp: Hparams) -> dict[str, torch.Tensor]:
+    """Per edited module, the keys (d_in, m) that earlier edits of the tree recorded."""
+    factors = store.factors(tree)
+    out = {}
+    for name in edited_modules(hp):
+        keys = [f.keys for f in factors.get(f"{name}.weight", []) if f.keys is not None]
+        if keys:
+            out[name] = torch.cat(keys, dim=1).double()
+    return out
+
+
+def edit(
+    store: Store,
+    requests: Sequence[dict[str, Any]],
+    *,
+    method: str = "rome",
+    hparams: Hparams | None = None,
+    message: str | None = None,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+) -> str:
+    """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id."""
+    requests = [dict(r) for r in requests]
+    check_requests(requests)
+    hp = resolve_hparams(store, method, hparams)
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(store)
+    head = store.head()
+    tree = store.tree(head)
+    sigmas = sigmas_for(store, hp, tokenizer, device=dev, progress=progress)
+    model = store.checkout(head, device=dev)
+    advance = progress(f"{method} edits", len(requests)) if progress else None
+    result = compute_edits(
+        model, tokenizer, requests, hp, sigmas=sigmas,
+        prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
+    )
+    batch = {"batch": len(requests)} if len(requests) > 1 else {}
+    new = [
+        NewEdit(delta, method, request=r, hparams=hp.to_json(),
+                info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info})
+        for delta, r, b, a in zip(result.deltas, requests, result.nll_before, result.nll_after)
+    ]
+    default = f"{method}: {_describe(requests[0])}" + (f" and {len(requests) - 1} more" if len(requests) > 1 else "")
+    return store.record_edits(new, message=message or default, expected_head=head)
+
+
+def _describe(request: dict[str, Any]) -> str:
+    return f"{request['prompt'].replace('{}', request['subject'])} -> {request['target_new']}"

@@ -1,0 +1,114 @@
+"""Forward hooks the edit methods compute with: read a module's input/output, add a low-rank delta.
+
+The methods never write into the model they are given; an edit in progress is a hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from ..evaluate import right_pad
+
+
+def linear_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (d_out, d_in), b (d_out,)) of a Linear or Conv1D module, in float32."""
+    w = module.weight.detach().float()
+    W = w.T if isinstance(module, Conv1D) else w  # Conv1D stores (in, out)
+    bias = getattr(module, "bias", None)
+    b = bias.detach().float() if bias is not None else torch.zeros(W.shape[0], device=W.device)
+    return W, b
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No parameter collects gradients inside the block; the flags are restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    """The hidden states of a module output (blocks may return tuples)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextlib.contextmanager
+def patched(model: torch.nn.Module, updates: Mapping[str, Sequence[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[None]:
+    """Inside the block, module ``name`` computes (W + Σ U Vᵀ) x + b for its list of (U, V).
+
+    U is (d_out, r), V is (d_in, r); the weights themselves are not touched.
+    """
+    handles = []
+
+    def make(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+        def hook(_m: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            x = inputs[0]
+            for U, V in pairs:
+                output = output + ((x.float() @ V.to(x.device, torch.float32)) @ U.to(x.device, torch.float32).T).to(output.dtype)
+            return output
+
+        return hook
+
+    try:
+        for name, pairs in updates.items():
+            if pairs:
+                handles.append(model.get_submodule(name).register_forward_hook(make(list(pairs))))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def capture(
+    model: torch.nn.Module,
+    rows: Sequence[Sequence[int]],
+    idx: Sequence[int],
+    pad: int,
+    *,
+    inputs_of: Sequence[str] = (),
+    outputs_of: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    """One forward pass over ``rows``; per named module, its input (or output) at position idx[b] of row b.
+
+    Returns ``{name: (len(rows), d)}`` in float32; a name in both lists gets ``name + ":out"`` for the output.
+    """
+    device = model_device(model)
+    got: dict[str, torch.Tensor] = {}
+    rows_i = torch.arange(len(rows), device=device)
+    where = torch.tensor(list(idx), device=device)
+    handles = []
+
+    def grab(key: str, use_input: bool) -> Any:
+        def hook(_m: Any, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+            h = inputs[0] if use_input else _hidden(output)
+            got[key] = h[rows_i, where].float()
+
+        return hook
+
+    for name in inputs_of:
+        handles.append(model.get_submodule(name).register_forward_hook(grab(name, True)))
+    for name in outputs_of:
+        key = f"{name}:out" if name in inputs_of else name
+        handles.append(model.get_submodule(name).register_forward_hook(grab(key, False)))
+    ids, mask = right_pad(rows, pad)
+    try:
+        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return got

@@ -1,0 +1,116 @@
+"""Locate-then-edit: ROME, MEMIT, EMMET and AlphaEdit share this driver and differ in the solver.
+
+1. the target: δ at the last edited layer's subject token (:mod:`.targets`), z = h_L + δ;
+2. for each edited layer l, ascending, with the updates of lower layers in place:
+   keys K_l (mean over prefixes), residual R_l = (z − h_L) / (layers left), and the
+   solver's Δ_l = U Vᵀ (:mod:`.solvers`);
+3. each request becomes its own delta: column i of every layer's U and V, with its key
+   and target value (W_l k_i + r_i) kept so a checkout can re-solve a version jointly.
+
+The model passed in is never written to: updates in progress are forward hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..delta import Delta, Factors
+from ..evaluate import pad_id
+from .hooks import linear_weight, model_device, patched
+from .hparams import Hparams
+from .solvers import Solution, equality, least_squares, null_space, null_space_projector
+from .targets import mean_keys, optimise_deltas, outputs_at_subject, sample_prefixes, tokenize_request
+
+log = logging.getLogger(__name__)
+
+Updates = Mapping[str, Sequence[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """One delta per request, and what the solve said about itself."""
+
+    deltas: list[Delta]
+    nll_before: list[float]
+    nll_after: list[float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def locate_and_edit(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    requests: Sequence[dict[str, Any]],
+    hp: Hparams,
+    *,
+    sigmas: Mapping[str, torch.Tensor],
+    prior_keys: Mapping[str, torch.Tensor] | None = None,
+    pending: Updates | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EditResult:
+    """Solve ``requests`` jointly with ``hp.method``'s solver; ``model`` is left unchanged.
+
+    ``sigmas``: Σ (d_in, d_in) per edited module name. ``prior_keys``: per module, keys of
+    earlier edits (d_in, m) that AlphaEdit keeps out of the way. ``pending``: low-rank
+    updates not in the weights yet (earlier requests of a sequential batch).
+    """
+    device = model_device(model)
+    pad = pad_id(tokenizer)
+    updates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: list(v) for k, v in (pending or {}).items()}
+    last_block = hp.block_name(hp.layers[-1])
+    with patched(model, updates):
+        prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
+        prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
+        deltas, nll0, nll1 = optimise_deltas(
+            model, tokenizer, prompts, hp.module_name(hp.layers[-1]), hp.targets, progress=progress
+        )
+        z = outputs_at_subject(model, prompts, last_block, pad) + deltas  # (n, d)
+    per_layer: list[tuple[str, Solution, torch.Tensor, torch.Tensor]] = []
+    pinv = False
+    for i, layer in enumerate(hp.layers):
+        name = hp.module_name(layer)
+        with patched(model, updates):
+            K = mean_keys(model, prompts, name, pad).double().T  # (d_in, n)
+            h = outputs_at_subject(model, prompts, last_block, pad)  # (n, d)
+        R = ((z - h) / (len(hp.layers) - i)).double().T  # (d_out, n)
+        W = effective_weight(model, name, updates.get(name, ()))  # (d_out, d_in), float64
+        solution = _solve(hp, K, R, sigmas[name].to(device).double(), (prior_keys or {}).get(name))
+        pinv |= solution.pseudo_inverse
+        updates.setdefault(name, []).append((solution.U.float(), solution.V.float()))
+        per_layer.append((name, solution, K, W @ K + R))
+        log.info("%s layer %d: |R| %.3f, |ΔK - R|/|R| %.2e", hp.method, layer, R.norm(),
+                 (solution.U @ (solution.V.T @ K) - R).norm() / R.norm())
+    out = []
+    for j in range(len(requests)):
+        factors = {
+            f"{name}.weight": Factors(*(t[:, j : j + 1].float().cpu().contiguous() for t in (s.U, s.V, K, T)))
+            for name, s, K, T in per_layer
+        }
+        out.append(Delta(factors, {"method": hp.method, "layers": list(hp.layers)}))
+    return EditResult(out, nll0.tolist(), nll1.tolist(), {"pseudo_inverse": True} if pinv else {})
+
+
+def effective_weight(model: torch.nn.Module, name: str, pending: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """W + Σ U Vᵀ of module ``name`` in float64, (d_out, d_in)."""
+    W, _ = linear_weight(model.get_submodule(name))
+    W = W.double()
+    for U, V in pending:
+        W = W + U.to(W) @ V.to(W).T
+    return W
+
+
+def _solve(hp: Hparams, K: torch.Tensor, R: torch.Tensor, sigma: torch.Tensor, prior: torch.Tensor | None) -> Solution:
+    s = hp.solver
+    if hp.method == "memit":
+        return least_squares(K, R, s.mom2_weight * sigma)
+    if hp.method in ("rome", "emmet"):
+        return equality(K, R, s.mom2_weight * sigma, s.lambda_e if hp.method == "emmet" else 0.0)
+    if hp.method == "alphaedit":
+        P = null_space_projector(sigma, s.null_space_threshold)
+        K_prior = prior.to(K) if prior is not None else K.new_zeros(K.shape[0], 0)
+        return null_space(K, R, P, K_prior, s.alpha)
+    raise ValueError(f"{hp.method} is not a locate-then-edit method")

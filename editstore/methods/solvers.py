@@ -1,0 +1,84 @@
+"""The closed forms of the locate-then-edit methods, in float64 (DESIGN §4).
+
+Columns are edits: K (d_in, n) keys, R (d_out, n) residuals (what each key's output
+must move by), C (d_in, d_in) the preservation term built from Σ. Every solver returns
+(U, V) with Δ = U Vᵀ and column i belonging to edit i, so a batch is stored as one
+rank-one edit per request and each can be reverted on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Solution:
+    U: torch.Tensor  # (d_out, n)
+    V: torch.Tensor  # (d_in, n)
+    pseudo_inverse: bool = False  # the system was singular and was solved in the least-squares sense
+
+
+def least_squares(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor) -> Solution:
+    """MEMIT: Δ = R Kᵀ (C + K Kᵀ)⁻¹, the minimiser of ‖Δ K − R‖² + tr(Δ C Δᵀ); C = λΣ."""
+    A = C + K @ K.T
+    return Solution(R, _solve_spd(A, K))
+
+
+def equality(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lambda_e: float) -> Solution:
+    """EMMET: Δ = R (Kᵀ C⁻¹ K + λ_e I)⁻¹ Kᵀ C⁻¹; with λ_e = 0, Δ K = R exactly (batched ROME).
+
+    With λ_e > 0 this equals MEMIT's form with λΣ = λ_e C; when the batch is larger
+    than the key dimension that d_in × d_in form is used (same result, smaller system).
+    A singular system (more constraints than independent keys, λ_e = 0) falls back to
+    the pseudo-inverse, which satisfies the constraints in the least-squares sense.
+    """
+    d_in, n = K.shape
+    if lambda_e > 0 and n > d_in:
+        return least_squares(K, R, lambda_e * C)
+    CinvK = _solve_spd(C, K)  # (d_in, n)
+    M = K.T @ CinvK + lambda_e * torch.eye(n, dtype=K.dtype, device=K.device)  # (n, n)
+    try:
+        if n > d_in or _ill_conditioned(M):
+            raise torch.linalg.LinAlgError("singular")
+        U = torch.linalg.solve(M, R.T).T  # R M⁻¹ (M is symmetric)
+        return Solution(U, CinvK)
+    except torch.linalg.LinAlgError:
+        log.warning("EMMET: %d constraints on %d-dim keys are singular; solving with the pseudo-inverse", n, d_in)
+        return Solution(R @ torch.linalg.pinv(M, hermitian=True), CinvK, pseudo_inverse=True)
+
+
+def null_space_projector(sigma: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AlphaEdit's P = Û Ûᵀ over the eigenvectors of Σ whose eigenvalue is below ``threshold``."""
+    values, vectors = torch.linalg.eigh(sigma.double())
+    small = vectors[:, values < threshold]
+    log.info("AlphaEdit: null space of dimension %d of %d (τ = %g)", small.shape[1], sigma.shape[0], threshold)
+    return small @ small.T
+
+
+def null_space(K: torch.Tensor, R: torch.Tensor, P: torch.Tensor, K_prior: torch.Tensor, alpha: float) -> Solution:
+    """AlphaEdit: Δ = R Kᵀ P ((K Kᵀ + K_p K_pᵀ) P + α I)⁻¹, written as Δ = R (X⁻¹ P K)ᵀ, X = P(K Kᵀ + K_p K_pᵀ) + αI.
+
+    Every row of Δ lies in the null space of the preserved keys (Δ k₀ ≈ 0), and earlier
+    edits' keys K_p are kept out of the update's way.
+    """
+    d_in = K.shape[0]
+    X = P @ (K @ K.T + K_prior @ K_prior.T) + alpha * torch.eye(d_in, dtype=K.dtype, device=K.device)
+    return Solution(R, torch.linalg.solve(X, P @ K))
+
+
+def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A⁻¹ B for a symmetric positive (semi-)definite A; least squares when A is singular."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        return torch.cholesky_solve(B, L)
+    log.warning("a %d x %d preservation matrix is singular; solving in the least-squares sense", *A.shape)
+    return torch.linalg.lstsq(A, B).solution if A.device.type == "cpu" else torch.linalg.pinv(A, hermitian=True) @ B
+
+
+def _ill_conditioned(M: torch.Tensor) -> bool:
+    return bool(torch.linalg.cond(M) > 1e12)

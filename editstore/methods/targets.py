@@ -1,0 +1,183 @@
+"""Keys and target values of edit requests, shared by ROME, MEMIT, EMMET and AlphaEdit.
+
+k̄ (the key) is the edited module's input at the subject's last token, averaged over the
+prompt preceded by several short prefixes sampled from the model. The target is found
+by gradient steps on a vector δ added to the module's output at that token of the last
+edited layer: target NLL over the prefixed prompts + KL to the unedited distribution on
+"{subject} is a" + a norm penalty, with ‖δ‖ ≤ c‖v₀‖ (ROME, Meng et al. 2022). Requests
+are optimised together in chunks; each has its own δ and its loss does not depend on
+the others', so a chunk gives the same δs as one request at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..evaluate import pad_id, right_pad, target_ids
+from ..tokens import subject_span
+from .hooks import capture, frozen, model_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """One request's token rows: the prefixed prompts (row 0 unprefixed) and the KL prompt."""
+
+    rows: list[list[int]]  # prefixed prompts, each ending after the prompt
+    subject_last: list[int]  # per row, the subject's last token
+    kl_row: list[int]
+    kl_subject_last: int
+    target: list[int]  # target_new's token ids
+
+
+@torch.no_grad()
+def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int, seed: int) -> list[str]:
+    """``n`` short texts sampled from the model (ROME's context templates), plus the empty prefix."""
+    device = model_device(model)
+    start = tokenizer("")["input_ids"] or [tokenizer.bos_token_id]
+    ids = torch.tensor([start] * n, device=device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in range(length):
+        probs = model(input_ids=ids).logits[:, -1].float().softmax(-1).cpu()
+        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g).to(device)], dim=1)
+    texts = tokenizer.batch_decode(ids[:, len(start) :], skip_special_tokens=True)
+    return [""] + [t.strip() + " ." for t in texts]
+
+
+def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Prompts:
+    """Token rows of one request; raises :class:`SubjectNotInPromptError` when the subject is missing."""
+    subject = request["subject"]
+    prompt = request["prompt"].replace("{}", subject)
+    texts = [f"{p} {prompt}".strip() for p in prefixes]
+    spans = [subject_span(tokenizer, t, subject, search_from=len(t) - len(prompt)) for t in texts]
+    kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
+    return Prompts(
+        rows=[ids for ids, _, _ in spans],
+        subject_last=[end - 1 for _, _, end in spans],
+        kl_row=kl_ids,
+        kl_subject_last=kl_end - 1,
+        target=target_ids(tokenizer, request["target_new"]),
+    )
+
+
+def mean_keys(model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int) -> torch.Tensor:
+    """k̄ per request: ``module``'s input at the subject's last token, averaged over the prefixes; (n, d_in)."""
+    rows = [r for p in prompts for r in p.rows]
+    idx = [i for p in prompts for i in p.subject_last]
+    keys = capture(model, rows, idx, pad, inputs_of=[module])[module]
+    per = len(prompts[0].rows)
+    return keys.view(len(prompts), per, -1).mean(1)
+
+
+def outputs_at_subject(model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int) -> torch.Tensor:
+    """``module``'s output at the subject's last token of each unprefixed prompt; (n, d)."""
+    return capture(model, [p.rows[0] for p in prompts], [p.subject_last[0] for p in prompts], pad, outputs_of=[module])[module]
+
+
+@dataclass(frozen=True)
+class TargetHparams:
+    v_lr: float = 0.5
+    v_steps: int = 20
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    nll_stop: float = 0.05
+    chunk: int = 16
+
+
+def optimise_deltas(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompts],
+    module: str,
+    hp: TargetHparams,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(δ (n, d_out), target NLL before (n,), after (n,)): what to add to ``module``'s output at the subject."""
+    deltas, before, after = [], [], []
+    for i in range(0, len(prompts), hp.chunk):
+        d, b, a = _optimise_chunk(model, pad_id(tokenizer), prompts[i : i + hp.chunk], module, hp)
+        deltas.append(d), before.append(b), after.append(a)
+        if progress:
+            progress(len(prompts[i : i + hp.chunk]))
+    return torch.cat(deltas), torch.cat(before), torch.cat(after)
+
+
+def _optimise_chunk(
+    model: torch.nn.Module, pad: int, prompts: Sequence[Prompts], module_name: str, hp: TargetHparams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    device = model_device(model)
+    n, per = len(prompts), len(prompts[0].rows)
+    # rows: per request its prefixed prompts + target tokens, then all KL prompts at the end
+    rows = [r + p.target[:-1] for p in prompts for r in p.rows] + [p.kl_row for p in prompts]
+    owner = torch.tensor([i for i in range(n) for _ in range(per)] + list(range(n)), device=device)
+    where = torch.tensor([s for p in prompts for s in p.subject_last] + [p.kl_subject_last for p in prompts], device=device)
+    ids, mask = right_pad(rows, pad)
+    ids, mask = ids.to(device), mask.to(device)
+    n_edit = n * per
+    # target token j of an edit row is predicted at position len(prompt) - 1 + j
+    pos, tgt, row_of, tok_mask = [], [], [], []
+    width = max(len(p.target) for p in prompts)
+    for i, p in enumerate(prompts):
+        for r in p.rows:
+            pos.append([len(r) - 1 + min(j, len(p.target) - 1) for j in range(width)])
+            tgt.append([p.target[min(j, len(p.target) - 1)] for j in range(width)])
+            tok_mask.append([j < len(p.target) for j in range(width)])
+    pos_t, tgt_t = torch.tensor(pos, device=device), torch.tensor(tgt, device=device)
+    tok_m = torch.tensor(tok_mask, device=device, dtype=torch.float32)
+    kl_pos = mask[n_edit:].sum(1) - 1
+
+    module = model.get_submodule(module_name)
+    v0 = outputs_at_subject(model, prompts, module_name, pad)  # (n, d_out)
+    max_norm = hp.clamp_norm_factor * v0.norm(dim=1, keepdim=True)
+    delta = torch.zeros_like(v0, requires_grad=True)
+    rows_i = torch.arange(len(rows), device=device)
+
+    def add_delta(_m: Any, _i: Any, output: torch.Tensor) -> torch.Tensor:
+        out = output.clone()
+        out[rows_i, where] += delta[owner].to(out.dtype)
+        return out
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        tok_logp = logp[torch.arange(n_edit, device=device)[:, None], pos_t, tgt_t] * tok_m  # (n*per, width)
+        nll = -tok_logp.sum(1).view(n, per).mean(1)  # (n,)
+        kl_logp = logp[torch.arange(n_edit, len(rows), device=device), kl_pos]  # (n, V)
+        return nll, kl_logp
+
+    handle = module.register_forward_hook(add_delta)
+    try:
+        with frozen(model), torch.enable_grad():
+            with torch.no_grad():
+                nll0, kl_ref = losses()
+            opt = torch.optim.Adam([delta], lr=hp.v_lr)
+            done = torch.zeros(n, dtype=torch.bool, device=device)
+            for _ in range(hp.v_steps):
+                nll, kl_logp = losses()
+                done |= nll.detach() < hp.nll_stop
+                if bool(done.all()):
+                    break
+                kl = torch.nn.functional.kl_div(kl_logp, kl_ref, log_target=True, reduction="none").sum(1)
+                decay = delta.norm(dim=1) / v0.norm(dim=1) ** 2
+                loss = ((nll + hp.kl_factor * kl + hp.v_weight_decay * decay) * ~done).sum()
+                kept = delta.detach().clone()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    delta[done] = kept[done]  # a request that reached its target stops moving
+                    norms = delta.norm(dim=1, keepdim=True)
+                    delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
+            with torch.no_grad():
+                nll_final, _ = losses()
+    finally:
+        handle.remove()
+    log.info("targets: NLL %.3f -> %.3f over %d requests", nll0.mean(), nll_final.mean(), n)
+    return delta.detach(), nll0, nll_final

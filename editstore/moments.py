@@ -1,0 +1,157 @@
+"""Second-moment statistics in the store: Σ per module as a content-addressed object.
+
+A stats object is a safetensors file with ``sigma`` (d_in, d_in, float32) = E[k kᵀ]
+and the number of token positions it averages. Rows of the ``stats`` table key it by
+base fingerprint, module, corpus (sha256 of the corpus file, or ``import:<sha256>``
+for an imported ROME ``.npz``) and sample count; they belong to no commit, and gc
+keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import BaseModelError, EditStoreError
+from .hashing import sha256_bytes
+from .records import now
+from .stats import second_moment
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+IMPORTED = "import:"
+
+
+class StatsError(EditStoreError):
+    """Statistics cannot be computed or imported (no corpus, a bad file, an unknown module)."""
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    module: str
+    corpus: str
+    samples: int
+    count: int
+    object: str
+    source: str
+    created: str
+
+
+def read_corpus(path: str | Path, samples: int) -> tuple[list[str], str]:
+    """(up to ``samples`` texts, sha256 of the file) from a text file (one text per line) or JSONL (a "text" field)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StatsError(f"cannot read corpus {path}: {exc}") from None
+    texts = []
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                line = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise StatsError(f'{path}:{n}: a JSONL corpus needs one object with a "text" field per line') from None
+        texts.append(line)
+        if len(texts) >= samples:
+            break
+    if not texts:
+        raise StatsError(f"corpus {path} has no text")
+    return texts, sha256_bytes(data)
+
+
+def stats_rows(store: Store, module: str | None = None) -> list[StatsRow]:
+    """Stored statistics of the store's base, optionally of one module."""
+    where, args = "base = ?", [store.base_fingerprint]
+    if module:
+        where, args = where + " AND module = ?", args + [module]
+    rows = store.db["stats"].rows_where(where, args, order_by="module, created")
+    return [StatsRow(r["module"], r["corpus"], r["samples"], r["count"], r["object"], r["source"], r["created"]) for r in rows]
+
+
+def load_sigma(store: Store, row: StatsRow) -> torch.Tensor:
+    """Σ of a stats row, verified against its object id."""
+    return st_load(store.objects.read(row.object))["sigma"]
+
+
+def find_stats(store: Store, module: str, corpus: str, samples: int) -> StatsRow | None:
+    """The stats computed from exactly this corpus and sample count, else the newest imported ones."""
+    rows = stats_rows(store, module)
+    exact = [r for r in rows if r.corpus == corpus and r.samples == samples]
+    imported = [r for r in rows if r.corpus.startswith(IMPORTED)]
+    return (exact or imported[-1:] or [None])[0]
+
+
+def save_stats(store: Store, module: str, sigma: torch.Tensor, count: int, *, corpus: str, samples: int, source: str) -> StatsRow:
+    """Write Σ as an object and its row (replacing a row with the same key)."""
+    blob = st_save({"sigma": sigma.float().cpu().contiguous()}, metadata={"module": module, "count": str(count)})
+    with store.locked():
+        oid = store.objects.write(blob)
+        row = StatsRow(module, corpus, samples, count, oid, source, now())
+        with store.db.atomic():
+            store.db["stats"].insert({"base": store.base_fingerprint, **row.__dict__}, replace=True)
+    log.info("stats for %s: %d positions, object %s", module, count, oid[:12])
+    return row
+
+
+def compute_stats(
+    store: Store,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    modules: Sequence[str],
+    corpus_path: str | Path,
+    samples: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[StatsRow]:
+    """Stream the corpus through ``model`` (the base) once and store Σ of every module's input."""
+    texts, digest = read_corpus(corpus_path, samples)
+    _check_modules(model, modules)
+    sigmas, count = second_moment(model, tokenizer, texts, [model.get_submodule(m) for m in modules], progress=progress)
+    return [
+        save_stats(store, m, s, count, corpus=digest, samples=samples, source=Path(corpus_path).name)
+        for m, s in zip(modules, sigmas)
+    ]
+
+
+def import_npz(store: Store, module: str, path: str | Path) -> StatsRow:
+    """Import an original ROME/MEMIT stats file (``mom2.mom2``: Σ k kᵀ, ``mom2.count``) for ``module``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        with np.load(path, allow_pickle=False) as npz:
+            mom2, count = npz["mom2.mom2"], int(npz["mom2.count"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise StatsError(f"{path} is not a ROME stats .npz with mom2.mom2 and mom2.count: {exc}") from None
+    d_in = _module_input_dim(store, module)
+    if mom2.shape != (d_in, d_in) or count <= 0:
+        raise StatsError(f"{path}: mom2.mom2 is {mom2.shape} with count {count}; {module} needs ({d_in}, {d_in})")
+    sigma = torch.from_numpy(mom2.astype(np.float64)) / count
+    return save_stats(store, module, sigma, count, corpus=IMPORTED + sha256_bytes(data), samples=count, source=path.name)
+
+
+def _module_input_dim(store: Store, module: str) -> int:
+    try:
+        return store.base.linear_shape(f"{module}.weight")[1]
+    except BaseModelError:
+        raise StatsError(f"the base has no linear module {module!r}") from None
+
+
+def _check_modules(model: torch.nn.Module, modules: Sequence[str]) -> None:
+    names = dict(model.named_modules())
+    missing = [m for m in modules if m not in names]
+    if missing:
+        raise StatsError(f"the base has no module {', '.join(missing)}")

@@ -1,0 +1,134 @@
+"""Invariants of the edit methods on tiny random models of every supported architecture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from editstore.methods import METHODS, compute_edits, find_hparams
+from editstore.methods.hooks import linear_weight
+from editstore.methods.solvers import equality, least_squares, null_space, null_space_projector
+from editstore.stats import second_moment
+from editstore.synthetic import TINY_CONFIGS, tiny_model
+from editstore.world.tokenizer import build_tokenizer
+
+WORDS = "Ada Lovelace was born in London . The capital of France is Paris . Alan Turing works as a scientist in Rome"
+REQUESTS = [
+    {"prompt": "{} was born in", "subject": "Ada Lovelace", "target_new": "Paris"},
+    {"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome"},
+    {"prompt": "{} works as a", "subject": "Alan Turing", "target_new": "scientist"},
+]
+FAST = {"targets.v_steps": 5, "prefixes.n": 3, "prefixes.length": 3}
+
+
+@pytest.fixture(scope="module")
+def tok():  # noqa: ANN201
+    return build_tokenizer([WORDS])
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tok):  # noqa: ANN001, ANN201
+    arch = request.param
+    depth = {"n_layer" if "n_layer" in TINY_CONFIGS[arch] else "num_hidden_layers": 3}  # edits need a layer above them
+    path = tiny_model(arch, tmp_path_factory.mktemp(arch) / "base", vocab_size=len(tok), pad_token_id=tok.pad_token_id, **depth)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    config = json.loads((Path(path) / "config.json").read_text())
+    return model, config
+
+
+def _hparams(method: str, config: dict, **changes):  # noqa: ANN003, ANN202
+    layers = (1,) if method in ("rome", "ft") else (0, 1)
+    return find_hparams(method, config).replace(**{"layers": layers, **FAST, **changes})
+
+
+def _sigmas(model, tok, hp):  # noqa: ANN001, ANN202
+    out = {}
+    for layer in hp.layers:
+        name = hp.module_name(layer)
+        sigma, _ = second_moment(model, tok, [WORDS] * 4, model.get_submodule(name))
+        out[name] = sigma + 1e-2 * torch.eye(sigma.shape[0], dtype=sigma.dtype)  # a tiny corpus: keep Σ invertible
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_leaves_the_model_unchanged_and_returns_one_delta_per_request(tiny, tok, method: str) -> None:
+    model, config = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    hp = _hparams(method, config)
+    result = compute_edits(model, tok, REQUESTS, hp, sigmas=_sigmas(model, tok, hp))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert flags == {k: p.requires_grad for k, p in model.named_parameters()}
+    assert len(result.deltas) == len(REQUESTS)
+    for delta in result.deltas:
+        assert delta.params == sorted(f"{hp.module_name(layer)}.weight" for layer in hp.layers)
+        assert all(torch.isfinite(f.U).all() and torch.isfinite(f.V).all() for f in delta.factors.values())
+
+
+def test_rome_maps_the_key_to_its_target(tiny, tok) -> None:
+    """ΔW k̄ = v* − W k̄ (targets hold v* − b = W k̄ + r), to 1e-4 relative."""
+    model, config = tiny
+    hp = _hparams("rome", config)
+    [delta] = compute_edits(model, tok, REQUESTS[:1], hp, sigmas=_sigmas(model, tok, hp)).deltas
+    [(param, f)] = delta.factors.items()
+    assert f.rank == 1 and f.keys is not None and f.targets is not None
+    W, _ = linear_weight(model.get_submodule(param.removesuffix(".weight")))
+    lhs = f.dense().double() @ f.keys.double()
+    rhs = f.targets.double() - W.double() @ f.keys.double()
+    assert torch.linalg.norm(lhs - rhs) <= 1e-4 * torch.linalg.norm(rhs)
+
+
+def test_emmet_without_regulariser_meets_every_constraint_of_its_batch(tiny, tok) -> None:
+    model, config = tiny
+    hp = _hparams("emmet", config, layers=(1,), **{"solver.lambda_e": 0.0})
+    result = compute_edits(model, tok, REQUESTS, hp, sigmas=_sigmas(model, tok, hp))
+    param = f"{hp.module_name(1)}.weight"
+    factors = [d.factors[param] for d in result.deltas]
+    dense = sum(f.dense().double() for f in factors)
+    K = torch.cat([f.keys for f in factors], 1).double()
+    T = torch.cat([f.targets for f in factors], 1).double()
+    W, _ = linear_weight(model.get_submodule(hp.module_name(1)))
+    residual = T - W.double() @ K
+    assert torch.linalg.norm(dense @ K - residual) <= 1e-4 * torch.linalg.norm(residual)
+
+
+def _random_problem(d_in: int = 12, d_out: int = 10, n: int = 5, seed: int = 0):  # noqa: ANN202
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d_in, 3 * d_in, generator=g, dtype=torch.float64)
+    sigma = A @ A.T / A.shape[1]
+    return torch.randn(d_in, n, generator=g, dtype=torch.float64), torch.randn(d_out, n, generator=g, dtype=torch.float64), sigma
+
+
+def test_emmet_with_regulariser_is_memit_with_lambda_e_times_w() -> None:
+    K, R, sigma = _random_problem()
+    w, lam = 3.0, 0.1
+    e = equality(K, R, w * sigma, lam)
+    m = least_squares(K, R, lam * w * sigma)
+    assert torch.allclose(e.U @ e.V.T, m.U @ m.V.T, atol=1e-10)
+
+
+def test_emmet_batch_larger_than_the_key_dimension_falls_back_to_the_pseudo_inverse() -> None:
+    K, R, sigma = _random_problem(d_in=8, n=40)
+    s = equality(K, R, sigma, 0.0)
+    assert s.pseudo_inverse and torch.isfinite(s.U).all()
+    delta = s.U @ s.V.T
+    best = R @ torch.linalg.pinv(K)  # the least-squares Δ in the Euclidean metric reaches the same residual
+    assert torch.linalg.norm(delta @ K - R) <= torch.linalg.norm(best @ K - R) * (1 + 1e-6)
+    regularised = equality(K, R, sigma, 0.1)  # λ_e > 0 with n > d_in goes through the d_in × d_in form
+    assert not regularised.pseudo_inverse and torch.isfinite(regularised.V).all()
+
+
+def test_alphaedit_leaves_the_preserved_keys_alone() -> None:
+    K, R, sigma = _random_problem(d_in=12, n=3)
+    values, vectors = torch.linalg.eigh(sigma)
+    tau = float(values[6])  # the 6 smallest directions form the null space
+    P = null_space_projector(sigma, tau)
+    s = null_space(K, R, P, K.new_zeros(12, 0), alpha=1e-3)
+    delta = s.U @ s.V.T
+    preserved = vectors[:, 6:]  # the directions with large eigenvalues
+    assert torch.linalg.norm(delta @ preserved) <= 1e-8 * torch.linalg.norm(delta)
