@@ -8,6 +8,7 @@ Each request is edited on its own, on the base (the first of every 50 world requ
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -18,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from editstore.checkout import load_model
 from editstore.checkpoint import Checkpoint
 from editstore.evaluate import evaluate_requests
-from editstore.methods.rome import RomeHparams, compute_rome
+from editstore.methods import compute_edits, find_hparams
 from editstore.stats import second_moment
 from editstore.world.build import build_world, read_jsonl
 
@@ -37,11 +38,13 @@ def main() -> None:
     corpus = (world / "corpus.txt").read_text().splitlines()
     labels = ["efficacy", "paraphrase", "specificity", "efficacy@1", "paraphrase@1", "specificity@1"]
     table = Table("layer", *labels, "s / edit", title=f"ROME on the GPT-2 world, {len(requests)} single edits")
+    packaged = find_hparams("rome", json.loads((world / "config.json").read_text()))
     for layer in range(model.config.n_layer):
-        hp = RomeHparams(layer=layer, module="transformer.h.{}.mlp.c_proj")
-        sigma, _ = second_moment(model, tok, corpus, model.get_submodule(hp.module_name))
+        hp = packaged.replace(layers=(layer,))
+        module = hp.module_name(layer)
+        sigma, _ = second_moment(model, tok, corpus, model.get_submodule(module))
         start = time.perf_counter()
-        deltas = [compute_rome(model, tok, r, hp, sigma=sigma).delta for r in requests]
+        deltas = [compute_edits(model, tok, [r], hp, sigmas={module: sigma}).deltas[0] for r in requests]
         seconds = (time.perf_counter() - start) / len(requests)
         scores = []
         for r, d in zip(requests, deltas):

@@ -57,9 +57,9 @@ def edit_requests(store: Store, tree: Sequence[str]) -> list[dict[str, Any]]:
     return [r for r in (store.edit(e).request for e in tree) if r]
 
 
-def untouched_facts(store: Store, edited_subjects: set[str], *, limit: int) -> list[tuple[str, str]]:
-    """(prompt, object) of up to ``limit`` world facts whose subject no edit touched, spread evenly."""
-    path = store.base.path / FACTS_FILE
+def untouched_facts(base: Path, edited_subjects: set[str], *, limit: int) -> list[tuple[str, str]]:
+    """(prompt, object) of up to ``limit`` facts of the world at ``base`` whose subject no edit touched, spread evenly."""
+    path = base / FACTS_FILE
     if not path.is_file():
         return []
     facts = [f for f in read_jsonl(path) if f["subject"] not in edited_subjects]
@@ -81,7 +81,7 @@ def evaluate_version(
     own = edit_requests(store, tree)
     reqs = list(requests) if requests is not None else own
     edited = {r["subject"] for r in own}
-    facts = untouched_facts(store, edited, limit=recall_limit)
+    facts = untouched_facts(store.base.path, edited, limit=recall_limit)
     model = store.checkout(commit_id, device=device)
     metrics = evaluate_requests(model, load_tokenizer(store), reqs, recall_facts=facts)
     with store.locked(), store.db.atomic():
@@ -138,7 +138,7 @@ def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[
         probes += [Probe("paraphrase", p) for p in r.get("paraphrase_prompts", [])]
         probes += [Probe("neighborhood", n["prompt"]) for n in r.get("neighborhood_prompts", [])]
     edited = {r["subject"] for r in reqs}
-    probes += [Probe("fact", p) for p, _ in untouched_facts(store, edited, limit=facts)]
+    probes += [Probe("fact", p) for p, _ in untouched_facts(store.base.path, edited, limit=facts)]
     seen: set[str] = set()
     return [p for p in probes if not (p.prompt in seen or seen.add(p.prompt))]
 

@@ -22,6 +22,7 @@ from .compose import resolve_device
 from .checkout import load_model
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .methods import compute_edits, edited_modules, find_hparams
+from .methods.hooks import as_keys
 from .methods.hparams import METHODS, Hparams, UnknownMethodError
 from .moments import compute_stats, find_stats, load_sigma, read_corpus
 from .schema import validate
@@ -101,14 +102,9 @@ def sigmas_for(
 
 
 def prior_keys(store: Store, tree: Sequence[str], hp: Hparams) -> dict[str, torch.Tensor]:
-    """Per edited module, the keys (d_in, m) that earlier edits of the tree recorded."""
-    factors = store.factors(tree)
-    out = {}
-    for name in edited_modules(hp):
-        keys = [f.keys for f in factors.get(f"{name}.weight", []) if f.keys is not None]
-        if keys:
-            out[name] = torch.cat(keys, dim=1).double()
-    return out
+    """Per module ``hp`` edits, the keys (d_in, m) that the tree's earlier edits recorded."""
+    keys = as_keys(store.load_delta(e) for e in tree)
+    return {name: keys[name] for name in edited_modules(hp) if name in keys}
 
 
 def edit(

@@ -126,7 +126,8 @@ def evaluate_requests(
 
     efficacy: P(target_new) > P(target_true) on the edit prompt; paraphrase: the same on each
     paraphrase prompt; specificity: each neighbourhood prompt still prefers its own target over the
-    request's target_new. ``*_top1``: greedy decoding yields target_new (resp. the neighbour's target).
+    request's target_new (a neighbour whose subject is itself one of ``requests`` is expected to
+    change and is left out). ``*_top1``: greedy decoding yields target_new (resp. the neighbour's target).
     recall: greedy decoding yields the object for (prompt, object) facts no edit touched.
     """
     pairs: list[tuple[str, str]] = []
@@ -136,14 +137,16 @@ def evaluate_requests(
         pairs.append((prompt, target))
         return len(pairs) - 1
 
+    subjects = {r["subject"] for r in requests}
     for r in requests:
         new, true = r.get("target_new"), r.get("target_true")
+        others = subjects - {r["subject"]}
         prompts = [("efficacy", fill(r["prompt"], r["subject"]))] + [("paraphrase", p) for p in r.get("paraphrase_prompts", [])]
         for kind, prompt in prompts:
             if new:
                 plan.append((kind, add(prompt, new), add(prompt, true) if true else None))
         for n in r.get("neighborhood_prompts", []):
-            if new and n["target"] != new:
+            if new and n["target"] != new and not any(s in n["prompt"] for s in others):
                 plan.append(("specificity", add(n["prompt"], n["target"]), add(n["prompt"], new)))
     recall_idx = [add(p, o) for p, o in recall_facts]
     scores = score_pairs(model, tokenizer, pairs, batch_size=batch_size)

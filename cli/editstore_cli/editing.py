@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
-from rich.table import Table
 from tqdm import tqdm
 
 from editstore.behavior import load_requests, load_tokenizer
@@ -19,7 +19,6 @@ from editstore.methods import METHODS, load_hparams
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
 
 from .common import device_option, open_store, store_option
-from .output import print_table
 
 
 @contextlib.contextmanager
@@ -28,7 +27,7 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     bars: list[tqdm] = []
 
     def make(what: str, total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, desc=what, file=click.get_text_stream("stderr"), delay=0.5)
+        bar = tqdm(total=total, desc=what, file=sys.stderr, delay=0.5)
         bars.append(bar)
         return bar.update
 
@@ -121,7 +120,5 @@ def stats_import(ctx: click.Context, file: Path, module: str, store_dir: Path | 
 @click.pass_context
 def stats_list(ctx: click.Context, store_dir: Path | None) -> None:
     """The stored statistics."""
-    table = Table("module", "source", "samples", "positions", "object", "created")
     for r in stats_rows(open_store(ctx, store_dir)):
-        table.add_row(r.module, r.source, str(r.samples), str(r.count), r.object[:12], r.created)
-    print_table(table)
+        click.echo(f"{r.object[:12]} {r.module} from {r.source} ({r.samples} samples, {r.count} positions, {r.created})")

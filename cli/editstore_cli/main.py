@@ -14,6 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
 from editstore import Store
 from editstore.behavior import behavior_diff, evaluate_version, evaluations, load_requests
@@ -22,6 +23,7 @@ from editstore.fsck import fsck as run_fsck
 from editstore.fsck import gc as run_gc
 
 from .common import device_option, json_option, open_store, requests_option, store_option
+from .demo import demo
 from .editing import edit, stats
 from .output import echo_json, format_commit, format_show, print_table
 from .world import trace, world
@@ -47,6 +49,7 @@ def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
     """Version control for knowledge edits of transformer language models."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)["store"] = store_dir
+    transformers_logging.disable_progress_bar()  # our own bars say what is being loaded
 
 
 @cli.command()
@@ -293,6 +296,7 @@ def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
                f"{len(report.temporaries)} temporary files")
 
 
+cli.add_command(demo)
 cli.add_command(edit)
 cli.add_command(stats)
 cli.add_command(world)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -32,7 +33,7 @@ def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
 
     def on_epoch(epoch: int, total: int, loss: float) -> None:
         nonlocal bar
-        bar = bar or tqdm(total=total, desc=f"training {arch} world", unit="epoch", file=click.get_text_stream("stderr"))
+        bar = bar or tqdm(total=total, desc=f"training {arch} world", unit="epoch", file=sys.stderr)
         bar.set_postfix(loss=f"{loss:.3f}")
         bar.update()
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .finetune import finetune
+from .hooks import as_updates
 from .hparams import METHODS, Hparams, find_hparams, load_hparams
 from .locate import EditResult, locate_and_edit
 
@@ -38,15 +39,13 @@ def compute_edits(
     """One delta per request, by ``hp.method``; ``model`` is left unchanged."""
     if hp.method not in SEQUENTIAL:
         return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys, progress=progress)
-    pending: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     deltas, before, after = [], [], []
     for request in requests:
+        pending = as_updates(deltas)  # the earlier requests of the sequence, in place
         if hp.method == "rome":
             res = locate_and_edit(model, tokenizer, [request], hp, sigmas=sigmas or {}, pending=pending)
         else:
             res = finetune(model, tokenizer, request, hp, pending=pending)
-        for param, f in res.deltas[0].factors.items():
-            pending.setdefault(param.removesuffix(".weight"), []).append((f.U, f.V))
         deltas += res.deltas
         before += res.nll_before
         after += res.nll_after

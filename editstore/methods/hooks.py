@@ -6,12 +6,13 @@ The methods never write into the model they are given; an edit in progress is a 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from ..delta import Delta
 from ..evaluate import right_pad
 
 
@@ -71,6 +72,25 @@ def patched(model: torch.nn.Module, updates: Mapping[str, Sequence[tuple[torch.T
     finally:
         for h in handles:
             h.remove()
+
+
+def as_updates(deltas: Iterable[Delta]) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The (U, V) pairs of ``deltas`` per module name, for :func:`patched`."""
+    out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for delta in deltas:
+        for param, f in delta.factors.items():
+            out.setdefault(param.removesuffix(".weight"), []).append((f.U, f.V))
+    return out
+
+
+def as_keys(deltas: Iterable[Delta]) -> dict[str, torch.Tensor]:
+    """The keys the ``deltas`` recorded, per module name, as (d_in, m) float64 (AlphaEdit's K_p)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for delta in deltas:
+        for param, f in delta.factors.items():
+            if f.keys is not None:
+                out.setdefault(param.removesuffix(".weight"), []).append(f.keys)
+    return {name: torch.cat(keys, dim=1).double() for name, keys in out.items()}
 
 
 @torch.no_grad()
