@@ -123,6 +123,18 @@ def test_emmet_batch_larger_than_the_key_dimension_falls_back_to_the_pseudo_inve
     assert not regularised.pseudo_inverse and torch.isfinite(regularised.V).all()
 
 
+@pytest.mark.parametrize("lambda_e", [0.0, 0.1])
+def test_emmet_solves_a_batch_of_10000_edits(lambda_e: float) -> None:
+    K, R, sigma = _random_problem(d_in=64, d_out=48, n=10_000)
+    s = equality(K, R, sigma, lambda_e)
+    assert s.U.shape == (48, 10_000) and s.V.shape == (64, 10_000)
+    assert torch.isfinite(s.U).all() and torch.isfinite(s.V).all()
+    assert s.pseudo_inverse == (lambda_e == 0.0)
+    fit = torch.linalg.norm((s.U @ s.V.T) @ K - R) / torch.linalg.norm(R)
+    best = torch.linalg.norm(R @ torch.linalg.pinv(K) @ K - R) / torch.linalg.norm(R)
+    assert fit <= best + 0.05  # as good as the least-squares fit, up to the regulariser
+
+
 def test_alphaedit_leaves_the_preserved_keys_alone() -> None:
     K, R, sigma = _random_problem(d_in=12, n=3)
     values, vectors = torch.linalg.eigh(sigma)

@@ -41,3 +41,47 @@ def test_edit_request_schema() -> None:
                 {**ok, "unknown": 1}):
         with pytest.raises(SchemaError):
             validate(bad, "edit-request")
+
+
+ARCHITECTURES = {"gpt2-world", "llama-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
+
+
+def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> None:
+    from editstore.methods.hparams import METHODS, packaged_hparams
+
+    found = {(h.method, h.architecture) for h in packaged_hparams()}  # loading validates each file
+    assert found == {(m, a) for m in METHODS for a in ARCHITECTURES}
+    files = sorted(resources.files("editstore.methods").joinpath("hparams").iterdir(), key=lambda f: f.name)
+    assert len(files) == len(found)
+
+
+@pytest.mark.parametrize(
+    ("config", "architecture"),
+    [
+        ({"model_type": "gpt2", "n_layer": 48, "n_embd": 1600}, "gpt2-xl"),
+        ({"model_type": "gpt2", "n_layer": 4, "n_embd": 128}, "gpt2-world"),
+        ({"model_type": "gpt2", "n_layer": 6, "n_embd": 512}, "gpt2"),  # any other GPT-2 falls back to small
+        ({"model_type": "gptj", "n_layer": 28}, "gpt-j"),
+        ({"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 128}, "llama-world"),
+        ({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096}, "llama"),
+    ],
+)
+def test_hparams_are_chosen_by_config_not_by_name(config: dict, architecture: str) -> None:
+    from editstore.methods import find_hparams
+
+    assert find_hparams("memit", config).architecture == architecture
+
+
+def test_hparams_errors() -> None:
+    from editstore.methods import find_hparams
+    from editstore.methods.hparams import Hparams, NoHparamsError, UnknownMethodError
+
+    with pytest.raises(UnknownMethodError):
+        find_hparams("magic", {"model_type": "gpt2"})
+    with pytest.raises(NoHparamsError):
+        find_hparams("rome", {"model_type": "t5"})
+    good = find_hparams("rome", {"model_type": "gpt2"}).to_json()
+    assert Hparams.from_json(good) == find_hparams("rome", {"model_type": "gpt2"})
+    for bad in ({**good, "layers": [1, 2]}, {**good, "module": "no.template"}, {**good, "solver": {"lam": 1}}):
+        with pytest.raises(SchemaError):
+            Hparams.from_json(bad)

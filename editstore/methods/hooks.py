@@ -55,19 +55,20 @@ def patched(model: torch.nn.Module, updates: Mapping[str, Sequence[tuple[torch.T
     """
     handles = []
 
-    def make(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    def make(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> Any:
+        U = torch.cat([u.float() for u, _ in pairs], dim=1).to(device)  # (d_out, Σr)
+        V = torch.cat([v.float() for _, v in pairs], dim=1).to(device)  # (d_in, Σr)
+
         def hook(_m: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-            x = inputs[0]
-            for U, V in pairs:
-                output = output + ((x.float() @ V.to(x.device, torch.float32)) @ U.to(x.device, torch.float32).T).to(output.dtype)
-            return output
+            return output + ((inputs[0].float() @ V) @ U.T).to(output.dtype)
 
         return hook
 
     try:
         for name, pairs in updates.items():
             if pairs:
-                handles.append(model.get_submodule(name).register_forward_hook(make(list(pairs))))
+                module = model.get_submodule(name)
+                handles.append(module.register_forward_hook(make(list(pairs), module.weight.device)))
         yield
     finally:
         for h in handles:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..delta import Delta, Factors
+from ..errors import MissingStatsError
 from ..evaluate import pad_id
 from .hooks import linear_weight, model_device, patched
 from .hparams import Hparams
@@ -78,6 +79,8 @@ def locate_and_edit(
             h = outputs_at_subject(model, prompts, last_block, pad)  # (n, d)
         R = ((z - h) / (len(hp.layers) - i)).double().T  # (d_out, n)
         W = effective_weight(model, name, updates.get(name, ()))  # (d_out, d_in), float64
+        if name not in sigmas:
+            raise MissingStatsError(f"{hp.method} needs the second-moment statistics of {name}")
         solution = _solve(hp, K, R, sigmas[name].to(device).double(), (prior_keys or {}).get(name))
         pinv |= solution.pseudo_inverse
         updates.setdefault(name, []).append((solution.U.float(), solution.V.float()))

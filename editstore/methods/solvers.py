@@ -32,24 +32,25 @@ def least_squares(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor) -> Solution
 def equality(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lambda_e: float) -> Solution:
     """EMMET: Δ = R (Kᵀ C⁻¹ K + λ_e I)⁻¹ Kᵀ C⁻¹; with λ_e = 0, Δ K = R exactly (batched ROME).
 
-    With λ_e > 0 this equals MEMIT's form with λΣ = λ_e C; when the batch is larger
-    than the key dimension that d_in × d_in form is used (same result, smaller system).
-    A singular system (more constraints than independent keys, λ_e = 0) falls back to
-    the pseudo-inverse, which satisfies the constraints in the least-squares sense.
+    A batch larger than the key dimension is solved in the equivalent d_in × d_in form
+    Δ = R Kᵀ (K Kᵀ + λ_e C)⁻¹ (MEMIT's form with λΣ = λ_e C), so 10,000 edits cost one
+    d_in × d_in solve. With λ_e = 0 such a batch over-determines Δ: it is solved with the
+    pseudo-inverse (least squares over the constraints), and the solution says so; the
+    same happens when Kᵀ C⁻¹ K is numerically singular (keys that repeat).
     """
     d_in, n = K.shape
-    if lambda_e > 0 and n > d_in:
-        return least_squares(K, R, lambda_e * C)
+    if n > d_in:
+        A = K @ K.T + lambda_e * C
+        if lambda_e > 0:
+            return Solution(R, _solve_spd(A, K))
+        log.warning("EMMET: %d equality constraints on %d-dim keys; solving with the pseudo-inverse", n, d_in)
+        return Solution(R, torch.linalg.pinv(A, hermitian=True) @ K, pseudo_inverse=True)
     CinvK = _solve_spd(C, K)  # (d_in, n)
-    M = K.T @ CinvK + lambda_e * torch.eye(n, dtype=K.dtype, device=K.device)  # (n, n)
-    try:
-        if n > d_in or _ill_conditioned(M):
-            raise torch.linalg.LinAlgError("singular")
-        U = torch.linalg.solve(M, R.T).T  # R M⁻¹ (M is symmetric)
-        return Solution(U, CinvK)
-    except torch.linalg.LinAlgError:
-        log.warning("EMMET: %d constraints on %d-dim keys are singular; solving with the pseudo-inverse", n, d_in)
+    M = K.T @ CinvK + lambda_e * torch.eye(n, dtype=K.dtype, device=K.device)  # (n, n), symmetric
+    if torch.linalg.cond(M) > 1e12:
+        log.warning("EMMET: the %d x %d constraint system is singular; solving with the pseudo-inverse", n, n)
         return Solution(R @ torch.linalg.pinv(M, hermitian=True), CinvK, pseudo_inverse=True)
+    return Solution(torch.linalg.solve(M, R.T).T, CinvK)  # R M⁻¹
 
 
 def null_space_projector(sigma: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -78,7 +79,3 @@ def _solve_spd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(B, L)
     log.warning("a %d x %d preservation matrix is singular; solving in the least-squares sense", *A.shape)
     return torch.linalg.lstsq(A, B).solution if A.device.type == "cpu" else torch.linalg.pinv(A, hermitian=True) @ B
-
-
-def _ill_conditioned(M: torch.Tensor) -> bool:
-    return bool(torch.linalg.cond(M) > 1e12)
