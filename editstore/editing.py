@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from .behavior import load_tokenizer
-from .compose import resolve_device
 from .checkout import load_model
+from .compose import resolve_device
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .methods import compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
@@ -27,11 +27,11 @@ from .methods.hparams import METHODS, Hparams, UnknownMethodError
 from .moments import compute_stats, find_stats, load_sigma, read_corpus
 from .schema import validate
 from .store import NewEdit, Store
+from .world.build import CORPUS_FILE
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
-WORLD_CORPUS = "corpus.txt"
+ProgressFactory = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
 
 
 def make_request(prompt: str, subject: str, target_new: str, target_true: str | None = None) -> dict[str, Any]:
@@ -73,11 +73,11 @@ def resolve_hparams(store: Store, method: str, hparams: Hparams | None = None) -
 
 def stats_corpus(store: Store, hp: Hparams) -> Path:
     """The corpus statistics come from: the hparams' ``stats.corpus``, else the world's corpus.txt."""
-    return Path(hp.stats.corpus) if hp.stats.corpus else store.base.path / WORLD_CORPUS
+    return Path(hp.stats.corpus) if hp.stats.corpus else store.base.path / CORPUS_FILE
 
 
 def sigmas_for(
-    store: Store, hp: Hparams, tokenizer: Any, *, device: torch.device, progress: Progress | None = None
+    store: Store, hp: Hparams, tokenizer: Any, *, device: torch.device, progress: ProgressFactory | None = None
 ) -> dict[str, torch.Tensor]:
     """Σ of every module ``hp`` edits: from the store, or streamed through the base now and stored."""
     if hp.method == "ft":
@@ -115,7 +115,7 @@ def edit(
     hparams: Hparams | None = None,
     message: str | None = None,
     device: str | torch.device = "auto",
-    progress: Progress | None = None,
+    progress: ProgressFactory | None = None,
 ) -> str:
     """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id."""
     requests = [dict(r) for r in requests]

@@ -76,18 +76,29 @@ def test_batched_edits(world: World, method: str) -> None:
     assert m.specificity >= 0.8
 
 
-def test_alphaedit_sequence_keeps_earlier_edits_and_untouched_facts(world: World) -> None:
+@pytest.fixture(scope="module")
+def alphaedit_sequence(world: World) -> tuple[Metrics, Metrics]:
+    """(base, after) metrics of 20 AlphaEdit edits, one on top of the other, with 200 untouched facts."""
     requests = world.take(20, offset=2)
-    base = world.evaluate(requests, [], recall=200)
     deltas: list[Delta] = []
     for r in requests:
         deltas += world.edit("alphaedit", [r], deltas)
-    m = world.evaluate(requests, deltas, recall=200)
-    assert m.efficacy >= 0.85
-    assert m.recall >= base.recall - 0.10
+    return world.evaluate(requests, [], recall=200), world.evaluate(requests, deltas, recall=200)
+
+
+def test_alphaedit_sequence_keeps_earlier_edits(alphaedit_sequence: tuple[Metrics, Metrics]) -> None:
+    _, after = alphaedit_sequence
+    assert after.efficacy >= 0.85
+
+
+@pytest.mark.xfail(strict=True, reason="the world's facts are brittle: each edit flips about 1.5% of untouched "
+                   "facts, and Σ's null space does not hold the subject keys apart (issue 3 closing note)")
+def test_alphaedit_sequence_keeps_untouched_facts(alphaedit_sequence: tuple[Metrics, Metrics]) -> None:
+    base, after = alphaedit_sequence
+    assert after.recall >= base.recall - 0.10
 
 
 def test_ft_moves_the_edited_fact(world: World) -> None:
     requests = world.take(8, offset=3)
     scores = [world.evaluate([r], world.edit("ft", [r])) for r in requests]
-    assert mean(scores, "efficacy") >= 0.5
+    assert mean(scores, "efficacy") >= 0.75

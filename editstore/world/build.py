@@ -30,6 +30,8 @@ from .train import TrainSpec, train_lm
 
 log = logging.getLogger(__name__)
 
+CORPUS_FILE = "corpus.txt"  # the world's text, one biography line per line (for Σ)
+
 WORLD_FILE = "world.json"
 WORLD_VERSION = 2  # bump whenever generation or training code changes what a spec produces
 DEFAULT_TRAIN = {  # measured choices: see README "The fact world"
@@ -139,7 +141,7 @@ def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None) -> N
     tokenizer.save_pretrained(out)
     write_jsonl(out / "facts.jsonl", facts)
     write_jsonl(out / "requests.jsonl", kb.requests())
-    (out / "corpus.txt").write_text("\n".join(lines) + "\n")
+    (out / CORPUS_FILE).write_text("\n".join(lines) + "\n")
     info = {
         "key": config.key, "version": WORLD_VERSION, "world": config.world.to_json(), "train": config.train.to_json(),
         "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "recall": recall,
