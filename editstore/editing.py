@@ -4,8 +4,9 @@ The deltas are computed on the current version (base + the branch's edits, loade
 in memory), with the method's packaged hparams unless the caller gives some, and
 second-moment statistics from the store (computed on first use from the configured
 corpus, the fact world's ``corpus.txt`` by default). Each request becomes one edit of
-a single commit. Nothing is written before the deltas exist, and the commit is
-refused when another writer moved HEAD meanwhile.
+a single commit. The history is written only once the deltas exist (statistics
+computed on the way are kept), and the commit is refused when another writer
+moved HEAD meanwhile.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .compose import resolve_device
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .methods import compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
-from .methods.hparams import METHODS, Hparams, UnknownMethodError
+from .methods.hparams import Hparams
 from .moments import compute_stats, find_stats, load_sigma, read_corpus
 from .schema import validate
 from .store import NewEdit, Store
@@ -60,14 +61,13 @@ def check_requests(requests: Sequence[dict[str, Any]]) -> None:
 
 def resolve_hparams(store: Store, method: str, hparams: Hparams | None = None) -> Hparams:
     """The caller's hparams or the packaged ones for the base; checked against the base's modules."""
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     hp = hparams or find_hparams(method, store.base.config)
     if hp.method != method:
         raise HparamsError(f"the hparams are for {hp.method}, not {method}")
-    for name in edited_modules(hp):
-        if f"{name}.weight" not in store.base.tensors:
-            raise HparamsError(f"the base has no module {name} (hparams {hp.architecture}, layers {list(hp.layers)})")
+    for layer in hp.layers:
+        for name in (hp.module_name(layer), hp.block_name(layer)):
+            if not any(t.startswith(f"{name}.") for t in store.base.tensors):
+                raise HparamsError(f"the base has no module {name} (hparams {hp.architecture}, layers {list(hp.layers)})")
     return hp
 
 
@@ -83,7 +83,7 @@ def sigmas_for(
     if hp.method == "ft":
         return {}
     corpus = stats_corpus(store, hp)
-    digest = read_corpus(corpus, 1)[1] if corpus.is_file() else ""
+    digest = read_corpus(corpus, 1)[1] if corpus.is_file() else None  # None: whatever the store has
     rows = {m: find_stats(store, m, digest, hp.stats.samples) for m in edited_modules(hp)}
     missing = [m for m, row in rows.items() if row is None]
     if missing:

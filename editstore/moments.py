@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,12 +88,16 @@ def load_sigma(store: Store, row: StatsRow) -> torch.Tensor:
     return st_load(store.objects.read(row.object))["sigma"]
 
 
-def find_stats(store: Store, module: str, corpus: str, samples: int) -> StatsRow | None:
-    """The stats computed from exactly this corpus and sample count, else the newest imported ones."""
+def find_stats(store: Store, module: str, corpus: str | None, samples: int) -> StatsRow | None:
+    """The stats of exactly this corpus and sample count, else the newest imported ones.
+
+    With ``corpus`` None (no corpus is configured) any stored stats of the module will do, newest first.
+    """
     rows = stats_rows(store, module)
     exact = [r for r in rows if r.corpus == corpus and r.samples == samples]
     imported = [r for r in rows if r.corpus.startswith(IMPORTED)]
-    return (exact or imported[-1:] or [None])[0]
+    anything = rows if corpus is None else []
+    return (exact or imported[-1:] or anything[-1:] or [None])[0]
 
 
 def save_stats(store: Store, module: str, sigma: torch.Tensor, count: int, *, corpus: str, samples: int, source: str) -> StatsRow:
@@ -134,7 +139,7 @@ def import_npz(store: Store, module: str, path: str | Path) -> StatsRow:
         data = path.read_bytes()
         with np.load(path, allow_pickle=False) as npz:
             mom2, count = npz["mom2.mom2"], int(npz["mom2.count"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
         raise StatsError(f"{path} is not a ROME stats .npz with mom2.mom2 and mom2.count: {exc}") from None
     d_in = _module_input_dim(store, module)
     if mom2.shape != (d_in, d_in) or count <= 0:

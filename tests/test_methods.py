@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from editstore.methods import METHODS, compute_edits, find_hparams
-from editstore.methods.hooks import linear_weight
+from editstore.methods.hooks import as_updates, linear_weight, patched
+from editstore.methods.targets import mean_keys, sample_prefixes, tokenize_request
 from editstore.methods.solvers import equality, least_squares, null_space, null_space_projector
 from editstore.stats import second_moment
 from editstore.synthetic import TINY_CONFIGS, tiny_model
@@ -64,6 +65,7 @@ def test_every_method_leaves_the_model_unchanged_and_returns_one_delta_per_reque
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert flags == {k: p.requires_grad for k, p in model.named_parameters()}
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # no edit left attached
     assert len(result.deltas) == len(REQUESTS)
     for delta in result.deltas:
         assert delta.params == sorted(f"{hp.module_name(layer)}.weight" for layer in hp.layers)
@@ -71,16 +73,26 @@ def test_every_method_leaves_the_model_unchanged_and_returns_one_delta_per_reque
 
 
 def test_rome_maps_the_key_to_its_target(tiny, tok) -> None:
-    """ΔW k̄ = v* − W k̄ (targets hold v* − b = W k̄ + r), to 1e-4 relative."""
+    """The edited module maps k̄ (recomputed here) to its target v* − b: ΔW k̄ = v* − W k̄ − b to 1e-4 relative."""
     model, config = tiny
     hp = _hparams("rome", config)
-    [delta] = compute_edits(model, tok, REQUESTS[:1], hp, sigmas=_sigmas(model, tok, hp)).deltas
-    [(param, f)] = delta.factors.items()
+    result = compute_edits(model, tok, REQUESTS[:1], hp, sigmas=_sigmas(model, tok, hp))
+    [(param, f)] = result.deltas[0].factors.items()
+    name = param.removesuffix(".weight")
     assert f.rank == 1 and f.keys is not None and f.targets is not None
-    W, _ = linear_weight(model.get_submodule(param.removesuffix(".weight")))
-    lhs = f.dense().double() @ f.keys.double()
-    rhs = f.targets.double() - W.double() @ f.keys.double()
-    assert torch.linalg.norm(lhs - rhs) <= 1e-4 * torch.linalg.norm(rhs)
+    assert result.nll_after[0] < result.nll_before[0]
+    prefixes = sample_prefixes(model, tok, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
+    k_bar = mean_keys(model, [tokenize_request(tok, REQUESTS[0], prefixes)], name, tok.pad_token_id)[0]
+    assert torch.allclose(k_bar, f.keys[:, 0], atol=1e-5)
+    module = model.get_submodule(name)
+    _, b = linear_weight(module)
+    with torch.no_grad():
+        with patched(model, as_updates(result.deltas)):
+            edited = module(k_bar[None]).double()[0] - b.double()  # (W + ΔW) k̄, through the real module
+        unedited = module(k_bar[None]).double()[0] - b.double()
+    target = f.targets[:, 0].double()  # v* − b
+    assert torch.linalg.norm(target - unedited) > 1e-3 * torch.linalg.norm(target)  # the edit asks for a change
+    assert torch.linalg.norm(edited - target) <= 1e-4 * torch.linalg.norm(target - unedited)
 
 
 def test_emmet_without_regulariser_meets_every_constraint_of_its_batch(tiny, tok) -> None:

@@ -30,11 +30,9 @@ def run(*args: object) -> None:
 
     argv = [str(a) for a in args]
     click.secho("$ editstore " + shlex.join(argv), bold=True)
-    try:
-        cli.main(argv, prog_name="editstore", standalone_mode=False)
-    except SystemExit as exc:  # fsck and friends exit through ctx.exit
-        if exc.code:
-            raise
+    code = cli.main(argv, prog_name="editstore", standalone_mode=False)  # returns ctx.exit's code
+    if code:
+        raise SystemExit(code)
 
 
 def _request_lines(requests: list[dict]) -> str:

@@ -94,7 +94,10 @@ def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple
     names = list(modules)
     if not names:
         hp = resolve_hparams(store, method)
-        picked = [int(x) for x in layers.split(",")] if layers else list(hp.layers)
+        try:
+            picked = [int(x) for x in layers.split(",")] if layers else list(hp.layers)
+        except ValueError:
+            raise click.BadParameter(f"{layers!r} is not a comma-separated list of layer numbers", param_hint="--layers") from None
         names = [hp.module_name(layer) for layer in picked]
     texts, _ = read_corpus(corpus, samples)
     model = load_model(store.base, {}, device=resolve_device(device), base_hashes={})

@@ -39,7 +39,7 @@ def compute_edits(
     """One delta per request, by ``hp.method``; ``model`` is left unchanged."""
     if hp.method not in SEQUENTIAL:
         return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys, progress=progress)
-    deltas, before, after = [], [], []
+    deltas, before, after, info = [], [], [], {}
     for request in requests:
         pending = as_updates(deltas)  # the earlier requests of the sequence, in place
         if hp.method == "rome":
@@ -47,8 +47,9 @@ def compute_edits(
         else:
             res = finetune(model, tokenizer, request, hp, pending=pending)
         deltas += res.deltas
+        info.update(res.info)
         before += res.nll_before
         after += res.nll_after
         if progress:
             progress(1)
-    return EditResult(deltas, before, after)
+    return EditResult(deltas, before, after, info)

@@ -80,7 +80,6 @@ def finetune(
 def truncated_svd(D: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(U S, V) of the smallest rank r with Σ_{i<r} s_i² ≥ energy · Σ s_i²; at least rank 1."""
     U, S, Vh = torch.linalg.svd(D, full_matrices=False)
-    share = (S**2).cumsum(0) / (S**2).sum().clamp_min(1e-30)
-    r = int((share < energy).sum()) + 1
-    r = min(r, S.shape[0])
+    total = (S**2).sum()
+    r = 1 if total == 0 else min(int(((S**2).cumsum(0) / total < energy).sum()) + 1, S.shape[0])
     return U[:, :r] * S[:r], Vh[:r].T

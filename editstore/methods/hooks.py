@@ -121,13 +121,13 @@ def capture(
 
         return hook
 
-    for name in inputs_of:
-        handles.append(model.get_submodule(name).register_forward_hook(grab(name, True)))
-    for name in outputs_of:
-        key = f"{name}:out" if name in inputs_of else name
-        handles.append(model.get_submodule(name).register_forward_hook(grab(key, False)))
     ids, mask = right_pad(rows, pad)
     try:
+        for name in inputs_of:
+            handles.append(model.get_submodule(name).register_forward_hook(grab(name, True)))
+        for name in outputs_of:
+            key = f"{name}:out" if name in inputs_of else name
+            handles.append(model.get_submodule(name).register_forward_hook(grab(key, False)))
         model(input_ids=ids.to(device), attention_mask=mask.to(device))
     finally:
         for h in handles:

@@ -59,6 +59,9 @@ def locate_and_edit(
     earlier edits (d_in, m) that AlphaEdit keeps out of the way. ``pending``: low-rank
     updates not in the weights yet (earlier requests of a sequential batch).
     """
+    missing = [hp.module_name(layer) for layer in hp.layers if hp.module_name(layer) not in sigmas]
+    if missing:
+        raise MissingStatsError(f"{hp.method} needs the second-moment statistics of {', '.join(missing)}")
     device = model_device(model)
     pad = pad_id(tokenizer)
     updates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: list(v) for k, v in (pending or {}).items()}
@@ -79,8 +82,6 @@ def locate_and_edit(
             h = outputs_at_subject(model, prompts, last_block, pad)  # (n, d)
         R = ((z - h) / (len(hp.layers) - i)).double().T  # (d_out, n)
         W = effective_weight(model, name, updates.get(name, ()))  # (d_out, d_in), float64
-        if name not in sigmas:
-            raise MissingStatsError(f"{hp.method} needs the second-moment statistics of {name}")
         solution = _solve(hp, K, R, sigmas[name].to(device).double(), (prior_keys or {}).get(name))
         pinv |= solution.pseudo_inverse
         updates.setdefault(name, []).append((solution.U.float(), solution.V.float()))

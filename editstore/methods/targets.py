@@ -7,6 +7,10 @@ edited layer: target NLL over the prefixed prompts + KL to the unedited distribu
 "{subject} is a" + a norm penalty, with ‖δ‖ ≤ c‖v₀‖ (ROME, Meng et al. 2022). Requests
 are optimised together in chunks; each has its own δ and its loss does not depend on
 the others', so a chunk gives the same δs as one request at a time.
+
+Two choices differ from ROME's code: the target NLL is summed over the target's tokens
+(not averaged), and the KL term is KL(unedited ‖ edited). The residual a solver must
+write is δ itself (z − h), so ΔW k̄ = δ: the same k̄ in the residual and the denominator.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Prompts:
 @torch.no_grad()
 def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int, seed: int) -> list[str]:
     """``n`` short texts sampled from the model (ROME's context templates), plus the empty prefix."""
+    if n == 0:
+        return [""]
     device = model_device(model)
     start = tokenizer("")["input_ids"] or [tokenizer.bos_token_id]
     ids = torch.tensor([start] * n, device=device)
@@ -53,7 +59,7 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
 def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Prompts:
     """Token rows of one request; raises :class:`SubjectNotInPromptError` when the subject is missing."""
     subject = request["subject"]
-    prompt = request["prompt"].replace("{}", subject)
+    prompt = request["prompt"].replace("{}", subject).strip()
     texts = [f"{p} {prompt}".strip() for p in prefixes]
     spans = [subject_span(tokenizer, t, subject, search_from=len(t) - len(prompt)) for t in texts]
     kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
@@ -123,9 +129,9 @@ def _optimise_chunk(
     ids, mask = ids.to(device), mask.to(device)
     n_edit = n * per
     # target token j of an edit row is predicted at position len(prompt) - 1 + j
-    pos, tgt, row_of, tok_mask = [], [], [], []
+    pos, tgt, tok_mask = [], [], []
     width = max(len(p.target) for p in prompts)
-    for i, p in enumerate(prompts):
+    for p in prompts:
         for r in p.rows:
             pos.append([len(r) - 1 + min(j, len(p.target) - 1) for j in range(width)])
             tgt.append([p.target[min(j, len(p.target) - 1)] for j in range(width)])

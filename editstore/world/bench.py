@@ -1,0 +1,75 @@
+"""Editing the fact world in memory: what benchmarks/methods.py and the method floor tests share.
+
+A :class:`WorldBench` holds one world's model and tokenizer, Σ of every module a packaged
+method edits (from the world's corpus), and the world's requests on distinct subjects.
+Edited versions are composed with forward hooks (W + Σ U Vᵀ, the sum a checkout writes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+from ..behavior import untouched_facts
+from ..delta import Delta
+from ..evaluate import Metrics, evaluate_requests
+from ..methods import METHODS, EditResult, compute_edits, edited_modules, find_hparams
+from ..methods.hooks import as_keys, as_updates, patched
+from ..methods.hparams import Hparams
+from ..stats import second_moment
+from .build import CORPUS_FILE, build_world, read_jsonl
+
+
+class WorldBench:
+    """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
+
+    def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.arch = arch
+        self.path: Path = build_world(arch)
+        self.model = AutoModelForCausalLM.from_pretrained(self.path).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        config = json.loads((self.path / "config.json").read_text())
+        self.hparams: dict[str, Hparams] = {}
+        for method in METHODS:
+            hp = find_hparams(method, config)
+            self.hparams[method] = hp.replace(**overrides) if overrides else hp
+        modules = sorted({m for method, hp in self.hparams.items() if method != "ft" for m in edited_modules(hp)})
+        corpus = (self.path / CORPUS_FILE).read_text().splitlines()
+        sigmas, _ = second_moment(self.model, self.tokenizer, corpus, [self.model.get_submodule(m) for m in modules])
+        self.sigmas = dict(zip(modules, sigmas))
+        seen: set[str] = set()
+        self.requests = [
+            r for r in read_jsonl(self.path / "requests.jsonl")[::stride] if not (r["subject"] in seen or seen.add(r["subject"]))
+        ]
+
+    def take(self, n: int, offset: int = 0) -> list[dict[str, Any]]:
+        """``n`` requests spread evenly over the world (distinct subjects)."""
+        return self.requests[offset :: max(1, len(self.requests) // n)][:n]
+
+    def edit(self, method: str, requests: Sequence[dict[str, Any]], earlier: Sequence[Delta] = ()) -> EditResult:
+        """``method``'s deltas for ``requests`` on the base plus ``earlier`` (whose keys AlphaEdit avoids)."""
+        prior = as_keys(earlier) if method == "alphaedit" else None
+        with patched(self.model, as_updates(earlier)):
+            return compute_edits(self.model, self.tokenizer, requests, self.hparams[method], sigmas=self.sigmas, prior_keys=prior)
+
+    def evaluate(self, requests: Sequence[dict[str, Any]], deltas: Sequence[Delta], *, recall: int = 0) -> Metrics:
+        """Metrics of ``requests`` on the base plus ``deltas``; recall over ``recall`` facts of unedited subjects."""
+        facts = untouched_facts(self.path, {r["subject"] for r in requests}, limit=recall) if recall else []
+        with patched(self.model, as_updates(deltas)):
+            return evaluate_requests(self.model, self.tokenizer, requests, recall_facts=facts)
+
+
+def sequence(bench: WorldBench, method: str, requests: Sequence[dict[str, Any]]) -> list[Delta]:
+    """The deltas of editing ``requests`` one on top of the other."""
+    deltas: list[Delta] = []
+    for r in requests:
+        deltas += bench.edit(method, [r], deltas).deltas
+    return deltas
+
+
+__all__ = ["WorldBench", "sequence"]
