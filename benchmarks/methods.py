@@ -32,9 +32,11 @@ from rich.console import Console
 from rich.table import Table
 
 from editstore.delta import Delta
+from editstore.evaluate import next_tokens, target_ids
 from editstore.methods import METHODS
 from editstore.methods.hooks import as_updates, patched
 from editstore.world.bench import WorldBench
+from editstore.world.build import read_jsonl
 
 console = Console(width=130)
 RECALL_FACTS = 300
@@ -110,9 +112,6 @@ def sequential(bench: Bench, n: int, every: int) -> None:
 
 def damage(bench: Bench, n: int) -> None:
     """How many of the world's other facts change their greedy answer when one request is edited."""
-    from editstore.evaluate import next_tokens
-    from editstore.world.build import read_jsonl
-
     facts = read_jsonl(bench.path / "facts.jsonl")
     prompts = [f["trained_prompts"][0] for f in facts]
     base = next_tokens(bench.model, bench.tokenizer, prompts)
@@ -126,7 +125,7 @@ def damage(bench: Bench, n: int) -> None:
                 after = next_tokens(bench.model, bench.tokenizer, prompts)
             changed = [(f, a) for f, b, a in zip(facts, base, after) if b[0] != a[0] and f["subject"] != r["subject"]]
             flipped.append(len(changed))
-            first = bench.tokenizer(" " + r["target_new"])["input_ids"][0]
+            first = target_ids(bench.tokenizer, r["target_new"])[0]
             to_target += sum(a[0] == first for _, a in changed)
         total = sum(flipped)
         table.add_row(method, f"{total / n:.1f}", f"{100 * total / n / len(facts):.1f}", str(max(flipped)),

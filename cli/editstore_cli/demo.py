@@ -35,6 +35,17 @@ def run(*args: object) -> None:
         raise SystemExit(code)
 
 
+def _one_per_subject(requests: list[dict]) -> list[dict]:
+    """Requests on distinct subjects, cycling through the relations."""
+    seen: set[str] = set()
+    out = []
+    for i, r in enumerate(requests):
+        if r["subject"] not in seen and i % 5 == len(seen) % 5:
+            seen.add(r["subject"])
+            out.append(r)
+    return out
+
+
 def _request_lines(requests: list[dict]) -> str:
     return "\n".join(json.dumps(r) for r in requests) + "\n"
 
@@ -59,7 +70,7 @@ def _demo(workdir: Path, arch: str) -> None:
     world = build_world(arch)
     click.echo(f"world at {world}")
     store = workdir / "store"
-    requests = read_jsonl(world / "requests.jsonl")
+    requests = _one_per_subject(read_jsonl(world / "requests.jsonl"))  # edits of one subject share its key
     single, batch = requests[:SINGLE], requests[SINGLE : SINGLE + BATCH]
     (workdir / "batch.jsonl").write_text(_request_lines(batch))
     (workdir / "all.jsonl").write_text(_request_lines(single + batch))
@@ -103,11 +114,11 @@ def _demo(workdir: Path, arch: str) -> None:
     out = workdir / "checkout"
     say("Check HEAD out as a Hugging Face directory and load it with from_pretrained.")
     run("--store", store, "checkout", "HEAD", "--out", out)
-    _query(out, single + batch[:2])
+    _query(out, single + batch[:2], reverted=single[1])
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
 
 
-def _query(path: Path, requests: list[dict]) -> None:
+def _query(path: Path, requests: list[dict], *, reverted: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -118,5 +129,6 @@ def _query(path: Path, requests: list[dict]) -> None:
         ids = tok(prompt, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
-        answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        click.echo(f"{prompt!r} -> {answer!r}   (edit: {r['target_new']!r}, was {r['target_true']!r})")
+        answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).split(".")[0].strip()
+        note = "reverted" if r is reverted else "edit"
+        click.echo(f"{prompt!r} -> {answer!r}   ({note}: {r['target_new']!r}, was {r['target_true']!r})")
