@@ -6,12 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from click.testing import CliRunner
 
-from editstore import Store
-from editstore.editing import edit, prior_keys, resolve_hparams
-from editstore.methods import find_hparams
+from editstore import NewEdit, Store
+from editstore.behavior import load_tokenizer
+from editstore.editing import edit, prior_keys, resolve_hparams, sigmas_for
+from editstore.errors import HeadMovedError
+from editstore.methods import compute_edits, find_hparams
+from editstore.methods.hparams import load_hparams
 from editstore.moments import find_stats, load_sigma, stats_rows
 from editstore.world.build import build_world, read_jsonl
 from editstore_cli.main import cli
@@ -120,7 +124,11 @@ def test_bad_edits_exit_2_and_leave_the_store_unchanged(tmp_path: Path, world: P
         "layer the base lacks": ("edit", *single, "--method", "memit", "--hparams", deep),
         "both inputs": ("edit", *single, "--requests", bad_schema),
         "bad npz": ("stats", "import", bad_schema, "--module", "transformer.h.1.mlp.c_proj"),
+        "bad layers": ("stats", "compute", "--corpus", bad_schema, "--layers", "1,x"),
+        "cuda without gpu": ("edit", *single, "--device", "cuda"),
     }
+    if torch.cuda.is_available():
+        cases.pop("cuda without gpu")
     before = snapshot(store_dir)
     for label, args in cases.items():
         result = CliRunner().invoke(cli, ["--store", str(store_dir), *map(str, args)])
@@ -152,3 +160,17 @@ def test_stats_compute_and_import_of_a_rome_npz(tmp_path: Path, world: Path, sto
         from editstore.fsck import fsck, gc
 
         assert fsck(store).ok and not gc(store).objects  # stats objects are live
+
+
+def test_a_commit_is_refused_when_head_moved_while_the_edit_was_computed(tmp_path: Path, world: Path, store_dir: Path, requests: list[dict]) -> None:
+    hp = load_hparams(hparams_file(tmp_path, world, "rome"))
+    with Store(store_dir) as store:
+        stale = store.head()
+        edit(store, requests[:1], method="rome", hparams=hp)  # another writer commits first
+        before = snapshot(store_dir)
+        tok = load_tokenizer(store)
+        sigmas = sigmas_for(store, hp, tok, device=torch.device("cpu"))
+        [delta] = compute_edits(store.checkout(stale), tok, requests[1:2], hp, sigmas=sigmas).deltas
+        with pytest.raises(HeadMovedError):
+            store.record_edits([NewEdit(delta, "rome", request=requests[1])], message="late", expected_head=stale)
+    assert snapshot(store_dir) == before
