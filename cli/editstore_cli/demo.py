@@ -67,8 +67,8 @@ def demo(workdir: Path | None, arch: str) -> None:
 def _demo(workdir: Path, arch: str) -> None:
     start = time.perf_counter()
     say(f"The fact world: a synthetic knowledge base and a small {arch} trained on it (built once, then cached).")
-    world = build_world(arch)
-    click.echo(f"world at {world}")
+    run("world", "build", "--arch", arch)  # a progress bar while it trains; the world's directory after
+    world = build_world(arch)  # now cached
     store = workdir / "store"
     requests = _one_per_subject(read_jsonl(world / "requests.jsonl"))  # edits of one subject share its key
     single, batch = requests[:SINGLE], requests[SINGLE : SINGLE + BATCH]
