@@ -12,11 +12,12 @@ into place, so an interrupted checkout never leaves a half-written model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,27 @@ def check_output_dir(out: Path) -> None:
     """``out`` must be missing or an empty directory."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputDirError(f"--out {out} exists and is not an empty directory")
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A staging directory beside ``out`` (missing or empty) that becomes ``out`` when the block succeeds.
+
+    On any failure the staging directory is removed and ``out`` is left as it was.
+    """
+    check_output_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.editstore-tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _verify(raw: bytes, name: str, expected: Mapping[str, str]) -> None:
@@ -76,12 +98,7 @@ def write_checkout(
 ) -> Path:
     """Write base + Σ U Vᵀ as a Hugging Face directory at ``out``; return ``out``."""
     out = Path(out).resolve()
-    check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.editstore-tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_output(out) as staging:
         for f in base.non_weight_files():
             shutil.copyfile(f, staging / f.name)
         if base.sharded:
@@ -109,12 +126,6 @@ def write_checkout(
                 fh.flush()
                 os.fsync(fh.fileno())
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("checked out %d edited parameter(s) into %s", len(factors), out)
     return out
 

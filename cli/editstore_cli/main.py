@@ -19,6 +19,7 @@ from transformers.utils import logging as transformers_logging
 from editstore import Store
 from editstore.behavior import behavior_diff, evaluate_version, evaluations, load_requests
 from editstore.errors import EditStoreError
+from editstore.export import export_peft
 from editstore.fsck import fsck as run_fsck
 from editstore.fsck import gc as run_gc
 
@@ -202,6 +203,19 @@ def checkout(ctx: click.Context, rev: str, out: Path, device: str, link: bool, s
     with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
         path = store.checkout_to(rev, out, device=device, link=link, progress=lambda _: bar.update())
     click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--peft", "peft_dir", required=True, type=click.Path(path_type=Path),
+              help="Output directory (missing or empty) for the LoRA adapter.")
+@store_option
+@click.pass_context
+def export(ctx: click.Context, rev: str, peft_dir: Path, store_dir: Path | None) -> None:
+    """Write version REV's deltas as a PEFT LoRA adapter (PeftModel.from_pretrained(base, DIR))."""
+    store = open_store(ctx, store_dir)
+    path = export_peft(store, rev, peft_dir)
+    click.echo(f"Exported {store.resolve(rev)[:12]} as a LoRA adapter to {path}")
 
 
 @cli.command()
