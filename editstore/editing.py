@@ -22,6 +22,7 @@ from .behavior import load_tokenizer
 from .checkout import load_model
 from .compose import resolve_device
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
+from .evaluate import fill
 from .methods import compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
@@ -82,20 +83,21 @@ def sigmas_for(
     """Σ of every module ``hp`` edits: from the store, or streamed through the base now and stored."""
     if hp.method == "ft":
         return {}
-    corpus = stats_corpus(store, hp)
-    digest = read_corpus(corpus, 1)[1] if corpus.is_file() else None  # None: whatever the store has
+    path = stats_corpus(store, hp)
+    corpus = read_corpus(path) if path.is_file() else None
+    digest = corpus.digest if corpus else None  # None: whatever the store has
     rows = {m: find_stats(store, m, digest, hp.stats.samples) for m in edited_modules(hp)}
     missing = [m for m, row in rows.items() if row is None]
     if missing:
-        if not corpus.is_file():
+        if corpus is None:
             raise MissingStatsError(
-                f"no second-moment statistics for {', '.join(missing)} and no corpus at {corpus}: "
+                f"no second-moment statistics for {', '.join(missing)} and no corpus at {path}: "
                 "run `editstore stats compute --corpus FILE` or set stats.corpus in the hparams"
             )
         base = load_model(store.base, {}, device=device, base_hashes={})
-        texts, _ = read_corpus(corpus, hp.stats.samples)
+        texts = corpus.texts(hp.stats.samples)
         advance = progress("statistics", len(texts)) if progress else None
-        for row in compute_stats(store, base, tokenizer, missing, corpus, hp.stats.samples, progress=advance):
+        for row in compute_stats(store, base, tokenizer, missing, corpus, texts, hp.stats.samples, progress=advance):
             rows[row.module] = row
         del base
     return {m: load_sigma(store, row).to(device) for m, row in rows.items() if row is not None}
@@ -143,4 +145,4 @@ def edit(
 
 
 def _describe(request: dict[str, Any]) -> str:
-    return f"{request['prompt'].replace('{}', request['subject'])} -> {request['target_new']}"
+    return f"{fill(request['prompt'], request['subject'])} -> {request['target_new']}"

@@ -50,28 +50,41 @@ class StatsRow:
     created: str
 
 
-def read_corpus(path: str | Path, samples: int) -> tuple[list[str], str]:
-    """(up to ``samples`` texts, sha256 of the file) from a text file (one text per line) or JSONL (a "text" field)."""
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus file read once: its bytes' sha256 (the stats key) and its texts on demand."""
+
+    path: Path
+    data: bytes
+    digest: str
+
+    def texts(self, samples: int) -> list[str]:
+        """Up to ``samples`` texts: one per non-empty line, or a JSONL line's "text" field."""
+        texts = []
+        for n, line in enumerate(self.data.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            if self.path.suffix == ".jsonl":
+                try:
+                    line = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise StatsError(f'{self.path}:{n}: a JSONL corpus needs one object with a "text" field per line') from None
+            texts.append(line)
+            if len(texts) >= samples:
+                break
+        if not texts:
+            raise StatsError(f"corpus {self.path} has no text")
+        return texts
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    """Read a text file (one text per line) or JSONL (a "text" field per line) as a :class:`Corpus`."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise StatsError(f"cannot read corpus {path}: {exc}") from None
-    texts = []
-    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                line = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise StatsError(f'{path}:{n}: a JSONL corpus needs one object with a "text" field per line') from None
-        texts.append(line)
-        if len(texts) >= samples:
-            break
-    if not texts:
-        raise StatsError(f"corpus {path} has no text")
-    return texts, sha256_bytes(data)
+    return Corpus(path, data, sha256_bytes(data))
 
 
 def stats_rows(store: Store, module: str | None = None) -> list[StatsRow]:
@@ -117,17 +130,17 @@ def compute_stats(
     model: torch.nn.Module,
     tokenizer: Any,
     modules: Sequence[str],
-    corpus_path: str | Path,
+    corpus: Corpus,
+    texts: Sequence[str],
     samples: int,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> list[StatsRow]:
-    """Stream the corpus through ``model`` (the base) once and store Σ of every module's input."""
-    texts, digest = read_corpus(corpus_path, samples)
+    """Stream ``texts`` (``corpus.texts(samples)``) through ``model`` (the base) once; store Σ of every module's input."""
     _check_modules(model, modules)
     sigmas, count = second_moment(model, tokenizer, texts, [model.get_submodule(m) for m in modules], progress=progress)
     return [
-        save_stats(store, m, s, count, corpus=digest, samples=samples, source=Path(corpus_path).name)
+        save_stats(store, m, s, count, corpus=corpus.digest, samples=samples, source=corpus.path.name)
         for m, s in zip(modules, sigmas)
     ]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import torch
 
+from editstore.evaluate import fill
 from editstore.world.build import build_world, read_jsonl
 
 SINGLE = 3  # ROME edits, one commit each
@@ -125,7 +126,7 @@ def _query(path: Path, requests: list[dict], *, reverted: dict) -> None:
     tok = AutoTokenizer.from_pretrained(path)
     click.secho(f">>> AutoModelForCausalLM.from_pretrained({str(path)!r})", bold=True)
     for r in requests:
-        prompt = r["prompt"].replace("{}", r["subject"])
+        prompt = fill(r["prompt"], r["subject"])
         ids = tok(prompt, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)

@@ -99,10 +99,12 @@ def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple
         except ValueError:
             raise click.BadParameter(f"{layers!r} is not a comma-separated list of layer numbers", param_hint="--layers") from None
         names = [hp.module_name(layer) for layer in picked]
-    texts, _ = read_corpus(corpus, samples)
+    loaded = read_corpus(corpus)
+    texts = loaded.texts(samples)
     model = load_model(store.base, {}, device=resolve_device(device), base_hashes={})
     with progress_bars() as bars:
-        rows = compute_stats(store, model, load_tokenizer(store), names, corpus, samples, progress=bars("statistics", len(texts)))
+        rows = compute_stats(store, model, load_tokenizer(store), names, loaded, texts, samples,
+                             progress=bars("statistics", len(texts)))
     for row in rows:
         click.echo(f"{row.module}: {row.count} positions, object {row.object[:12]}")
 

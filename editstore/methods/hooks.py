@@ -106,7 +106,7 @@ def capture(
 ) -> dict[str, torch.Tensor]:
     """One forward pass over ``rows``; per named module, its input (or output) at position idx[b] of row b.
 
-    Returns ``{name: (len(rows), d)}`` in float32; a name in both lists gets ``name + ":out"`` for the output.
+    Returns ``{name: (len(rows), d)}`` in float32.
     """
     device = model_device(model)
     got: dict[str, torch.Tensor] = {}
@@ -126,8 +126,7 @@ def capture(
         for name in inputs_of:
             handles.append(model.get_submodule(name).register_forward_hook(grab(name, True)))
         for name in outputs_of:
-            key = f"{name}:out" if name in inputs_of else name
-            handles.append(model.get_submodule(name).register_forward_hook(grab(key, False)))
+            handles.append(model.get_submodule(name).register_forward_hook(grab(name, False)))
         model(input_ids=ids.to(device), attention_mask=mask.to(device))
     finally:
         for h in handles:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..evaluate import pad_id, right_pad, target_ids
+from ..evaluate import fill, pad_id, right_pad, target_ids
 from ..tokens import subject_span
 from .hooks import capture, frozen, model_device
 
@@ -59,7 +59,7 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
 def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Prompts:
     """Token rows of one request; raises :class:`SubjectNotInPromptError` when the subject is missing."""
     subject = request["subject"]
-    prompt = request["prompt"].replace("{}", subject).strip()
+    prompt = fill(request["prompt"], subject).strip()
     texts = [f"{p} {prompt}".strip() for p in prefixes]
     spans = [subject_span(tokenizer, t, subject, search_from=len(t) - len(prompt)) for t in texts]
     kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
