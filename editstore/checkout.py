@@ -8,21 +8,28 @@ at a time. The safetensors header is kept
 byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
 bitwise equal to the base. The directory is assembled beside ``out`` and renamed
 into place, so an interrupted checkout never leaves a half-written model.
+
+What an edited parameter becomes is a :class:`Composition`: its factors (computed
+only when needed, sequential or re-solved) and, per parameter, a key into the
+composed-parameter cache, so a parameter already composed is read back, not redone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .cache import ComposedCache, tensor_bytes
 from .checkpoint import INDEX_FILE, Checkpoint, model_class, resolve_module_name
 from .compose import apply_factors
 from .delta import Factors
@@ -81,13 +88,59 @@ def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
     shutil.copyfile(src, dst)
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+@dataclass
+class Composition:
+    """The edited parameters of a version and how to compose each.
+
+    ``factors`` is called at most once, on the first parameter the cache misses; it
+    returns every parameter's factors in nn.Linear orientation.
+    """
+
+    params: Sequence[str]
+    factors: Callable[[], Mapping[str, Sequence[Factors]]]
+    keys: Mapping[str, str] = field(default_factory=dict)
+    cache: ComposedCache | None = None
+
+    @classmethod
+    def of(cls, factors: Mapping[str, Sequence[Factors]]) -> Composition:
+        """A composition of factors already in hand, without a cache."""
+        return cls(sorted(factors), lambda: factors)
+
+    @functools.cached_property
+    def _factors(self) -> Mapping[str, Sequence[Factors]]:
+        return self.factors()
+
+    def cached(self, param: str) -> torch.Tensor | None:
+        """The composed parameter from the cache, or None."""
+        key = self.keys.get(param)
+        return self.cache.get(key) if self.cache is not None and key else None
+
+    def compose(self, param: str, weight: torch.Tensor, *, orientation: str, device: torch.device) -> torch.Tensor:
+        """``weight`` plus the parameter's factors (and remember the result in the cache)."""
+        new = apply_factors(weight, self._factors.get(param, ()), orientation=orientation, device=device)
+        key = self.keys.get(param)
+        if self.cache is not None and key:
+            self.cache.put(key, new.cpu())
+        return new
+
+
+def _composed(base: Checkpoint, composition: Composition, param: str, weight: torch.Tensor | None,
+              *, base_hashes: Mapping[str, str], device: torch.device) -> torch.Tensor:
+    """The new value of ``param``: from the cache, or the verified base weight plus its factors."""
+    info = base.info(param)
+    hit = composition.cached(param)
+    if hit is not None and tuple(hit.shape) == info.shape and hit.dtype == info.torch_dtype:
+        return hit
+    raw = base.read_bytes(param)
+    _verify(raw, param, base_hashes)
+    if weight is None:
+        weight = torch.frombuffer(bytearray(raw), dtype=info.torch_dtype).reshape(info.shape)
+    return composition.compose(param, weight, orientation=base.orientations[param], device=device)
 
 
 def write_checkout(
     base: Checkpoint,
-    factors: Mapping[str, Sequence[Factors]],
+    composition: Composition,
     out: Path,
     *,
     device: torch.device,
@@ -96,7 +149,7 @@ def write_checkout(
     link: bool = False,
     progress: Progress | None = None,
 ) -> Path:
-    """Write base + Σ U Vᵀ as a Hugging Face directory at ``out``; return ``out``."""
+    """Write the composed version as a Hugging Face directory at ``out``; return ``out``."""
     out = Path(out).resolve()
     with staged_output(out) as staging:
         for f in base.non_weight_files():
@@ -104,7 +157,7 @@ def write_checkout(
         if base.sharded:
             shutil.copyfile(base.path / INDEX_FILE, staging / INDEX_FILE)
         by_file: dict[str, list[str]] = {}
-        for param in factors:
+        for param in composition.params:
             by_file.setdefault(base.info(param).file, []).append(param)
         for file in base.weight_files:
             touched = sorted(by_file.get(file, []))
@@ -114,44 +167,41 @@ def write_checkout(
             shutil.copyfile(base.path / file, staging / file)
             with open(staging / file, "r+b") as fh:
                 for param in touched:
-                    info = base.info(param)
-                    raw = base.read_bytes(param)
-                    _verify(raw, param, base_hashes)
-                    weight = torch.frombuffer(bytearray(raw), dtype=info.torch_dtype).reshape(info.shape)
-                    new = apply_factors(weight, factors[param], orientation=base.orientations[param], device=device)
-                    fh.seek(info.begin)
-                    fh.write(_tensor_bytes(new.cpu()))
+                    new = _composed(base, composition, param, None, base_hashes=base_hashes, device=device)
+                    fh.seek(base.info(param).begin)
+                    fh.write(tensor_bytes(new.cpu()))
                     if progress:
                         progress(param)
                 fh.flush()
                 os.fsync(fh.fileno())
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    log.info("checked out %d edited parameter(s) into %s", len(factors), out)
+    log.info("checked out %d edited parameter(s) into %s", len(composition.params), out)
     return out
 
 
 def load_model(
     base: Checkpoint,
-    factors: Mapping[str, Sequence[Factors]],
+    composition: Composition | Mapping[str, Sequence[Factors]],
     *,
     device: torch.device,
     base_hashes: Mapping[str, str],
     progress: Progress | None = None,
 ) -> torch.nn.Module:
-    """Load the base once with ``from_pretrained`` and add Σ U Vᵀ to the edited parameters in place."""
+    """Load the base once with ``from_pretrained`` and compose the edited parameters in place."""
     from transformers import AutoConfig
 
+    if not isinstance(composition, Composition):
+        composition = Composition.of(composition)
     config = AutoConfig.from_pretrained(base.path)
     model = model_class(config).from_pretrained(base.path, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():
-        for param, fs in sorted(factors.items()):
-            _verify(base.read_bytes(param), param, base_hashes)
+        for param in sorted(composition.params):
             name = resolve_module_name(model, param)
             if name is None:
                 raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
             p = model.get_parameter(name)
-            p.copy_(apply_factors(p, fs, orientation=base.orientations[param], device=device))
+            p.copy_(_composed(base, composition, param, p, base_hashes=base_hashes, device=device))
             if progress:
                 progress(param)
     return model

@@ -3,7 +3,11 @@
 On disk a delta is a safetensors file with tensors ``<param>.U`` (d_out, r) and
 ``<param>.V`` (d_in, r), and optionally ``<param>.keys`` (d_in, n) and
 ``<param>.targets`` (d_out, n), the edit keys and target values a batched
-re-solve needs. ``__metadata__`` holds one key, ``editstore``, whose value is the
+re-solve needs, and on the last layer of a multi-layer edit ``<param>.hidden``
+(d_out, n), the target hidden state z of its block (MEMIT's z), from which a
+re-solve spreads the residual again. A delta with ``hidden`` is written as format
+version 2; one without it stays version 1, so its bytes and id never change.
+``__metadata__`` holds one key, ``editstore``, whose value is the
 JSON object described by ``schemas/delta-metadata.schema.json``.
 """
 
@@ -26,9 +30,9 @@ from .hashing import canonical_json
 from .schema import validate
 
 FORMAT = "editstore-delta"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optional <param>.hidden part
 METADATA_KEY = "editstore"
-PARTS = ("U", "V", "keys", "targets")
+PARTS = ("U", "V", "keys", "targets", "hidden")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Factors:
     V: torch.Tensor  # (d_in, r)
     keys: torch.Tensor | None = None  # (d_in, n)
     targets: torch.Tensor | None = None  # (d_out, n)
+    hidden: torch.Tensor | None = None  # (d_out, n): z of the block, last layer of a multi-layer edit
 
     @property
     def rank(self) -> int:
@@ -78,7 +83,8 @@ class Delta:
                 value = getattr(f, part)
                 if value is not None:
                     tensors[f"{param}.{part}"] = value.detach().cpu().contiguous()
-        header = {"format": FORMAT, "version": FORMAT_VERSION, **self.metadata}
+        version = 2 if any(f.hidden is not None for f in self.factors.values()) else 1
+        header = {"format": FORMAT, "version": version, **self.metadata}
         return st_save(tensors, metadata={METADATA_KEY: canonical_json(header)})
 
     def save(self, path: str | Path) -> Path:
@@ -140,8 +146,10 @@ class Delta:
                 )
             if f.keys is not None and f.keys.shape[0] != d_in:
                 raise InvalidDeltaError(f"{param}.keys has {f.keys.shape[0]} rows, expected d_in = {d_in}")
-            if f.targets is not None and f.targets.shape[0] != d_out:
-                raise InvalidDeltaError(f"{param}.targets has {f.targets.shape[0]} rows, expected d_out = {d_out}")
+            for part in ("targets", "hidden"):
+                t = getattr(f, part)
+                if t is not None and t.shape[0] != d_out:
+                    raise InvalidDeltaError(f"{param}.{part} has {t.shape[0]} rows, expected d_out = {d_out}")
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:
@@ -172,7 +180,7 @@ def _group_factors(tensors: dict[str, torch.Tensor], source: str) -> dict[str, F
     for name, tensor in tensors.items():
         param, _, part = name.rpartition(".")
         if part not in PARTS or not param:
-            raise InvalidDeltaError(f"{source}: tensor {name!r} is not <param>.U, .V, .keys or .targets")
+            raise InvalidDeltaError(f"{source}: tensor {name!r} is not <param>.U, .V, .keys, .targets or .hidden")
         parts.setdefault(param, {})[part] = tensor
     return {param: _check_factors(param, p, source) for param, p in sorted(parts.items())}
 
@@ -190,7 +198,9 @@ def _check_factors(param: str, p: dict[str, torch.Tensor], source: str) -> Facto
     U, V = p["U"], p["V"]
     if U.shape[1] < 1 or U.shape[1] != V.shape[1]:
         raise InvalidDeltaError(f"{source}: {param} has U with {U.shape[1]} and V with {V.shape[1]} columns; need equal r ≥ 1")
-    keys, targets = p.get("keys"), p.get("targets")
+    keys, targets, hidden = p.get("keys"), p.get("targets"), p.get("hidden")
     if (keys is None) != (targets is None) or (keys is not None and keys.shape[1] != targets.shape[1]):
         raise InvalidDeltaError(f"{source}: {param}.keys and .targets must come together with the same column count n")
-    return Factors(U, V, keys, targets)
+    if hidden is not None and (keys is None or hidden.shape[1] != keys.shape[1]):
+        raise InvalidDeltaError(f"{source}: {param}.hidden needs .keys and .targets with the same column count n")
+    return Factors(U, V, keys, targets, hidden)

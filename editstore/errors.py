@@ -87,3 +87,7 @@ class HparamsError(EditStoreError):
 
 class MissingStatsError(EditStoreError):
     """An edit needs second-moment statistics and there is no corpus to compute them from."""
+
+
+class ConfigError(EditStoreError):
+    """An unknown configuration key or a value it does not take."""

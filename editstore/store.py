@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from . import db as dbmod
-from .checkout import Progress, load_model, write_checkout
+from .cache import ComposedCache
+from .checkout import Composition, Progress, load_model, write_checkout
 from .checkpoint import Checkpoint
 from .compose import resolve_device
+from .config import check_setting, default
 from .delta import Delta, Factors
 from .diff import ParamDiff, param_diff
 from .errors import (
@@ -36,7 +38,7 @@ from .errors import (
     StoreNotFoundError,
     UnknownRevisionError,
 )
-from .hashing import HEX_ID_LENGTH, is_hex
+from .hashing import HEX_ID_LENGTH, is_hex, sha256_json
 from .lock import writer_lock
 from .objects import ObjectStore
 from .records import Commit, Edit, author, now, tree_id
@@ -505,14 +507,47 @@ class Store:
                 grouped.setdefault(param, []).append(f)
         return grouped
 
+    def composition(self, tree: Sequence[str], *, compose: str | None = None, device: torch.device) -> Composition:
+        """How the edited parameters of ``tree`` are composed in mode ``compose`` (default: the store's setting).
+
+        Cache keys: sequential, the delta objects touching each parameter in order;
+        batched, the whole tree (a re-solve couples the edits of a group).
+        """
+        mode = self.compose_mode(compose)
+        hashes = self.base_hashes()
+        sources: dict[str, list[str]] = {}
+        for eid in tree:
+            edit = self.edit(eid)
+            for param in edit.params:
+                sources.setdefault(param, []).append(edit.delta)
+        whole = tree_id(list(tree))
+        keys = {
+            param: sha256_json({"mode": mode, "param": param, "base": hashes.get(param), "device": device.type,
+                                "from": deltas if mode == "sequential" else whole})
+            for param, deltas in sources.items()
+        }
+        if mode == "sequential":
+            factors: Callable[[], dict[str, list[Factors]]] = lambda: self.factors(tree)  # noqa: E731
+        else:
+            from .resolve import batched_factors  # resolve → editing → store
+
+            factors = lambda: batched_factors(self, tree, device=device)  # noqa: E731
+        return Composition(sorted(sources), factors, keys, self.cache)
+
     def checkout(
-        self, rev: str = "HEAD", *, device: str | torch.device = "auto", progress: Progress | None = None
+        self,
+        rev: str = "HEAD",
+        *,
+        device: str | torch.device = "auto",
+        compose: str | None = None,
+        progress: Progress | None = None,
     ) -> torch.nn.Module:
-        """The version ``rev`` as an in-memory ``PreTrainedModel`` (base + Σ U Vᵀ)."""
-        factors = self.factors(self.tree(rev))
-        return load_model(
-            self.base, factors, device=resolve_device(device), base_hashes=self.base_hashes(), progress=progress
-        )
+        """The version ``rev`` as an in-memory ``PreTrainedModel``: the base loaded once, edits composed in place."""
+        dev = resolve_device(device)
+        composition = self.composition(self.tree(rev), compose=compose, device=dev)
+        model = load_model(self.base, composition, device=dev, base_hashes=self.base_hashes(), progress=progress)
+        self.cache.trim()
+        return model
 
     def checkout_to(
         self,
@@ -520,26 +555,51 @@ class Store:
         out: str | Path,
         *,
         device: str | torch.device = "auto",
+        compose: str | None = None,
         link: bool = False,
         progress: Progress | None = None,
     ) -> Path:
         """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty).
 
+        ``compose``: ``sequential`` or ``batched`` (default: the store's ``checkout.compose``).
         With ``link``, shards no delta touches are hard-linked to the base instead of copied.
         """
         commit_id = self.resolve(rev)
         tree = self.commit_tree(commit_id)
-        provenance = {"store": str(self.root), "commit": commit_id, "tree": tree_id(tree), "base": self.base_fingerprint}
-        return write_checkout(
-            self.base,
-            self.factors(tree),
-            Path(out),
-            device=resolve_device(device),
-            base_hashes=self.base_hashes(),
-            provenance=provenance,
-            link=link,
-            progress=progress,
+        dev = resolve_device(device)
+        mode = self.compose_mode(compose)
+        composition = self.composition(tree, compose=mode, device=dev)
+        provenance = {"store": str(self.root), "commit": commit_id, "tree": tree_id(tree), "base": self.base_fingerprint,
+                      "compose": mode}
+        path = write_checkout(
+            self.base, composition, Path(out), device=dev, base_hashes=self.base_hashes(),
+            provenance=provenance, link=link, progress=progress,
         )
+        self.cache.trim()
+        return path
+
+    # ----------------------------------------------------------------- settings and cache
+
+    def config(self, key: str) -> str:
+        """The value of setting ``key`` (see :mod:`editstore.config`)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [f"config.{key}"]).fetchone()
+        return check_setting(key, row[0]) if row else default(key)
+
+    def compose_mode(self, compose: str | None = None) -> str:
+        """``compose`` checked, or the store's ``checkout.compose``."""
+        return check_setting("checkout.compose", compose) if compose else self.config("checkout.compose")
+
+    def set_config(self, key: str, value: str) -> str:
+        """Set ``key`` to ``value`` (validated); returns the stored value."""
+        value = check_setting(key, value)
+        with self.locked(), self.db.atomic():
+            self.db["meta"].insert({"key": f"config.{key}", "value": value}, replace=True)
+        return value
+
+    @property
+    def cache(self) -> ComposedCache:
+        """The composed-parameter cache, bounded by ``cache.max_bytes``."""
+        return ComposedCache(self.root / "cache", int(self.config("cache.max_bytes")))
 
     def diff(self, rev_a: str, rev_b: str) -> VersionDiff:
         """Edits only in A or only in B, and each touched parameter's ‖W_B − W_A‖_F and rank."""

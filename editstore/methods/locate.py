@@ -5,7 +5,8 @@
    keys K_l (mean over prefixes), residual R_l = (z − h_L) / (layers left), and the
    solver's Δ_l = U Vᵀ (:mod:`.solvers`);
 3. each request becomes its own delta: column i of every layer's U and V, with its key
-   and target value (W_l k_i + r_i) kept so a checkout can re-solve a version jointly.
+   and target value (W_l k_i + r_i), and for a multi-layer edit z_i, kept so a checkout
+   can re-solve a version jointly (:mod:`editstore.resolve`).
 
 The model passed in is never written to: updates in progress are forward hooks.
 """
@@ -25,7 +26,7 @@ from ..evaluate import pad_id
 from .hooks import linear_weight, model_device, patched
 from .hparams import Hparams
 from .solvers import Solution, equality, least_squares, null_space, null_space_projector
-from .targets import mean_keys, optimise_deltas, outputs_at_subject, sample_prefixes, tokenize_request
+from .targets import Prompts, mean_keys, optimise_deltas, outputs_at_subject, sample_prefixes, tokenize_request
 
 log = logging.getLogger(__name__)
 
@@ -62,40 +63,76 @@ def locate_and_edit(
     missing = [hp.module_name(layer) for layer in hp.layers if hp.module_name(layer) not in sigmas]
     if missing:
         raise MissingStatsError(f"{hp.method} needs the second-moment statistics of {', '.join(missing)}")
-    device = model_device(model)
     pad = pad_id(tokenizer)
     updates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: list(v) for k, v in (pending or {}).items()}
-    last_block = hp.block_name(hp.layers[-1])
     with patched(model, updates):
         prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
         prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
         deltas, nll0, nll1 = optimise_deltas(
             model, tokenizer, prompts, hp.module_name(hp.layers[-1]), hp.targets, progress=progress
         )
-        z = outputs_at_subject(model, prompts, last_block, pad) + deltas  # (n, d)
-    per_layer: list[tuple[str, Solution, torch.Tensor, torch.Tensor]] = []
+        z = outputs_at_subject(model, prompts, hp.block_name(hp.layers[-1]), pad) + deltas  # (n, d)
+    per_layer, pinv = spread(model, prompts, z, hp, pad=pad, sigmas=sigmas, prior_keys=prior_keys, updates=updates)
+    multi = len(per_layer) > 1
+    out = []
+    for j in range(len(requests)):
+        col = slice(j, j + 1)
+        factors = {
+            f"{s.name}.weight": Factors(
+                *(t[:, col].float().cpu().contiguous() for t in (s.solution.U, s.solution.V, s.keys, s.targets)),
+                hidden=z[col].T.float().cpu().contiguous() if multi and s is per_layer[-1] else None,
+            )
+            for s in per_layer
+        }
+        out.append(Delta(factors, {"method": hp.method, "layers": list(hp.layers)}))
+    return EditResult(out, nll0.tolist(), nll1.tolist(), {"pseudo_inverse": True} if pinv else {})
+
+
+@dataclass(frozen=True)
+class LayerSolve:
+    """One edited layer's joint solution, with the keys K (d_in, n) and target values W K + R it solved for."""
+
+    name: str
+    solution: Solution
+    keys: torch.Tensor
+    targets: torch.Tensor
+
+
+def spread(
+    model: torch.nn.Module,
+    prompts: Sequence[Prompts],
+    z: torch.Tensor,
+    hp: Hparams,
+    *,
+    pad: int,
+    sigmas: Mapping[str, torch.Tensor],
+    prior_keys: Mapping[str, torch.Tensor] | None,
+    updates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+) -> tuple[list[LayerSolve], bool]:
+    """MEMIT's loop: write z (n, d), the target hidden state of the last edited block, over ``hp.layers``.
+
+    For each layer ascending, with the updates so far in place: keys, residual
+    (z − h_L) / (layers left), the solver's Δ, appended to ``updates``. Returns the
+    per-layer solutions and whether a pseudo-inverse was needed.
+    """
+    device = model_device(model)
+    last_block = hp.block_name(hp.layers[-1])
+    per_layer: list[LayerSolve] = []
     pinv = False
     for i, layer in enumerate(hp.layers):
         name = hp.module_name(layer)
         with patched(model, updates):
             K = mean_keys(model, prompts, name, pad).double().T  # (d_in, n)
             h = outputs_at_subject(model, prompts, last_block, pad)  # (n, d)
-        R = ((z - h) / (len(hp.layers) - i)).double().T  # (d_out, n)
+        R = ((z.to(h) - h) / (len(hp.layers) - i)).double().T  # (d_out, n)
         W = effective_weight(model, name, updates.get(name, ()))  # (d_out, d_in), float64
-        solution = _solve(hp, K, R, sigmas[name].to(device).double(), (prior_keys or {}).get(name))
+        solution = solve(hp, K, R, sigmas[name].to(device).double(), (prior_keys or {}).get(name))
         pinv |= solution.pseudo_inverse
         updates.setdefault(name, []).append((solution.U.float(), solution.V.float()))
-        per_layer.append((name, solution, K, W @ K + R))
+        per_layer.append(LayerSolve(name, solution, K, W @ K + R))
         log.info("%s layer %d: |R| %.3f, |ΔK - R|/|R| %.2e", hp.method, layer, R.norm(),
                  (solution.U @ (solution.V.T @ K) - R).norm() / R.norm())
-    out = []
-    for j in range(len(requests)):
-        factors = {
-            f"{name}.weight": Factors(*(t[:, j : j + 1].float().cpu().contiguous() for t in (s.U, s.V, K, T)))
-            for name, s, K, T in per_layer
-        }
-        out.append(Delta(factors, {"method": hp.method, "layers": list(hp.layers)}))
-    return EditResult(out, nll0.tolist(), nll1.tolist(), {"pseudo_inverse": True} if pinv else {})
+    return per_layer, pinv
 
 
 def effective_weight(model: torch.nn.Module, name: str, pending: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -107,7 +144,8 @@ def effective_weight(model: torch.nn.Module, name: str, pending: Sequence[tuple[
     return W
 
 
-def _solve(hp: Hparams, K: torch.Tensor, R: torch.Tensor, sigma: torch.Tensor, prior: torch.Tensor | None) -> Solution:
+def solve(hp: Hparams, K: torch.Tensor, R: torch.Tensor, sigma: torch.Tensor, prior: torch.Tensor | None = None) -> Solution:
+    """``hp.method``'s closed form for keys K (d_in, n) and residuals R (d_out, n), in float64."""
     s = hp.solver
     if hp.method == "memit":
         return least_squares(K, R, s.mom2_weight * sigma)

@@ -1,0 +1,53 @@
+"""Store settings (``editstore config``), kept in the ``meta`` table under ``config.<key>``.
+
+| key | values | default |
+|---|---|---|
+| ``checkout.compose`` | ``sequential`` or ``batched`` | ``sequential`` |
+| ``cache.max_bytes`` | bytes the composed-parameter cache may hold (0 turns it off) | 4 GiB |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .errors import ConfigError
+
+COMPOSE_MODES = ("sequential", "batched")
+
+
+def _compose(value: str) -> str:
+    if value not in COMPOSE_MODES:
+        raise ConfigError(f"checkout.compose takes {' or '.join(COMPOSE_MODES)}, not {value!r}")
+    return value
+
+
+def _size(value: str) -> str:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"cache.max_bytes takes a whole number of bytes, not {value!r}") from None
+    if n < 0:
+        raise ConfigError("cache.max_bytes cannot be negative")
+    return str(n)
+
+
+SETTINGS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "checkout.compose": ("sequential", _compose),
+    "cache.max_bytes": (str(4 * 2**30), _size),
+}
+
+
+def _known(key: str) -> tuple[str, Callable[[str], str]]:
+    if key not in SETTINGS:
+        raise ConfigError(f"unknown setting {key!r}; known: {', '.join(SETTINGS)}")
+    return SETTINGS[key]
+
+
+def check_setting(key: str, value: str) -> str:
+    """The normalised value; :class:`ConfigError` for an unknown key or a bad value."""
+    return _known(key)[1](value)
+
+
+def default(key: str) -> str:
+    """The value ``key`` has when the store does not set it."""
+    return _known(key)[0]

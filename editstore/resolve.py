@@ -1,0 +1,155 @@
+"""Batched composition (DESIGN §5): re-solve a version's edits jointly from their stored keys and targets.
+
+A tree's edits fall into groups of equal hyperparameters (method, layers, solver,
+statistics). Each group becomes one joint solve with its method's closed form: a
+group of MEMIT or EMMET edits is one MEMIT or EMMET batch, a group of ROME edits is
+batched ROME (EMMET with λ_e = 0), AlphaEdit keeps its null-space projection. Edits
+that carry no keys (fine-tuning, imported deltas) cannot be re-solved and are added
+as they are, first; the groups follow in the order of their first edit in the tree,
+each solved on top of what came before.
+
+A single-layer group needs no model: at the subject token the block writes
+``a + W k`` (``a`` does not depend on W), and the stored target value is
+``T = W_e k + r_e = z − a`` (W_e the weight when the edit was made), so the residual
+against the weight W it is solved on now is ``T − W K``. A multi-layer group re-runs
+MEMIT's spread (:func:`editstore.methods.locate.spread`) from each edit's stored z,
+with forward passes for the keys of later layers, on the base loaded in memory.
+
+A group's solution depends only on its set of (key, target) pairs, so it does not
+depend on the order of the edits, and a version with an edit reverted equals a batch
+edit of the remaining requests whenever their targets were computed on the same model
+(as in one batch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .behavior import load_tokenizer
+from .checkout import load_model
+from .checkpoint import CONV1D, Checkpoint
+from .delta import Delta, Factors
+from .editing import sigmas_for
+from .evaluate import pad_id
+from .hashing import sha256_json
+from .methods.hooks import patched
+from .methods.hparams import Hparams
+from .methods.locate import solve, spread
+from .methods.solvers import Solution
+from .methods.targets import sample_prefixes, tokenize_request
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+LOCATE_METHODS = ("rome", "memit", "emmet", "alphaedit")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Group:
+    """Edits that share hyperparameters and are solved as one batch."""
+
+    hp: Hparams
+    edits: list[str] = field(default_factory=list)
+    deltas: list[Delta] = field(default_factory=list)
+
+    def stacked(self, param: str, part: str) -> torch.Tensor:
+        """The group's ``part`` (keys, targets or hidden) of ``param``, columns side by side, float64."""
+        return torch.cat([getattr(d.factors[param], part).double() for d in self.deltas], dim=1)
+
+
+def _resolvable(delta: Delta, hparams: dict[str, Any] | None, method: str) -> bool:
+    """Keys and targets on every factor, exactly the hparams' modules, and z when it spans layers."""
+    if not hparams or method not in LOCATE_METHODS:
+        return False
+    if any(f.keys is None for f in delta.factors.values()):
+        return False
+    hp = Hparams.from_json(hparams)
+    params = {f"{hp.module_name(layer)}.weight" for layer in hp.layers}
+    last = delta.factors.get(f"{hp.module_name(hp.layers[-1])}.weight")
+    return set(delta.factors) == params and (len(hp.layers) == 1 or (last is not None and last.hidden is not None))
+
+
+def plan(store: Store, tree: Sequence[str]) -> tuple[dict[str, list[Factors]], list[Group]]:
+    """Split ``tree`` into the factors added as they are and the groups to re-solve, in tree order."""
+    fixed: dict[str, list[Factors]] = {}
+    groups: dict[str, Group] = {}
+    for eid in tree:
+        edit, delta = store.edit(eid), store.load_delta(eid)
+        if not _resolvable(delta, edit.hparams, edit.method):
+            for param, f in delta.factors.items():
+                fixed.setdefault(param, []).append(f)
+            continue
+        group = groups.setdefault(sha256_json(edit.hparams), Group(Hparams.from_json(edit.hparams)))
+        group.edits.append(eid)
+        group.deltas.append(delta)
+    return fixed, list(groups.values())
+
+
+def linear_base_weight(base: Checkpoint, param: str) -> torch.Tensor:
+    """The base weight of ``param`` in nn.Linear orientation (d_out, d_in), float64."""
+    w = base.read_tensor(param).double()
+    return w.T if base.orientations[param] == CONV1D else w
+
+
+def solve_single_layer(
+    hp: Hparams, W: torch.Tensor, K: torch.Tensor, T: torch.Tensor, sigma: torch.Tensor
+) -> Solution:
+    """Joint solution for keys K (d_in, n) and target values T (d_out, n) on weight W (d_out, d_in), float64."""
+    return solve(hp, K, T - W @ K, sigma.double())
+
+
+def batched_factors(
+    store: Store,
+    tree: Sequence[str],
+    *,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> dict[str, list[Factors]]:
+    """Per parameter, the factors of the re-solved version: fixed ones, then one solution per group."""
+    fixed, groups = plan(store, tree)
+    if not groups:
+        return fixed
+    tokenizer = load_tokenizer(store)
+    solved: dict[str, list[Factors]] = {}
+    model = None
+    for group in groups:
+        hp = group.hp
+        sigmas = sigmas_for(store, hp, tokenizer, device=device)
+        if len(hp.layers) == 1:
+            name = hp.module_name(hp.layers[0])
+            param = f"{name}.weight"
+            W = linear_base_weight(store.base, param).to(device)
+            for f in fixed.get(param, []) + solved.get(param, []):
+                W += f.U.to(W) @ f.V.to(W).T
+            sol = solve_single_layer(hp, W, group.stacked(param, "keys").to(device),
+                                     group.stacked(param, "targets").to(device), sigmas[name])
+            layers = [(name, sol)]
+        else:
+            if model is None:
+                model = load_model(store.base, fixed, device=device, base_hashes=store.base_hashes())
+            updates = {p.removesuffix(".weight"): [(f.U, f.V) for f in fs] for p, fs in solved.items()}
+            with patched(model, updates):
+                prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
+            prompts = [tokenize_request(tokenizer, store.edit(e).request, prefixes) for e in group.edits]
+            z = group.stacked(f"{hp.module_name(hp.layers[-1])}.weight", "hidden").T.to(device)
+            per_layer, _ = spread(model, prompts, z, hp, pad=pad_id(tokenizer), sigmas=sigmas, prior_keys=None,
+                                  updates=updates)
+            layers = [(s.name, s.solution) for s in per_layer]
+        for name, sol in layers:
+            if sol.pseudo_inverse:
+                log.warning("%s: the joint solve of %d edits needed a pseudo-inverse", name, len(group.edits))
+            solved.setdefault(f"{name}.weight", []).append(Factors(sol.U.float().cpu(), sol.V.float().cpu()))
+        log.info("re-solved %d %s edit(s) jointly on %s", len(group.edits), hp.method, ", ".join(n for n, _ in layers))
+        if progress:
+            progress(f"{hp.method} ×{len(group.edits)}")
+    return {p: fixed.get(p, []) + solved.get(p, []) for p in sorted(set(fixed) | set(solved))}
+
