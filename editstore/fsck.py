@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .delta import Delta
 from .errors import CorruptObjectError, InvalidDeltaError
 from .hashing import sha256_bytes
+from .cache import TrimReport
 from .records import Commit, Edit, tree_id
 from .store import Store
 
@@ -42,6 +43,7 @@ class GcReport:
     objects: list[str] = field(default_factory=list)
     temporaries: list[str] = field(default_factory=list)
     dry_run: bool = False
+    cache: TrimReport | None = None  # None on a dry run
 
 
 def referenced_objects(store: Store) -> set[str]:
@@ -149,7 +151,7 @@ def reachable_commits(store: Store) -> set[str]:
 
 
 def gc(store: Store, *, dry_run: bool = False) -> GcReport:
-    """Delete unreachable commits, trees, edits and objects (and temporary files)."""
+    """Delete unreachable commits, trees, edits and objects (and temporary files); trim the composed cache."""
     report = GcReport(dry_run=dry_run)
     with store.locked():
         live = reachable_commits(store)
@@ -177,5 +179,6 @@ def gc(store: Store, *, dry_run: bool = False) -> GcReport:
             store.objects.delete(oid)
         for tmp in store.objects.temporaries():
             tmp.unlink(missing_ok=True)
+        report.cache = store.cache.trim()
     log.info("gc removed %d commits, %d edits, %d objects", len(report.commits), len(report.edits), len(report.objects))
     return report

@@ -18,6 +18,7 @@ from transformers.utils import logging as transformers_logging
 
 from editstore import Store
 from editstore.behavior import behavior_diff, evaluate_version, evaluations, load_requests
+from editstore.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 from editstore.export import export_peft
 from editstore.fsck import fsck as run_fsck
@@ -191,17 +192,21 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 @cli.command()
 @click.argument("rev", default="HEAD")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (missing or empty).")
+@click.option("--compose", type=click.Choice(COMPOSE_MODES),
+              help="sequential: W₀ + Σ U Vᵀ, the edit history exactly; batched: the edits re-solved jointly "
+              "(order-free). Default: the store's checkout.compose.")
 @device_option
 @click.option("--link", is_flag=True, help="Hard-link unedited shards to the base instead of copying them "
               "(fast; never write into such a checkout in place).")
 @store_option
 @click.pass_context
-def checkout(ctx: click.Context, rev: str, out: Path, device: str, link: bool, store_dir: Path | None) -> None:
+def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, device: str, link: bool,
+             store_dir: Path | None) -> None:
     """Write version REV as a Hugging Face directory that from_pretrained loads."""
     store = open_store(ctx, store_dir)
     params = len({p for e in store.tree(rev) for p in store.edit(e).params})
     with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
-        path = store.checkout_to(rev, out, device=device, link=link, progress=lambda _: bar.update())
+        path = store.checkout_to(rev, out, compose=compose, device=device, link=link, progress=lambda _: bar.update())
     click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")
 
 
@@ -308,6 +313,26 @@ def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(report.commits)} commits, {len(report.edits)} edits, {len(report.objects)} objects, "
                f"{len(report.temporaries)} temporary files")
+    if report.cache is not None:
+        click.echo(f"cache: removed {report.cache.removed} composed parameters ({report.cache.freed_bytes} bytes), "
+                   f"{report.cache.kept_bytes} bytes kept")
+
+
+@cli.command()
+@click.argument("key", required=False)
+@click.argument("value", required=False)
+@store_option
+@click.pass_context
+def config(ctx: click.Context, key: str | None, value: str | None, store_dir: Path | None) -> None:
+    """Show every setting, print KEY's value, or set KEY to VALUE (checkout.compose, cache.max_bytes)."""
+    store = open_store(ctx, store_dir)
+    if key is None:
+        for name in SETTINGS:
+            click.echo(f"{name} = {store.config(name)}")
+    elif value is None:
+        click.echo(store.config(key))
+    else:
+        click.echo(store.set_config(key, value))
 
 
 cli.add_command(demo)

@@ -1,0 +1,77 @@
+"""The composed-parameter cache (issue 4, point 4): hits, neighbours, corruption, the size bound, gc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from editstore import Store
+from editstore.errors import ConfigError
+from editstore.fsck import gc
+from editstore.synthetic import random_delta
+
+from .conftest import GPT2_PARAMS, read_weights
+
+
+def commit(store: Store, params: list[str], seed: int) -> None:
+    store.import_delta(random_delta(store.base, params, rank=2, seed=seed, with_keys=True), message=f"delta {seed}")
+
+
+def test_a_second_checkout_reads_the_cache_and_writes_the_same_bytes(
+    tmp_path: Path, gpt2_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit(gpt2_store, GPT2_PARAMS[:2], 1)
+    first = read_weights(gpt2_store.checkout_to("HEAD", tmp_path / "one"))
+    assert len(gpt2_store.cache.entries()) == 2
+
+    def no_factors(*_: object) -> None:
+        raise AssertionError("a cached version was composed again")
+
+    monkeypatch.setattr(Store, "factors", no_factors)
+    second = read_weights(gpt2_store.checkout_to("HEAD", tmp_path / "two"))
+    in_memory = gpt2_store.checkout(device="cpu").state_dict()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    for name in GPT2_PARAMS[:2]:
+        assert torch.equal(in_memory[name], first[name]), name
+
+
+def test_a_neighbouring_version_reuses_the_parameters_it_shares(tmp_path: Path, gpt2_store: Store) -> None:
+    commit(gpt2_store, GPT2_PARAMS[:1], 1)
+    gpt2_store.checkout_to("HEAD", tmp_path / "v1")
+    [entry] = gpt2_store.cache.entries()
+    commit(gpt2_store, GPT2_PARAMS[1:2], 2)  # the child touches another parameter only
+    gpt2_store.checkout_to("HEAD", tmp_path / "v2")
+    assert entry in gpt2_store.cache.entries() and len(gpt2_store.cache.entries()) == 2
+    v1, v2 = read_weights(tmp_path / "v1"), read_weights(tmp_path / "v2")
+    assert torch.equal(v1[GPT2_PARAMS[0]], v2[GPT2_PARAMS[0]])
+
+
+def test_a_corrupt_entry_is_never_used(tmp_path: Path, gpt2_store: Store) -> None:
+    commit(gpt2_store, GPT2_PARAMS[:1], 1)
+    want = read_weights(gpt2_store.checkout_to("HEAD", tmp_path / "one"))
+    [entry] = gpt2_store.cache.entries()
+    data = bytearray(entry.read_bytes())
+    data[-3] ^= 0xFF  # inside the tensor bytes
+    entry.write_bytes(bytes(data))
+    got = read_weights(gpt2_store.checkout_to("HEAD", tmp_path / "two"))
+    assert torch.equal(got[GPT2_PARAMS[0]], want[GPT2_PARAMS[0]])
+    assert gpt2_store.cache.get(entry.parent.name + entry.name.removesuffix(".safetensors")) is not None  # rewritten
+
+
+def test_the_cache_stays_within_its_bound_and_gc_trims_it(tmp_path: Path, gpt2_store: Store) -> None:
+    for i, param in enumerate(GPT2_PARAMS):
+        commit(gpt2_store, [param], i)
+    gpt2_store.checkout_to("HEAD", tmp_path / "all")
+    sizes = [p.stat().st_size for p in gpt2_store.cache.entries()]
+    assert len(sizes) == 3
+    gpt2_store.set_config("cache.max_bytes", str(max(sizes)))
+    assert gc(gpt2_store).cache.removed >= 1
+    assert sum(p.stat().st_size for p in gpt2_store.cache.entries()) <= max(sizes)
+    gpt2_store.set_config("cache.max_bytes", "0")  # off
+    gpt2_store.checkout_to("HEAD", tmp_path / "again")
+    assert gc(gpt2_store).cache.kept_bytes == 0 and not gpt2_store.cache.entries()
+    with pytest.raises(ConfigError):
+        gpt2_store.set_config("cache.max_bytes", "lots")

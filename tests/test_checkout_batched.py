@@ -1,0 +1,111 @@
+"""`checkout --compose batched` on the GPT-2 fact world: a version's edits re-solved jointly (issue 4, point 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from editstore import Store
+from editstore.editing import edit
+from editstore.methods import find_hparams
+from editstore.methods.hparams import Hparams
+from editstore.resolve import batched_factors, plan
+from editstore.world.build import build_world, read_jsonl
+
+from .test_edit import SAMPLES, invoke
+
+N = 5
+
+
+@pytest.fixture(scope="module")
+def world() -> Path:
+    return build_world("gpt2")
+
+
+@pytest.fixture(scope="module")
+def requests(world: Path) -> list[dict]:
+    return read_jsonl(world / "requests.jsonl")[7::97][:N]
+
+
+def hparams(world: Path, method: str, **changes: object) -> Hparams:
+    config = json.loads((world / "config.json").read_text())
+    return find_hparams(method, config).replace(**{"stats.samples": SAMPLES, **changes})
+
+
+def edited(store: Store, compose: str) -> dict[str, torch.Tensor]:
+    """The edited parameters of HEAD, composed in memory."""
+    params = {p for e in store.tree() for p in store.edit(e).params}
+    state = store.checkout(device="cpu", compose=compose).state_dict()
+    return {p: state[p].clone() for p in sorted(params)}
+
+
+def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], base: Store) -> None:
+    assert a.keys() == b.keys()
+    for p in a:
+        w0 = base.base.read_tensor(p)
+        da, db = a[p] - w0, b[p] - w0  # compare the updates, not the (much larger) weights
+        assert (da - db).norm() <= 1e-4 * db.norm(), p
+
+
+@pytest.mark.parametrize(("method", "layers"), [("emmet", [1]), ("memit", [0, 1])], ids=["emmet-1-layer", "memit-2-layers"])
+def test_after_revert_batched_checkout_equals_a_batch_edit_of_the_rest(
+    tmp_path: Path, world: Path, requests: list[dict], method: str, layers: list[int]
+) -> None:
+    hp = hparams(world, method, layers=layers)
+    with Store.init(world, tmp_path / "a") as a:
+        edit(a, requests, method=method, hparams=hp, device="cpu")
+        # one batch: the joint re-solve is the sum of its per-request columns
+        assert_weights_close(edited(a, "batched"), edited(a, "sequential"), a)
+        a.revert(a.tree()[2])
+        reverted = edited(a, "batched")
+    with Store.init(world, tmp_path / "b") as b:
+        edit(b, requests[:2] + requests[3:], method=method, hparams=hp, device="cpu")
+        fresh = edited(b, "sequential")
+        assert_weights_close(reverted, fresh, b)
+
+
+def test_batched_composition_does_not_depend_on_the_order_of_edits(tmp_path: Path, world: Path, requests: list[dict]) -> None:
+    """Sequential ROME edits, re-solved as batched ROME: any order of the tree gives the same weights."""
+    with Store.init(world, tmp_path / "s") as store:
+        hp = hparams(world, "rome")
+        for r in requests[:3]:
+            edit(store, [r], method="rome", hparams=hp, device="cpu")
+        edit(store, [requests[3]], method="ft", device="cpu")  # no keys: added as it is
+        tree = store.tree()
+        fixed, groups = plan(store, tree)
+        assert [len(g.edits) for g in groups] == [3] and tuple(fixed) == store.edit(tree[3]).params
+        forward = batched_factors(store, tree, device=torch.device("cpu"))
+        backward = batched_factors(store, tree[::-1], device=torch.device("cpu"))
+        assert forward.keys() == backward.keys()
+        for p in forward:
+            dense = [sum(f.dense() for f in fs) for fs in (forward[p], backward[p])]
+            torch.testing.assert_close(dense[0], dense[1], rtol=1e-4, atol=1e-6)
+        # batched ROME writes every edit's key to its target exactly: ΔK = R for the group
+        param = f"{hp.module_name(hp.layers[0])}.weight"
+        K = groups[0].stacked(param, "keys")
+        T = groups[0].stacked(param, "targets")
+        W = edited(store, "batched")[param].double()
+        W = W.T if store.base.orientations[param] == "conv1d" else W
+        torch.testing.assert_close(W @ K, T, rtol=1e-4, atol=1e-4)
+
+
+def test_compose_mode_from_the_cli_and_the_store_setting(tmp_path: Path, world: Path, requests: list[dict]) -> None:
+    store_dir = tmp_path / "store"
+    invoke("init", "--base", world, "--store", store_dir)
+    with Store(store_dir) as store:
+        edit(store, requests[:2], method="emmet", hparams=hparams(world, "emmet"), device="cpu")
+        store.revert(store.tree()[0])
+    invoke("--store", store_dir, "checkout", "HEAD", "--out", tmp_path / "b", "--compose", "batched")
+    assert json.loads((tmp_path / "b" / "editstore.json").read_text())["compose"] == "batched"
+    assert invoke("--store", store_dir, "config", "checkout.compose").strip() == "sequential"
+    invoke("--store", store_dir, "config", "checkout.compose", "batched")
+    invoke("--store", store_dir, "checkout", "HEAD", "--out", tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "editstore.json").read_text())["compose"] == "batched"
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == (tmp_path / "c" / "model.safetensors").read_bytes()
+    invoke("--store", store_dir, "config", "checkout.compose", "jointly", code=2)
+    invoke("--store", store_dir, "config", "no.such.key", "1", code=2)
+    invoke("--store", store_dir, "checkout", "HEAD", "--out", tmp_path / "d", "--compose", "jointly", code=2)
+    assert not (tmp_path / "d").exists()
