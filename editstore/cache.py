@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .checkpoint import DTYPES
 from .hashing import sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,23 @@ class ComposedCache:
         if not self.enabled or not path.is_file():
             return None
         try:
-            data = path.read_bytes()
-            tensor = st_load(data)[TENSOR]
+            with open(path, "rb") as fh:
+                data = bytearray(os.fstat(fh.fileno()).st_size)  # one copy: the tensor is a view of it
+                fh.readinto(data)
             header_len = int.from_bytes(data[:8], "little")
-            want = _metadata(data[8 : 8 + header_len]).get("sha256")
-        except (OSError, SafetensorError, KeyError, ValueError) as exc:
+            header = json.loads(data[8 : 8 + header_len])
+            entry = header[TENSOR]
+            begin, end = (8 + header_len + offset for offset in entry["data_offsets"])
+            want = (header.get("__metadata__") or {}).get("sha256")
+            ok = want == sha256_bytes(memoryview(data)[begin:end])
+            dtype = DTYPES[entry["dtype"]]
+            count = (end - begin) // dtype.itemsize
+            tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(entry["shape"]) if ok else None
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             log.warning("dropping unreadable cache entry %s (%s)", path.name, exc)
             path.unlink(missing_ok=True)
             return None
-        if want != sha256_bytes(tensor_bytes(tensor)):
+        if tensor is None:
             log.warning("dropping cache entry %s: its bytes do not match their hash", path.name)
             path.unlink(missing_ok=True)
             return None
@@ -119,7 +126,3 @@ class ComposedCache:
             removed += 1
             freed += size
         return TrimReport(removed, freed, total)
-
-
-def _metadata(header: bytes) -> dict[str, str]:
-    return json.loads(header).get("__metadata__") or {}

@@ -1,10 +1,12 @@
 """Materialise a version: write an HF directory, or build the model in memory.
 
-Writing streams: a shard that no delta touches is copied (or, with ``link``,
-hard-linked: fast, but the checkout then shares those files with the base, so
-writing into them in place would change the base too); a touched shard is
-copied and only the byte ranges of its edited tensors are rewritten, one tensor
-at a time. The safetensors header is kept
+Writing streams: a shard that no delta touches is never read. By default it is
+cloned (a copy-on-write reflink, where the filesystem has them), else hard-linked
+to the base (the checkout then shares that file with the base: writing into it in
+place would change the base too; ``editstore.json`` lists such shards), else, across
+filesystems, copied; ``link=False`` always copies. A touched shard is copied and
+only the byte ranges of its edited tensors are rewritten, one tensor at a time.
+Like ``save_pretrained``, the output is not fsynced: it can always be written again. The safetensors header is kept
 byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
 bitwise equal to the base. The directory is assembled beside ``out`` and renamed
 into place, so an interrupted checkout never leaves a half-written model.
@@ -23,6 +25,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,28 +81,43 @@ def _verify(raw: bytes, name: str, expected: Mapping[str, str]) -> None:
         )
 
 
-def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
+FICLONE = 0x40049409  # Linux ioctl: make dst a copy-on-write clone of src
+
+
+def _link_or_copy(src: Path, dst: Path, link: bool) -> str:
+    """Place ``src`` at ``dst``: reflink, else hard link, else copy (only copy without ``link``); say which."""
     if link:
-        try:
+        with contextlib.suppress(OSError, ImportError):
+            import fcntl
+
+            with open(src, "rb") as s, open(dst, "wb") as d:
+                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+            return "reflink"
+        dst.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
             os.link(src, dst)
-            return
-        except OSError:  # another filesystem
-            pass
+            return "link"
     shutil.copyfile(src, dst)
+    return "copy"
 
 
 @dataclass
 class Composition:
     """The edited parameters of a version and how to compose each.
 
-    ``factors`` is called at most once, on the first parameter the cache misses; it
-    returns every parameter's factors in nn.Linear orientation.
+    ``factors`` is called at most once, when the cache misses a parameter; it returns
+    every parameter's factors in nn.Linear orientation. :meth:`start` reads the cache
+    hits (and, when ``factors_in_background`` and some parameter misses, the factors) in
+    a background thread, so that loading or copying the base overlaps with it: file
+    reads and hashing release the GIL.
     """
 
     params: Sequence[str]
     factors: Callable[[], Mapping[str, Sequence[Factors]]]
     keys: Mapping[str, str] = field(default_factory=dict)
     cache: ComposedCache | None = None
+    factors_in_background: bool = False  # only for a ``factors`` that touches no SQLite connection
+    _future: Future[dict[str, torch.Tensor | None]] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, factors: Mapping[str, Sequence[Factors]]) -> Composition:
@@ -110,10 +128,24 @@ class Composition:
     def _factors(self) -> Mapping[str, Sequence[Factors]]:
         return self.factors()
 
+    def start(self) -> None:
+        """Begin reading what the cache holds (and maybe the factors) in the background."""
+        if self._future is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="editstore-prefetch")
+            self._future = pool.submit(self._fetch)
+            pool.shutdown(wait=False)
+
+    def _fetch(self) -> dict[str, torch.Tensor | None]:
+        hits = {p: self.cache.get(self.keys[p]) if self.cache is not None and p in self.keys else None for p in self.params}
+        if self.factors_in_background and any(hit is None for hit in hits.values()):
+            self._factors  # noqa: B018 (loads the cached property)
+        return hits
+
     def cached(self, param: str) -> torch.Tensor | None:
         """The composed parameter from the cache, or None."""
-        key = self.keys.get(param)
-        return self.cache.get(key) if self.cache is not None and key else None
+        self.start()
+        assert self._future is not None
+        return self._future.result().get(param)
 
     def compose(self, param: str, weight: torch.Tensor, *, orientation: str, device: torch.device) -> torch.Tensor:
         """``weight`` plus the parameter's factors (and remember the result in the cache)."""
@@ -146,23 +178,26 @@ def write_checkout(
     device: torch.device,
     base_hashes: Mapping[str, str],
     provenance: dict[str, Any],
-    link: bool = False,
+    link: bool = True,
     progress: Progress | None = None,
 ) -> Path:
     """Write the composed version as a Hugging Face directory at ``out``; return ``out``."""
     out = Path(out).resolve()
+    composition.start()
     with staged_output(out) as staging:
         for f in base.non_weight_files():
             shutil.copyfile(f, staging / f.name)
         if base.sharded:
             shutil.copyfile(base.path / INDEX_FILE, staging / INDEX_FILE)
+        linked: list[str] = []
         by_file: dict[str, list[str]] = {}
         for param in composition.params:
             by_file.setdefault(base.info(param).file, []).append(param)
         for file in base.weight_files:
             touched = sorted(by_file.get(file, []))
             if not touched:
-                _link_or_copy(base.path / file, staging / file, link)
+                if _link_or_copy(base.path / file, staging / file, link) == "link":
+                    linked.append(file)
                 continue
             shutil.copyfile(base.path / file, staging / file)
             with open(staging / file, "r+b") as fh:
@@ -172,8 +207,7 @@ def write_checkout(
                     fh.write(tensor_bytes(new.cpu()))
                     if progress:
                         progress(param)
-                fh.flush()
-                os.fsync(fh.fileno())
+        provenance = {**provenance, "hard_linked_to_base": linked}
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     log.info("checked out %d edited parameter(s) into %s", len(composition.params), out)
     return out
@@ -192,8 +226,9 @@ def load_model(
 
     if not isinstance(composition, Composition):
         composition = Composition.of(composition)
+    composition.start()
     config = AutoConfig.from_pretrained(base.path)
-    model = model_class(config).from_pretrained(base.path, dtype="auto").to(device)
+    model = model_class(config).from_pretrained(base.path, config=config, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():
         for param in sorted(composition.params):

@@ -82,8 +82,10 @@ def plan(store: Store, tree: Sequence[str]) -> tuple[dict[str, list[Factors]], l
     """Split ``tree`` into the factors added as they are and the groups to re-solve, in tree order."""
     fixed: dict[str, list[Factors]] = {}
     groups: dict[str, Group] = {}
+    records = store.edits(tree)
     for eid in tree:
-        edit, delta = store.edit(eid), store.load_delta(eid)
+        edit = records[eid]
+        delta = store.load_delta(eid, record=edit)
         if not _resolvable(delta, edit.hparams, edit.method):
             for param, f in delta.factors.items():
                 fixed.setdefault(param, []).append(f)

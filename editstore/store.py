@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from .checkout import Composition, Progress, load_model, write_checkout
 from .checkpoint import Checkpoint
 from .compose import resolve_device
 from .config import check_setting, default
-from .delta import Delta, Factors
+from .delta import Delta, Factors, low_rank_factors
 from .diff import ParamDiff, param_diff
 from .errors import (
     AmbiguousRevisionError,
@@ -70,6 +70,10 @@ def find_store(explicit: str | Path | None = None, *, start: Path | None = None)
     raise StoreNotFoundError(
         f"no editstore store in {here} or any parent; run `editstore init --base MODEL_DIR` or pass --store"
     )
+
+
+def _orientations_key(checkpoint: Checkpoint) -> str:
+    return f"orientations.{checkpoint.fingerprint}"
 
 
 def _minus(items: Sequence[str], other: Sequence[str]) -> list[str]:
@@ -171,6 +175,7 @@ class Store:
             db["commits"].insert(root_commit.row())
             db["refs"].insert({"name": HEADS + DEFAULT_BRANCH, "target": root_commit.id, "symbolic": None})
             db["refs"].insert({"name": "HEAD", "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
+            db["meta"].insert({"key": _orientations_key(checkpoint), "value": json.dumps(checkpoint.orientations)})
 
     @classmethod
     def open(cls, store: str | Path | None = None) -> Store:
@@ -216,6 +221,10 @@ class Store:
         checkpoint = Checkpoint(path)
         if checkpoint.fingerprint != self.base_fingerprint:
             raise BaseModelError(f"the base model at {path} has changed since `editstore init` (config or tensor layout)")
+        # orientations need the architecture built on the meta device: `init` keeps the answer
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [_orientations_key(checkpoint)]).fetchone()
+        if row:
+            checkpoint.orientations = json.loads(row[0])
         return checkpoint
 
     def base_hashes(self) -> dict[str, str]:
@@ -314,10 +323,27 @@ class Store:
         """The ordered edit ids of the tree ``tid``."""
         return json.loads(self.db.execute("SELECT edits FROM trees WHERE id = ?", [tid]).fetchone()[0])
 
-    def load_delta(self, edit_id: str) -> Delta:
+    def _edit_rows(self, edit_ids: Sequence[str], columns: str = "*") -> dict[str, Any]:
+        """Rows of the ``edits`` table by id, 500 ids a query."""
+        out: dict[str, Any] = {}
+        ids = list(dict.fromkeys(edit_ids))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows = self.db["edits"].rows_where(f"id IN ({', '.join('?' * len(chunk))})", chunk, select=columns)
+            out.update((row["id"], row) for row in rows)
+        missing = [e for e in ids if e not in out]
+        if missing:
+            raise UnknownRevisionError(f"no edit {missing[0]}")
+        return out
+
+    def edits(self, edit_ids: Sequence[str]) -> dict[str, Edit]:
+        """The records of several edits, by id, in few queries."""
+        return {eid: Edit.from_row(row) for eid, row in self._edit_rows(edit_ids).items()}
+
+    def load_delta(self, edit_id: str, *, record: Edit | None = None) -> Delta:
         """The delta object of an edit, hash-verified."""
-        oid = self.edit(edit_id).delta
-        return Delta.from_bytes(self.objects.read(oid), source=f"object {oid}")
+        oid = (record or self.edit(edit_id)).delta
+        return Delta.from_bytes(self.objects.read(oid), source=f"object {oid}", trusted=True)
 
     def log(self, rev: str = "HEAD", *, limit: int | None = None) -> list[tuple[str, Commit]]:
         """Commits reachable from ``rev``, newest first."""
@@ -500,10 +526,15 @@ class Store:
     # ----------------------------------------------------------------- checkout and diff
 
     def factors(self, edit_ids: Sequence[str]) -> dict[str, list[Factors]]:
-        """Per parameter, the factors of the given edits in tree order."""
+        """Per parameter, the factors U, V of the given edits in tree order (hash-verified; no keys)."""
+        rows = self._edit_rows(edit_ids, "id, delta")
+        return self._read_factors([rows[eid]["delta"] for eid in edit_ids])
+
+    def _read_factors(self, objects: Sequence[str]) -> dict[str, list[Factors]]:
+        """Per parameter, U and V of the delta objects in order (objects only: safe in another thread)."""
         grouped: dict[str, list[Factors]] = {}
-        for eid in edit_ids:
-            for param, f in self.load_delta(eid).factors.items():
+        for oid in objects:
+            for param, f in low_rank_factors(self.objects.read(oid)).items():
                 grouped.setdefault(param, []).append(f)
         return grouped
 
@@ -516,10 +547,10 @@ class Store:
         mode = self.compose_mode(compose)
         hashes = self.base_hashes()
         sources: dict[str, list[str]] = {}
+        rows = self._edit_rows(tree, "id, delta, params")
         for eid in tree:
-            edit = self.edit(eid)
-            for param in edit.params:
-                sources.setdefault(param, []).append(edit.delta)
+            for param in json.loads(rows[eid]["params"]):
+                sources.setdefault(param, []).append(rows[eid]["delta"])
         whole = tree_id(list(tree))
         keys = {
             param: sha256_json({"mode": mode, "param": param, "base": hashes.get(param), "device": device.type,
@@ -527,12 +558,12 @@ class Store:
             for param, deltas in sources.items()
         }
         if mode == "sequential":
-            factors: Callable[[], dict[str, list[Factors]]] = lambda: self.factors(tree)  # noqa: E731
-        else:
-            from .resolve import batched_factors  # resolve → editing → store
+            objects = [rows[eid]["delta"] for eid in tree]
+            return Composition(sorted(sources), lambda: self._read_factors(objects), keys, self.cache,
+                               factors_in_background=True)
+        from .resolve import batched_factors  # resolve → editing → store
 
-            factors = lambda: batched_factors(self, tree, device=device)  # noqa: E731
-        return Composition(sorted(sources), factors, keys, self.cache)
+        return Composition(sorted(sources), lambda: batched_factors(self, tree, device=device), keys, self.cache)
 
     def checkout(
         self,
@@ -556,13 +587,14 @@ class Store:
         *,
         device: str | torch.device = "auto",
         compose: str | None = None,
-        link: bool = False,
+        link: bool = True,
         progress: Progress | None = None,
     ) -> Path:
         """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty).
 
         ``compose``: ``sequential`` or ``batched`` (default: the store's ``checkout.compose``).
-        With ``link``, shards no delta touches are hard-linked to the base instead of copied.
+        Shards no delta touches are reflinked or hard-linked to the base (``link=False``: copied);
+        see :mod:`editstore.checkout`.
         """
         commit_id = self.resolve(rev)
         tree = self.commit_tree(commit_id)

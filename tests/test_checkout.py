@@ -1,5 +1,6 @@
 """Point 7 of the store issue: checkout = W₀ + Σ U Vᵀ, revert, untouched tensors, dtypes."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,14 +86,18 @@ def test_checkout_carries_config_and_tokenizer_files(tmp_path: Path, gpt2_dir: P
 def test_untouched_shards_are_copied_or_linked(tmp_path: Path, gpt2_dir: Path) -> None:
     store = Store.init(gpt2_dir, tmp_path / "store")
     store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
-    copied = store.checkout_to("HEAD", tmp_path / "copied")
-    linked = store.checkout_to("HEAD", tmp_path / "linked", link=True)
+    copied = store.checkout_to("HEAD", tmp_path / "copied", link=False)
+    linked = store.checkout_to("HEAD", tmp_path / "linked")  # the default
     edited_file = store.base.info(GPT2_PARAMS[0]).file
+    listed = json.loads((linked / "editstore.json").read_text())["hard_linked_to_base"]
     for f in store.base.weight_files:
         base_inode = (gpt2_dir / f).stat().st_ino
-        assert (copied / f).stat().st_ino != base_inode  # by default nothing is shared with the base
-        assert ((linked / f).stat().st_ino == base_inode) == (f != edited_file), f
+        assert (copied / f).stat().st_ino != base_inode  # --copy shares nothing with the base
+        assert (f in listed) == ((linked / f).stat().st_ino == base_inode)
+        if f == edited_file:
+            assert (linked / f).stat().st_ino != base_inode
         assert (copied / f).read_bytes() == (linked / f).read_bytes()
+    assert json.loads((copied / "editstore.json").read_text())["hard_linked_to_base"] == []
     store.close()
 
 

@@ -196,8 +196,9 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
               help="sequential: W₀ + Σ U Vᵀ, the edit history exactly; batched: the edits re-solved jointly "
               "(order-free). Default: the store's checkout.compose.")
 @device_option
-@click.option("--link", is_flag=True, help="Hard-link unedited shards to the base instead of copying them "
-              "(fast; never write into such a checkout in place).")
+@click.option("--link/--copy", default=True, show_default=True,
+              help="Unedited shards: reflink or hard-link them to the base (fast; never write into a hard-linked "
+              "checkout in place, editstore.json lists those shards), or copy them.")
 @store_option
 @click.pass_context
 def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, device: str, link: bool,

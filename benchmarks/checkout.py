@@ -1,0 +1,343 @@
+"""Checkout speed and memory; prints one table per part.
+
+    python benchmarks/checkout.py [--parts store compose] [--edits 1000] [--shards 4] [--repeat 5]
+                                  [--compose-edits 10000] [--compose-repeat 1] [--device auto] [--workdir DIR]
+
+store:   a GPT-2-small-sized model (GPT2Config(), 124M parameters, random weights, float32)
+         saved in --shards shards; a store with --edits rank-one edits, each on the MLP
+         down-projections of layers 5 and 6 (with keys and targets, as real edits have).
+         Times, against the same base in the same run: from_pretrained; from_pretrained +
+         save_pretrained; `editstore checkout --out` (cold and warm composed-parameter
+         cache; the default links unedited shards, --copy copies them); in-memory
+         store.checkout() (cold and warm). Bars (issue 4): checkout --out ≤ 0.5 × (load +
+         save), in-memory ≤ 1.2 × load. A warm cache is a second checkout of the version,
+         or of one that shares its edited parameters.
+compose: one (6400 x 1600) parameter (GPT-2 XL's mlp.c_proj: d_in 6400, d_out 1600) and
+         --compose-edits rank-one edits: sequential composition (editstore.compose.apply_factors,
+         W₀ + U Vᵀ with the factors concatenated) and the batched re-solve
+         (editstore.resolve.solve_single_layer) with EMMET's GPT-2 XL solver settings (w 1000,
+         λ_e 0.1) and with λ_e 0 (batched ROME: over-determined, pseudo-inverse), on keys
+         drawn from a distribution with a decaying spectrum (10⁰ to 10⁻³) plus 64
+         correlated directions, and Σ its covariance. Runs --compose-repeat times.
+
+Every case runs in a fresh subprocess (so its peak resident memory is its own) --repeat
+times, with Python imports done before its clock starts; the table shows the median
+seconds and the largest peak RSS, also above that of a process that only imported. Opening the store and checking the base are part of
+a checkout's time. The page cache is warmed once before timing, so disk reads are from
+memory for every case alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=130)
+LAYERS = (5, 6)
+PARAM = "transformer.h.{}.mlp.c_proj.weight"
+
+
+# ----------------------------------------------------------------- setup (in the parent)
+
+def build_base(work: Path, shards: int) -> Path:
+    """GPT2Config() with random weights, saved in ``shards`` safetensors shards."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    base = work / "base"
+    if (base / "config.json").is_file():
+        return base
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config())
+    size = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    model.save_pretrained(base, max_shard_size=f"{size // shards // 2**20 + 1}MB")
+    return base
+
+
+def build_store(work: Path, base: Path, edits: int) -> Path:
+    """A store whose HEAD holds ``edits`` rank-one edits on layers 5 and 6 (one commit)."""
+    from editstore import NewEdit, Store
+    from editstore.synthetic import random_delta
+
+    root = work / f"store-{edits}"
+    if (root / "store.db").is_file():
+        return root
+    with Store.init(base, root) as store:
+        params = [PARAM.format(layer) for layer in LAYERS]
+        new = [NewEdit(random_delta(store.base, params, rank=1, scale=0.02, seed=i, with_keys=True), "import")
+               for i in range(edits)]
+        store.record_edits(new, message=f"{edits} rank-one edits")
+    return root
+
+
+def model_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+# ----------------------------------------------------------------- cases (each in a child process)
+
+def case_load(a: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    AutoModelForCausalLM.from_pretrained(a.base, dtype="auto")
+    return {"seconds": time.perf_counter() - start}
+
+
+def case_load_save(a: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM
+
+    out = Path(a.out)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(a.base, dtype="auto")
+    model.save_pretrained(out)
+    return {"seconds": time.perf_counter() - start}
+
+
+def _store(a: argparse.Namespace, cold: bool) -> Any:
+    from editstore import Store
+
+    store = Store.open(a.store)
+    if cold:
+        shutil.rmtree(store.root / "cache", ignore_errors=True)
+    return store
+
+
+def case_checkout(a: argparse.Namespace) -> dict[str, Any]:
+    store = _store(a, cold=not a.warm)
+    start = time.perf_counter()
+    store.checkout_to("HEAD", a.out, device=a.device, link=not a.copy)
+    return {"seconds": time.perf_counter() - start}
+
+
+def case_in_memory(a: argparse.Namespace) -> dict[str, Any]:
+    store = _store(a, cold=not a.warm)
+    start = time.perf_counter()
+    store.checkout("HEAD", device=a.device)
+    return {"seconds": time.perf_counter() - start}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def case_compose_sequential(a: argparse.Namespace) -> dict[str, Any]:
+    from editstore.checkpoint import CONV1D
+    from editstore.compose import apply_factors, resolve_device
+    from editstore.delta import Factors
+
+    device = resolve_device(a.device)
+    g = torch.Generator().manual_seed(0)
+    d_out, d_in, n = 1600, 6400, a.n
+    weight = torch.randn(d_in, d_out, generator=g) * 0.02  # stored (in, out), as GPT-2's Conv1D
+    factors = [Factors(torch.randn(d_out, n, generator=g) * 1e-3, torch.randn(d_in, n, generator=g) * 1e-3)]
+    _sync(device)
+    start = time.perf_counter()
+    new = apply_factors(weight, factors, orientation=CONV1D, device=device).cpu()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "finite": bool(torch.isfinite(new).all())}
+
+
+def case_compose_batched(a: argparse.Namespace) -> dict[str, Any]:
+    from editstore.compose import resolve_device
+    from editstore.methods.hparams import find_hparams
+    from editstore.resolve import solve_single_layer
+
+    device = resolve_device(a.device)
+    hp = find_hparams("emmet", {"model_type": "gpt2", "n_layer": 48, "n_embd": 1600})
+    hp = hp.replace(**{"solver.lambda_e": a.lambda_e})
+    g = torch.Generator().manual_seed(0)
+    d_out, d_in, n = 1600, 6400, a.n
+    scale = torch.logspace(0, -3, d_in, dtype=torch.float64)  # a decaying spectrum ...
+    mix = torch.randn(d_in, 64, generator=g, dtype=torch.float64) * 0.1  # ... and 64 correlated directions
+
+    def draw(m: int) -> torch.Tensor:  # (d_in, m) keys with covariance diag(scale²) + mix mixᵀ
+        z = torch.randn(d_in, m, generator=g, dtype=torch.float64)
+        return scale[:, None] * z + mix @ torch.randn(64, m, generator=g, dtype=torch.float64)
+
+    sigma = (torch.diag(scale**2) + mix @ mix.T).to(device)
+    W = (torch.randn(d_out, d_in, generator=g, dtype=torch.float64) * 0.02).to(device)
+    K = draw(n).to(device)
+    R = torch.randn(d_out, n, generator=g, dtype=torch.float64).to(device) * 0.1
+    T = W @ K + R
+    _sync(device)
+    start = time.perf_counter()
+    sol = solve_single_layer(hp, W, K, T, sigma)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    moved = sol.U @ (sol.V.T @ K)
+    return {
+        "seconds": seconds,
+        "finite": bool(torch.isfinite(sol.U).all() and torch.isfinite(sol.V).all()),
+        "residual": float((moved - R).norm() / R.norm()),
+        "pseudo_inverse": sol.pseudo_inverse,
+    }
+
+
+def case_imports(a: argparse.Namespace) -> dict[str, Any]:
+    return {"seconds": 0.0}
+
+
+CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "imports": case_imports,
+    "load": case_load,
+    "load_save": case_load_save,
+    "checkout": case_checkout,
+    "in_memory": case_in_memory,
+    "compose_sequential": case_compose_sequential,
+    "compose_batched": case_compose_batched,
+}
+
+
+def child(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("case", choices=CASES)
+    for flag in ("--base", "--store", "--out", "--device"):
+        p.add_argument(flag)
+    p.add_argument("--n", type=int)
+    p.add_argument("--lambda-e", type=float, default=0.1)
+    p.add_argument("--warm", action="store_true")
+    p.add_argument("--copy", action="store_true")
+    a = p.parse_args(argv)
+    warm_imports()
+    result = CASES[a.case](a)
+    result["peak_rss"] = peak_rss()
+    print(json.dumps(result))
+
+
+def warm_imports() -> None:
+    """Import what every case uses before its clock starts, so no case pays Python's import time."""
+    import importlib
+
+    for module in ("transformers", "transformers.models.gpt2.modeling_gpt2", "editstore.store", "editstore.resolve"):
+        importlib.import_module(module)
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM: unlike ru_maxrss it does not carry over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ----------------------------------------------------------------- the parent
+
+def run(case: str, repeat: int, out: Path | None = None, **options: Any) -> dict[str, Any]:
+    """Run ``case`` ``repeat`` times in fresh processes: median seconds, largest peak RSS, last extras."""
+    runs = []
+    for _ in range(repeat):
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+        args = [sys.executable, __file__, "--child", case] + (["--out", str(out)] if out else [])
+        for key, value in options.items():
+            if value is True:
+                args.append(f"--{key.replace('_', '-')}")
+            elif value is not None and value is not False:
+                args += [f"--{key.replace('_', '-')}", str(value)]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{case} failed:\n{proc.stderr[-3000:]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+    result = dict(runs[-1])
+    result["seconds"] = statistics.median(r["seconds"] for r in runs)
+    result["peak_rss"] = max(r["peak_rss"] for r in runs)
+    return result
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def store_part(a: argparse.Namespace, work: Path) -> None:
+    base = build_base(work, a.shards)
+    store = build_store(work, base, a.edits)
+    for f in base.glob("*.safetensors"):  # warm the page cache
+        f.read_bytes()
+    out = work / "out"
+    size = model_bytes(base)
+    common = {"repeat": a.repeat, "device": a.device}
+    idle = run("imports", 1)["peak_rss"]
+    load = run("load", a.repeat, base=base)
+    load_save = run("load_save", a.repeat, out, base=base)
+    rows = [
+        ("from_pretrained", load, None, ""),
+        ("from_pretrained + save_pretrained", load_save, None, ""),
+        ("checkout --out (cold cache)", run("checkout", out=out, store=store, **common), load_save, "≤ 0.50"),
+        ("checkout --out (warm cache)", run("checkout", out=out, store=store, warm=True, **common), load_save, "≤ 0.50"),
+        ("checkout --out --copy (cold cache)", run("checkout", out=out, store=store, copy=True, **common), load_save, ""),
+        ("in-memory store.checkout() (cold cache)", run("in_memory", store=store, **common), load, ""),
+        ("in-memory store.checkout() (warm cache)", run("in_memory", store=store, warm=True, **common), load, "≤ 1.20"),
+    ]
+    n_shards = len(list(base.glob("*.safetensors")))
+    table = Table("case", "seconds", "ratio", "bar", "peak RSS MiB", "above imports",
+                  title=f"checkout of a 124M-parameter GPT-2 ({mib(size)} MiB, {n_shards} shards), "
+                        f"{a.edits} rank-one edits on layers {LAYERS[0]} and {LAYERS[1]}, device {a.device}")
+    for name, r, ref, bar in rows:
+        ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
+        table.add_row(name, f"{r['seconds']:.3f}", ratio, bar, mib(r["peak_rss"]), mib(r["peak_rss"] - idle))
+    console.print(table)
+    console.print(f"peak RSS of a process that has only imported torch, transformers and editstore: {mib(idle)} MiB")
+
+
+def compose_part(a: argparse.Namespace) -> None:
+    n = a.compose_edits
+    table = Table("composition", "seconds", "finite", "‖ΔK − R‖/‖R‖", "pseudo-inverse", "peak RSS MiB",
+                  title=f"{n:,} rank-one edits onto one (6400 x 1600) parameter "
+                        f"({mib(6400 * 1600 * 4)} MiB in float32), device {a.device}")
+    r = run("compose_sequential", a.compose_repeat, device=a.device, n=n)
+    table.add_row("sequential: W₀ + U Vᵀ (one GEMM, R = n)", f"{r['seconds']:.3f}", str(r["finite"]), "", "", mib(r["peak_rss"]))
+    for lambda_e, label in ((0.1, "batched: EMMET re-solve, w 1000, λ_e 0.1"), (0.0, "batched: ROME re-solve, λ_e 0")):
+        r = run("compose_batched", a.compose_repeat, device=a.device, n=n, lambda_e=lambda_e)
+        table.add_row(label, f"{r['seconds']:.3f}", str(r["finite"]), f"{r['residual']:.3f}", str(r["pseudo_inverse"]),
+                      mib(r["peak_rss"]))
+    console.print(table)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", nargs="+", choices=["store", "compose"], default=["store", "compose"])
+    p.add_argument("--edits", type=int, default=1000)
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--compose-edits", type=int, default=10_000)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--compose-repeat", type=int, default=1)
+    p.add_argument("--workdir", type=Path, help="Keep the model and store here between runs (default: a temp dir).")
+    a = p.parse_args()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                  f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="editstore-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if "store" in a.parts:
+            store_part(a, work)
+        if "compose" in a.parts:
+            compose_part(a)
+    finally:
+        if a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
