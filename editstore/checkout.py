@@ -236,7 +236,7 @@ def load_model(
             if name is None:
                 raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
             p = model.get_parameter(name)
-            p.copy_(_composed(base, composition, param, p, base_hashes=base_hashes, device=device))
+            p.data = _composed(base, composition, param, p, base_hashes=base_hashes, device=device).to(p.device)
             if progress:
                 progress(param)
     return model
