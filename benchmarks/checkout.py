@@ -8,7 +8,7 @@ store:   a GPT-2-small-sized model (GPT2Config(), 124M parameters, random weight
          down-projections of layers 5 and 6 (with keys and targets, as real edits have).
          Times, against the same base in the same run: from_pretrained; from_pretrained +
          save_pretrained; `editstore checkout --out` (cold and warm composed-parameter
-         cache; the default links unedited shards, --copy copies them); in-memory
+         cache; the default reflinks or copies unedited shards, --link hard-links them); in-memory
          store.checkout() (cold and warm). Bars (issue 4): checkout --out ≤ 0.5 × (load +
          save), in-memory ≤ 1.2 × load. A warm cache is a second checkout of the version,
          or of one that shares its edited parameters.
@@ -119,7 +119,7 @@ def _store(a: argparse.Namespace, cold: bool) -> Any:
 def case_checkout(a: argparse.Namespace) -> dict[str, Any]:
     store = _store(a, cold=not a.warm)
     start = time.perf_counter()
-    store.checkout_to("HEAD", a.out, device=a.device, link=not a.copy)
+    store.checkout_to("HEAD", a.out, device=a.device, link=a.link)
     return {"seconds": time.perf_counter() - start}
 
 
@@ -212,7 +212,7 @@ def child(argv: list[str]) -> None:
     p.add_argument("--n", type=int)
     p.add_argument("--lambda-e", type=float, default=0.1)
     p.add_argument("--warm", action="store_true")
-    p.add_argument("--copy", action="store_true")
+    p.add_argument("--link", action="store_true")
     a = p.parse_args(argv)
     warm_imports()
     result = CASES[a.case](a)
@@ -282,7 +282,7 @@ def store_part(a: argparse.Namespace, work: Path) -> None:
         ("from_pretrained + save_pretrained", load_save, None, ""),
         ("checkout --out (cold cache)", run("checkout", out=out, store=store, **common), load_save, "≤ 0.50"),
         ("checkout --out (warm cache)", run("checkout", out=out, store=store, warm=True, **common), load_save, "≤ 0.50"),
-        ("checkout --out --copy (cold cache)", run("checkout", out=out, store=store, copy=True, **common), load_save, ""),
+        ("checkout --out --link (cold cache)", run("checkout", out=out, store=store, link=True, **common), load_save, "≤ 0.50"),
         ("in-memory store.checkout() (cold cache)", run("in_memory", store=store, **common), load, ""),
         ("in-memory store.checkout() (warm cache)", run("in_memory", store=store, warm=True, **common), load, "≤ 1.20"),
     ]

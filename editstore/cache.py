@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ class ComposedCache:
             ok = want == sha256_bytes(memoryview(data)[begin:end])
             dtype = DTYPES[entry["dtype"]]
             count = (end - begin) // dtype.itemsize
-            tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(entry["shape"]) if ok else None
-        except (OSError, KeyError, TypeError, ValueError) as exc:
+            shape = [int(n) for n in entry["shape"]]
+            ok = ok and math.prod(shape) == count
+            tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape) if ok else None
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             log.warning("dropping unreadable cache entry %s (%s)", path.name, exc)
             path.unlink(missing_ok=True)
             return None

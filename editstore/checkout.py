@@ -1,12 +1,14 @@
 """Materialise a version: write an HF directory, or build the model in memory.
 
-Writing streams: a shard that no delta touches is never read. By default it is
-cloned (a copy-on-write reflink, where the filesystem has them), else hard-linked
-to the base (the checkout then shares that file with the base: writing into it in
-place would change the base too; ``editstore.json`` lists such shards), else, across
-filesystems, copied; ``link=False`` always copies. A touched shard is copied and
-only the byte ranges of its edited tensors are rewritten, one tensor at a time.
-Like ``save_pretrained``, the output is not fsynced: it can always be written again. The safetensors header is kept
+Writing streams: a shard that no delta touches is never read. It is cloned (a
+copy-on-write reflink, where the filesystem has them: instant and independent),
+else copied; with ``link`` it is hard-linked to the base instead where reflinks are
+missing (instant, but the checkout then shares that file with the base: a
+``save_pretrained`` into it would overwrite the base; ``editstore.json`` lists such
+shards). A touched shard is copied and only the byte ranges of its edited tensors
+are rewritten, one tensor at a time. Like ``save_pretrained``, the output is not
+fsynced: a killed process leaves no partial directory, a power loss may, and the
+checkout can always be written again. The safetensors header is kept
 byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
 bitwise equal to the base. The directory is assembled beside ``out`` and renamed
 into place, so an interrupted checkout never leaves a half-written model.
@@ -85,15 +87,15 @@ FICLONE = 0x40049409  # Linux ioctl: make dst a copy-on-write clone of src
 
 
 def _link_or_copy(src: Path, dst: Path, link: bool) -> str:
-    """Place ``src`` at ``dst``: reflink, else hard link, else copy (only copy without ``link``); say which."""
-    if link:
-        with contextlib.suppress(OSError, ImportError):
-            import fcntl
+    """Place ``src`` at ``dst``: reflink, else (with ``link``) a hard link, else a copy; say which."""
+    with contextlib.suppress(OSError, ImportError):
+        import fcntl
 
-            with open(src, "rb") as s, open(dst, "wb") as d:
-                fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
-            return "reflink"
-        dst.unlink(missing_ok=True)
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+        return "reflink"
+    dst.unlink(missing_ok=True)
+    if link:
         with contextlib.suppress(OSError):
             os.link(src, dst)
             return "link"
@@ -178,13 +180,13 @@ def write_checkout(
     device: torch.device,
     base_hashes: Mapping[str, str],
     provenance: dict[str, Any],
-    link: bool = True,
+    link: bool = False,
     progress: Progress | None = None,
 ) -> Path:
     """Write the composed version as a Hugging Face directory at ``out``; return ``out``."""
     out = Path(out).resolve()
-    composition.start()
     with staged_output(out) as staging:
+        composition.start()
         for f in base.non_weight_files():
             shutil.copyfile(f, staging / f.name)
         if base.sharded:
@@ -220,15 +222,21 @@ def load_model(
     device: torch.device,
     base_hashes: Mapping[str, str],
     progress: Progress | None = None,
+    into: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
-    """Load the base once with ``from_pretrained`` and compose the edited parameters in place."""
+    """Load the base once with ``from_pretrained`` and swap the composed weights into its parameters.
+
+    ``into``: a base model already loaded (and not edited) to compose into instead.
+    """
     from transformers import AutoConfig
 
     if not isinstance(composition, Composition):
         composition = Composition.of(composition)
     composition.start()
-    config = AutoConfig.from_pretrained(base.path)
-    model = model_class(config).from_pretrained(base.path, config=config, dtype="auto").to(device)
+    model = into
+    if model is None:
+        config = AutoConfig.from_pretrained(base.path)
+        model = model_class(config).from_pretrained(base.path, config=config, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():
         for param in sorted(composition.params):
@@ -236,7 +244,8 @@ def load_model(
             if name is None:
                 raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
             p = model.get_parameter(name)
-            p.data = _composed(base, composition, param, p, base_hashes=base_hashes, device=device).to(p.device)
+            new = _composed(base, composition, param, None, base_hashes=base_hashes, device=device)
+            p.data = new.to(device=p.device, dtype=p.dtype)
             if progress:
                 progress(param)
     return model

@@ -4,6 +4,11 @@
 |---|---|---|
 | ``checkout.compose`` | ``sequential`` or ``batched`` | ``sequential`` |
 | ``cache.max_bytes`` | bytes the composed-parameter cache may hold (0 turns it off) | 4 GiB |
+| ``conflicts.backend`` | ``model`` (the base's hidden states) or ``sentence-transformers:PATH`` | ``model`` |
+| ``conflicts.relation_threshold`` | relation cosine from which same-subject edits are the same fact | 0.55 |
+| ``conflicts.semantic_threshold`` | embedding cosine from which a neighbour is a possible conflict | 0.85 |
+| ``conflicts.interference_threshold`` | whitened-key cosine from which two edits share a slot | 0.8 |
+| ``conflicts.flat_max`` | vectors up to which the conflict index is exact (flat), IVF above | 20000 |
 """
 
 from __future__ import annotations
@@ -31,9 +36,30 @@ def _size(value: str) -> str:
     return str(n)
 
 
+def _backend(value: str) -> str:
+    if value != "model" and not value.startswith("sentence-transformers:"):
+        raise ConfigError(f"conflicts.backend takes model or sentence-transformers:PATH, not {value!r}")
+    return value
+
+
+def _cosine(value: str) -> str:
+    try:
+        x = float(value)
+    except ValueError:
+        raise ConfigError(f"a threshold takes a number in [-1, 1], not {value!r}") from None
+    if not -1.0 <= x <= 1.0:
+        raise ConfigError(f"a threshold takes a number in [-1, 1], not {value!r}")
+    return str(x)
+
+
 SETTINGS: dict[str, tuple[str, Callable[[str], str]]] = {
     "checkout.compose": ("sequential", _compose),
     "cache.max_bytes": (str(4 * 2**30), _size),
+    "conflicts.backend": ("model", _backend),
+    "conflicts.relation_threshold": ("0.55", _cosine),
+    "conflicts.semantic_threshold": ("0.85", _cosine),
+    "conflicts.interference_threshold": ("0.8", _cosine),
+    "conflicts.flat_max": ("20000", _size),
 }
 
 

@@ -3,7 +3,9 @@
 Tables: ``meta`` (format version), ``bases``, ``base_tensors`` (content hashes of
 the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``, ``evaluations``
 (metrics of a version, see :mod:`editstore.behavior`), ``stats`` (second-moment
-objects, see :mod:`editstore.moments`).
+objects, see :mod:`editstore.moments`), ``embeddings`` (prompt embeddings of edits,
+derived, see :mod:`editstore.index`) and ``conflicts`` (conflicts committed with
+``--force`` or reported as warnings, see :mod:`editstore.conflicts`).
 Every user operation writes inside one ``db.atomic()`` transaction.
 """
 
@@ -15,7 +17,7 @@ import sqlite_utils
 
 from .errors import StoreFormatError
 
-FORMAT_VERSION = 2  # 2: the stats table (an editstore that does not know it would gc its objects)
+FORMAT_VERSION = 3  # 2: the stats table (an editstore that does not know it would gc its objects); 3: conflicts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +42,11 @@ CREATE TABLE IF NOT EXISTS stats (
     base TEXT NOT NULL, module TEXT NOT NULL, corpus TEXT NOT NULL, samples INTEGER NOT NULL,
     object TEXT NOT NULL, count INTEGER NOT NULL, source TEXT NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (base, module, corpus, samples));
+CREATE TABLE IF NOT EXISTS embeddings (
+    edit TEXT NOT NULL, backend TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (edit, backend));
+CREATE TABLE IF NOT EXISTS conflicts (
+    id INTEGER PRIMARY KEY, commit_id TEXT NOT NULL, edit TEXT, other TEXT, kind TEXT NOT NULL, score REAL NOT NULL,
+    param TEXT, detail TEXT NOT NULL);
 """
 
 
@@ -71,7 +78,6 @@ def check_format(db: sqlite_utils.Database, path: Path) -> None:
             f"the store at {path.parent} has format version {version}; this editstore reads version ≤ {FORMAT_VERSION}. "
             "Upgrade editstore."
         )
-    if version < FORMAT_VERSION:  # every upgrade so far only adds tables
-        with db.atomic():
-            db.conn.executescript(SCHEMA)
-            db["meta"].insert({"key": "format_version", "value": str(FORMAT_VERSION)}, replace=True)
+    if version < FORMAT_VERSION:  # every upgrade so far only adds tables: one transaction adds them
+        stamp = f"INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', '{FORMAT_VERSION}');"
+        db.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{stamp}\nCOMMIT;")

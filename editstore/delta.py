@@ -83,7 +83,7 @@ class Delta:
                 value = getattr(f, part)
                 if value is not None:
                     tensors[f"{param}.{part}"] = value.detach().cpu().contiguous()
-        version = 2 if any(f.hidden is not None for f in self.factors.values()) else 1
+        version = FORMAT_VERSION if any(f.hidden is not None for f in self.factors.values()) else 1
         header = {"format": FORMAT, "version": version, **self.metadata}
         return st_save(tensors, metadata={METADATA_KEY: canonical_json(header)})
 
@@ -171,7 +171,7 @@ def low_rank_factors(data: bytes) -> dict[str, Factors]:
         if part not in ("U", "V"):
             continue
         begin, end = entry["data_offsets"]
-        t = torch.frombuffer(bytearray(data[start + begin : start + end]), dtype=DTYPES[entry["dtype"]])
+        t = torch.frombuffer(bytearray(memoryview(data)[start + begin : start + end]), dtype=DTYPES[entry["dtype"]])
         parts.setdefault(param, {})[part] = t.reshape(entry["shape"])
     return {param: Factors(p["U"], p["V"]) for param, p in sorted(parts.items())}
 

@@ -19,10 +19,13 @@ from typing import Any
 import torch
 
 from .behavior import load_tokenizer
+from .checks import make_embedder, prompts_of, version_checker
 from .checkout import load_model
 from .compose import resolve_device
+from .conflicts import ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .evaluate import fill
+from .index import Whitener
 from .methods import compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
@@ -117,9 +120,16 @@ def edit(
     hparams: Hparams | None = None,
     message: str | None = None,
     device: str | torch.device = "auto",
+    force: bool = False,
     progress: ProgressFactory | None = None,
 ) -> str:
-    """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id."""
+    """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id.
+
+    Before anything is computed, the requests are checked against HEAD's version
+    (:mod:`editstore.conflicts`): a contradiction raises :class:`ConflictError` and
+    leaves the store unchanged, unless ``force``. Every conflict found (with the
+    interference the new keys show) is recorded with the commit.
+    """
     requests = [dict(r) for r in requests]
     check_requests(requests)
     hp = resolve_hparams(store, method, hparams)
@@ -127,18 +137,31 @@ def edit(
     tokenizer = load_tokenizer(store)
     head = store.head()
     tree = store.tree(head)
+    model = load_model(store.base, {}, device=dev, base_hashes={})  # the base: embeddings, then the version
+    embedder = make_embedder(store, model)
+    checker = version_checker(store, tree, embed=lambda: embedder, head=True)
+    vectors = embedder.embed(prompts_of(requests))
+    found = checker.check(requests, vectors)
+    if blocking(found) and not force:
+        raise ConflictError(blocking(found))
     sigmas = sigmas_for(store, hp, tokenizer, device=dev, progress=progress)
-    model = store.checkout(head, device=dev)
+    model = store.checkout(head, device=dev, into=model)
     advance = progress(f"{method} edits", len(requests)) if progress else None
     result = compute_edits(
         model, tokenizer, requests, hp, sigmas=sigmas,
         prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
     )
+    whitener = Whitener(store)
+    keys = [{p: whitener.whiten(p, f.keys) for p, f in d.factors.items() if f.keys is not None} for d in result.deltas]
+    found += checker.interference(requests, keys, found)
+    for c in found:
+        log.warning("%s", c.describe())
     batch = {"batch": len(requests)} if len(requests) > 1 else {}
     new = [
         NewEdit(delta, method, request=r, hparams=hp.to_json(),
-                info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info})
-        for delta, r, b, a in zip(result.deltas, requests, result.nll_before, result.nll_after)
+                info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info},
+                embedding=(embedder.name, v), conflicts=[c.to_json() for c in found if c.request is r])
+        for delta, r, b, a, v in zip(result.deltas, requests, result.nll_before, result.nll_after, vectors)
     ]
     default = f"{method}: {_describe(requests[0])}" + (f" and {len(requests) - 1} more" if len(requests) > 1 else "")
     return store.record_edits(new, message=message or default, expected_head=head)

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
+import torch
+
 from .hashing import sha256_json
 
 
@@ -96,3 +98,14 @@ class Commit(Record):
     message: str
     author: str
     time: str
+
+
+def embedding_row(edit: str, backend: str, vector: torch.Tensor) -> dict[str, Any]:
+    """A row of the ``embeddings`` table (raw little-endian float32 bytes, no pickle)."""
+    return {"edit": edit, "backend": backend, "vector": vector.detach().float().cpu().numpy().astype("<f4").tobytes()}
+
+
+def conflict_row(edit: str, conflict: dict[str, Any], commit_id: str | None = None) -> dict[str, Any]:
+    """A row of the ``conflicts`` table from :meth:`Conflict.to_json` (``commit_id`` None: the commit being made)."""
+    return {"commit_id": commit_id, "edit": edit, "other": conflict.get("other"), "kind": conflict["kind"],
+            "score": conflict["score"], "param": conflict.get("param"), "detail": json.dumps(conflict)}

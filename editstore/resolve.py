@@ -16,22 +16,23 @@ MEMIT's spread (:func:`editstore.methods.locate.spread`) from each edit's stored
 with forward passes for the keys of later layers, on the base loaded in memory.
 
 A group's solution depends only on its set of (key, target) pairs, so it does not
-depend on the order of the edits, and a version with an edit reverted equals a batch
+depend on the order of its edits, and a version with an edit reverted equals a batch
 edit of the remaining requests whenever their targets were computed on the same model
-(as in one batch).
+(as in one batch). Groups that share a weight are solved in the order of their
+first edits, so across groups the order still matters.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .behavior import load_tokenizer
-from .checkout import load_model
+from .checkout import Progress, load_model
 from .checkpoint import CONV1D, Checkpoint
 from .delta import Delta, Factors
 from .editing import sigmas_for
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 LOCATE_METHODS = ("rome", "memit", "emmet", "alphaedit")
 
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Group:
     hp: Hparams
     edits: list[str] = field(default_factory=list)
     deltas: list[Delta] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
 
     def stacked(self, param: str, part: str) -> torch.Tensor:
         """The group's ``part`` (keys, targets or hidden) of ``param``, columns side by side, float64."""
@@ -93,6 +94,7 @@ def plan(store: Store, tree: Sequence[str]) -> tuple[dict[str, list[Factors]], l
         group = groups.setdefault(sha256_json(edit.hparams), Group(Hparams.from_json(edit.hparams)))
         group.edits.append(eid)
         group.deltas.append(delta)
+        group.requests.append(edit.request or {})
     return fixed, list(groups.values())
 
 
@@ -141,7 +143,7 @@ def batched_factors(
             updates = {p.removesuffix(".weight"): [(f.U, f.V) for f in fs] for p, fs in solved.items()}
             with patched(model, updates):
                 prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
-            prompts = [tokenize_request(tokenizer, store.edit(e).request, prefixes) for e in group.edits]
+            prompts = [tokenize_request(tokenizer, r, prefixes) for r in group.requests]
             z = group.stacked(f"{hp.module_name(hp.layers[-1])}.weight", "hidden").T.to(device)
             per_layer, _ = spread(model, prompts, z, hp, pad=pad_id(tokenizer), sigmas=sigmas, prior_keys=None,
                                   updates=updates)

@@ -41,7 +41,7 @@ from .errors import (
 from .hashing import HEX_ID_LENGTH, is_hex, sha256_json
 from .lock import writer_lock
 from .objects import ObjectStore
-from .records import Commit, Edit, author, now, tree_id
+from .records import Commit, Edit, author, conflict_row, embedding_row, now, tree_id
 from .revisions import MIN_PREFIX, check_ref_name, parse_revision
 from .schema import validate
 
@@ -92,6 +92,8 @@ class NewEdit:
     request: dict[str, Any] | None = None
     hparams: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    embedding: tuple[str, torch.Tensor] | None = None  # (backend, prompt embedding), see editstore.index
+    conflicts: Sequence[dict[str, Any]] = ()  # Conflict.to_json() of what this edit was committed despite
 
 
 @dataclass(frozen=True)
@@ -417,6 +419,7 @@ class Store:
                 raise RefError(f"no branch named {name!r}")
             with self.db.atomic():
                 self.db["refs"].update("HEAD", {"symbolic": HEADS + name, "target": None})
+            self._after_move(self.tree("HEAD"))
 
     def reset(self, rev: str) -> str:
         """Move the current branch (or detached HEAD) to ``rev``."""
@@ -424,6 +427,7 @@ class Store:
             target = self.resolve(rev)
             with self.db.atomic():
                 self._move_head(target)
+            self._after_move(self.commit_tree(target))
         return target
 
     # ----------------------------------------------------------------- writing history
@@ -434,7 +438,8 @@ class Store:
         """Store the deltas, append their edits to the current tree and commit; returns the commit id.
 
         With ``expected_head``, refuse (:class:`HeadMovedError`) when HEAD moved since the
-        caller computed the deltas on that version.
+        caller computed the deltas on that version. The edits' embeddings and conflicts
+        are written in the same transaction as the commit.
         """
         for item in new:
             item.delta.check_fits(self.base)
@@ -450,7 +455,13 @@ class Store:
             hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]
             edits = [self._store_edit(item) for item in new]
             tree = self.tree("HEAD") + [e.id for e in edits]
-            return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes)
+            extra = {"embeddings": [], "conflicts": []}
+            for item, e in zip(new, edits):
+                if item.embedding is not None:
+                    extra["embeddings"].append(embedding_row(e.id, *item.embedding))
+                extra["conflicts"] += [conflict_row(e.id, c) for c in item.conflicts]
+            return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes,
+                                rows=extra)
 
     def import_delta(self, delta: str | Path | Delta, *, message: str, name: str | None = None) -> str:
         """Validate a delta file (or object) against the base and commit it as one edit."""
@@ -508,8 +519,10 @@ class Store:
         new_edits: Sequence[Edit] = (),
         parents: Sequence[str] | None = None,
         base_hashes: Sequence[dict[str, str]] = (),
+        rows: dict[str, list[dict[str, Any]]] | None = None,
     ) -> str:
-        """Write one commit in one transaction; the caller holds the writer lock."""
+        """Write one commit in one transaction (with ``rows``: table -> rows to insert; a ``commit_id``
+        of None is this commit's); the caller holds the writer lock. Then keep the conflict index on HEAD."""
         commit = Commit(
             self.base_fingerprint, tuple(parents or [self.head()]), tree_id(tree), operation, message, author(), now()
         )
@@ -519,9 +532,23 @@ class Store:
             self.db["base_tensors"].insert_all(base_hashes, ignore=True)
             self.db["trees"].insert({"id": commit.tree, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
             self.db["commits"].insert(commit.row())
+            for table, items in (rows or {}).items():
+                self.db[table].insert_all([{**r, "commit_id": r.get("commit_id") or commit.id} if table == "conflicts"
+                                           else r for r in items], replace=True)
             self._move_head(commit.id)
         log.info("commit %s (%s, %d edits)", commit.id[:12], operation, len(tree))
+        self._after_move(tree)
         return commit.id
+
+    def _after_move(self, tree: list[str]) -> None:
+        """Derived state that follows HEAD: the conflict index (a failure here is logged; the next check
+        sees the index's manifest name another tree and syncs it)."""
+        from .checks import sync_index  # checks → conflicts → store
+
+        try:
+            sync_index(self, tree)
+        except Exception as exc:  # noqa: BLE001 (the commit has landed; derived state must not undo it)
+            log.warning("conflict index not updated (%s); it is synced at the next check", exc)
 
     # ----------------------------------------------------------------- checkout and diff
 
@@ -542,7 +569,8 @@ class Store:
         """How the edited parameters of ``tree`` are composed in mode ``compose`` (default: the store's setting).
 
         Cache keys: sequential, the delta objects touching each parameter in order;
-        batched, the whole tree (a re-solve couples the edits of a group).
+        batched, the whole tree and the statistics stored for its modules (a re-solve couples
+        the edits of a group and depends on Σ).
         """
         mode = self.compose_mode(compose)
         hashes = self.base_hashes()
@@ -551,7 +579,11 @@ class Store:
         for eid in tree:
             for param in json.loads(rows[eid]["params"]):
                 sources.setdefault(param, []).append(rows[eid]["delta"])
-        whole = tree_id(list(tree))
+        whole = [tree_id(list(tree))]
+        if mode == "batched":  # the solve also depends on Σ: any change of the stored statistics is a new key
+            modules = sorted({p.removesuffix(".weight") for p in sources})
+            query = f"SELECT object FROM stats WHERE module IN ({', '.join('?' * len(modules))})"
+            whole += sorted(row[0] for row in self.db.execute(query, modules))
         keys = {
             param: sha256_json({"mode": mode, "param": param, "base": hashes.get(param), "device": device.type,
                                 "from": deltas if mode == "sequential" else whole})
@@ -572,11 +604,16 @@ class Store:
         device: str | torch.device = "auto",
         compose: str | None = None,
         progress: Progress | None = None,
+        into: torch.nn.Module | None = None,
     ) -> torch.nn.Module:
-        """The version ``rev`` as an in-memory ``PreTrainedModel``: the base loaded once, edits composed in place."""
+        """The version ``rev`` as an in-memory ``PreTrainedModel``: the base loaded once, composed weights swapped in.
+
+        ``into``: the base, already loaded and unedited, to compose into instead of loading it.
+        """
         dev = resolve_device(device)
         composition = self.composition(self.tree(rev), compose=compose, device=dev)
-        model = load_model(self.base, composition, device=dev, base_hashes=self.base_hashes(), progress=progress)
+        model = load_model(self.base, composition, device=dev, base_hashes=self.base_hashes(), progress=progress,
+                           into=into)
         self.cache.trim()
         return model
 
@@ -587,14 +624,14 @@ class Store:
         *,
         device: str | torch.device = "auto",
         compose: str | None = None,
-        link: bool = True,
+        link: bool = False,
         progress: Progress | None = None,
     ) -> Path:
         """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty).
 
         ``compose``: ``sequential`` or ``batched`` (default: the store's ``checkout.compose``).
-        Shards no delta touches are reflinked or hard-linked to the base (``link=False``: copied);
-        see :mod:`editstore.checkout`.
+        Shards no delta touches are reflinked where the filesystem can, else copied (``link``:
+        hard-linked to the base); see :mod:`editstore.checkout`.
         """
         commit_id = self.resolve(rev)
         tree = self.commit_tree(commit_id)

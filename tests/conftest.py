@@ -62,7 +62,8 @@ def snapshot(store_root: Path) -> dict:
     """Everything a user operation could change: rows of every table and the object files."""
     store = Store(store_root)
     try:
-        tables = {t: sorted(json.dumps(r, sort_keys=True) for r in store.db[t].rows) for t in store.db.table_names()}
+        tables = {t: sorted(json.dumps(r, sort_keys=True, default=bytes.hex) for r in store.db[t].rows)
+                  for t in store.db.table_names()}
         return {"tables": tables, "objects": sorted(store.objects)}
     finally:
         store.close()

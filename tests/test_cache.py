@@ -29,7 +29,7 @@ def test_a_second_checkout_reads_the_cache_and_writes_the_same_bytes(
     def no_factors(*_: object) -> None:
         raise AssertionError("a cached version was composed again")
 
-    monkeypatch.setattr(Store, "factors", no_factors)
+    monkeypatch.setattr(Store, "_read_factors", no_factors)
     second = read_weights(gpt2_store.checkout_to("HEAD", tmp_path / "two"))
     in_memory = gpt2_store.checkout(device="cpu").state_dict()
     for name in first:

@@ -14,6 +14,7 @@ from editstore.errors import (
     StoreNotFoundError,
     UnknownRevisionError,
 )
+from editstore.db import FORMAT_VERSION
 from editstore.store import find_store
 from editstore.synthetic import random_delta
 
@@ -190,3 +191,18 @@ def test_init_refuses_a_file_and_honours_env(tmp_path: Path, gpt2_dir: Path, mon
     Store.init(gpt2_dir).close()
     assert (tmp_path / "from-env" / "store.db").is_file()
     assert not list((tmp_path / "from-env").glob(".store.db.tmp-*"))
+
+
+def test_an_older_store_is_upgraded_on_open(tmp_path: Path, gpt2_dir: Path) -> None:
+    """A version-1 store (no stats, embeddings or conflicts tables) gains them and keeps its history."""
+    with Store.init(gpt2_dir, tmp_path / "s") as store:
+        store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+        head = store.head()
+        for table in ("stats", "embeddings", "conflicts"):
+            store.db[table].drop()
+        store.db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+        store.db.conn.commit()
+    with Store.open(tmp_path / "s") as store:
+        assert store.head() == head
+        assert {"stats", "embeddings", "conflicts"} <= set(store.db.table_names())
+        assert store.db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == str(FORMAT_VERSION)

@@ -194,18 +194,17 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory (missing or empty).")
 @click.option("--compose", type=click.Choice(COMPOSE_MODES),
               help="sequential: W₀ + Σ U Vᵀ, the edit history exactly; batched: the edits re-solved jointly "
-              "(order-free). Default: the store's checkout.compose.")
+              "(each group of equal hparams order-free). Default: the store's checkout.compose.")
 @device_option
-@click.option("--link/--copy", default=True, show_default=True,
-              help="Unedited shards: reflink or hard-link them to the base (fast; never write into a hard-linked "
-              "checkout in place, editstore.json lists those shards), or copy them.")
+@click.option("--link", is_flag=True, help="Hard-link unedited shards to the base where the filesystem cannot "
+              "reflink them (instant; never save_pretrained into such a checkout: it would overwrite the base).")
 @store_option
 @click.pass_context
 def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, device: str, link: bool,
              store_dir: Path | None) -> None:
     """Write version REV as a Hugging Face directory that from_pretrained loads."""
     store = open_store(ctx, store_dir)
-    params = len({p for e in store.tree(rev) for p in store.edit(e).params})
+    params = len({p for e in store.edits(store.tree(rev)).values() for p in e.params})
     with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
         path = store.checkout_to(rev, out, compose=compose, device=device, link=link, progress=lambda _: bar.update())
     click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")

@@ -1,0 +1,163 @@
+"""Conflict checks against the store: the index of a version, embeddings, and the checks themselves.
+
+- :func:`version_checker` gives a :class:`~editstore.conflicts.Checker` for a tree: the
+  persisted index when the tree is HEAD's (synced, or rebuilt when it does not match
+  its manifest), else one built in memory;
+- :func:`sync_index` keeps the persisted index on HEAD after every commit and revert,
+  from the embeddings in SQLite and the keys in the delta objects (no model);
+- :func:`version_conflicts` lists the conflicts inside a version;
+- :func:`check_prospective` checks requests that are not edits yet.
+
+Embeddings come from the base model (:class:`~editstore.embeddings.ModelEmbedder`),
+loaded only when an embedding is missing, or from a local sentence-transformers model
+(``editstore config conflicts.backend sentence-transformers:PATH``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .conflicts import Checker, Conflict, Thresholds, tree_requests
+from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder
+from .evaluate import fill
+from .index import ConflictIndex, Whitener, delta_keys, embedding_rows
+from .records import embedding_row
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+EmbedderFactory = Callable[[], Embedder]
+
+
+def backend_name(store: Store) -> str:
+    """The configured embedding backend's name, without loading it."""
+    backend = store.config("conflicts.backend")
+    if backend == "model":
+        layers = store.base.config.get("num_hidden_layers") or store.base.config.get("n_layer")
+        return f"model:{layers // 2},{layers}"
+    return backend
+
+
+def make_embedder(store: Store, model: torch.nn.Module | None = None, *, device: torch.device | None = None) -> Embedder:
+    """The configured backend; the model backend uses ``model`` (a loaded base) or loads the base."""
+    backend = store.config("conflicts.backend")
+    if backend != "model":
+        return SentenceTransformerEmbedder(backend.removeprefix("sentence-transformers:"))
+    from .behavior import load_tokenizer
+    from .checkout import load_model
+
+    if model is None:
+        model = load_model(store.base, {}, device=device or torch.device("cpu"), base_hashes={})
+    return ModelEmbedder(model, load_tokenizer(store))
+
+
+def prompts_of(requests: Sequence[dict[str, Any]]) -> list[str]:
+    """The filled prompts that embeddings are computed on."""
+    return [fill(r["prompt"], r["subject"]) for r in requests]
+
+
+def _semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None) -> Callable[[list[str]], dict[str, np.ndarray]]:
+    """Stored embeddings of edits; the missing ones computed (and stored) when ``embed`` is given."""
+
+    def vectors(edits: list[str]) -> dict[str, np.ndarray]:
+        found = embedding_rows(store, edits, backend)
+        requests = tree_requests(store, [e for e in edits if e not in found])
+        if requests and embed is not None:
+            ids = list(requests)
+            computed = embed().embed(prompts_of([requests[e] for e in ids]))
+            with store.db.atomic():  # derived data: safe to write outside a user operation
+                store.db["embeddings"].insert_all(
+                    [embedding_row(e, backend, v) for e, v in zip(ids, computed)], replace=True
+                )
+            found.update((e, v.numpy()) for e, v in zip(ids, computed))
+        elif requests:
+            log.info("%d edit(s) have no %s embedding yet; the next conflict check computes them", len(requests), backend)
+        return found
+
+    return vectors
+
+
+def version_index(store: Store, tree: Sequence[str], *, embed: EmbedderFactory | None, persist: bool) -> ConflictIndex:
+    """The index of ``tree``: the persisted one (synced, or rebuilt when it fails its manifest) or a new one."""
+    backend, root = backend_name(store), store.root / INDEX_DIR
+    flat_max = int(store.config("conflicts.flat_max"))
+    index = ConflictIndex.load(root, backend=backend, base=store.base_fingerprint, flat_max=flat_max) if persist else None
+    if index is None:
+        index = ConflictIndex(root, backend, store.base_fingerprint, flat_max)
+    changed = index.sync(tree, semantic=_semantic_vectors(store, backend, embed),
+                         keys=lambda new: delta_keys(store, new, Whitener(store)))
+    if persist and (changed or not (root / "manifest.json").is_file()):
+        index.save()
+    return index
+
+
+def version_checker(store: Store, tree: Sequence[str], *, embed: EmbedderFactory | None, head: bool) -> Checker:
+    """A checker against ``tree`` (``head``: it is HEAD's, use and keep the persisted index)."""
+    index = version_index(store, tree, embed=embed, persist=head)
+    return Checker(store, index, tree_requests(store, tree), Thresholds.of(store))
+
+
+def sync_index(store: Store, tree: Sequence[str]) -> None:
+    """After a commit: bring a persisted index to ``tree`` with what the store holds (no model)."""
+    if (store.root / INDEX_DIR / "manifest.json").is_file():
+        version_index(store, tree, embed=None, persist=True)
+
+
+def rebuild_index(store: Store, *, device: torch.device | None = None) -> ConflictIndex:
+    """Delete the index and build it again for HEAD (``editstore fsck --rebuild``)."""
+    shutil.rmtree(store.root / INDEX_DIR, ignore_errors=True)
+    embedder: list[Embedder] = []
+
+    def embed() -> Embedder:
+        if not embedder:
+            embedder.append(make_embedder(store, device=device))
+        return embedder[0]
+
+    return version_index(store, store.tree("HEAD"), embed=embed, persist=True)
+
+
+def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device | None = None) -> list[Conflict]:
+    """Every conflict between two edits of the version ``rev``, each pair once (the later edit first)."""
+    tree = store.tree(rev)
+    lazy: list[Embedder] = []
+
+    def embed() -> Embedder:
+        if not lazy:
+            lazy.append(make_embedder(store, device=device))
+        return lazy[0]
+
+    checker = version_checker(store, tree, embed=embed, head=store.resolve(rev) == store.head())
+    ids = [e for e in tree if e in checker.requests]
+    vectors = embedding_rows(store, ids, checker.index.backend)
+    ids = [e for e in ids if e in vectors]
+    if not ids:
+        return []
+    keys = delta_keys(store, ids, Whitener(store))
+    found = checker.check([checker.requests[e] for e in ids], torch.from_numpy(np.stack([vectors[e] for e in ids])),
+                          [keys.get(e, {}) for e in ids], edits=ids)
+    order = {e: i for i, e in enumerate(tree)}
+    return [c for c in found if c.other is not None and order[c.other] < order[c.edit]]
+
+
+def check_prospective(
+    store: Store,
+    requests: Sequence[dict[str, Any]],
+    *,
+    keys: Sequence[dict[str, np.ndarray]] | None = None,
+    embedder: Embedder | None = None,
+    device: torch.device | None = None,
+) -> tuple[list[Conflict], torch.Tensor]:
+    """Conflicts of requests that are not edits yet with HEAD's version (and each other), and their embeddings."""
+    embedder = embedder or make_embedder(store, device=device)
+    vectors = embedder.embed(prompts_of(requests))
+    checker = version_checker(store, store.tree("HEAD"), embed=lambda: embedder, head=True)
+    return checker.check(requests, vectors, keys), vectors

@@ -1,0 +1,101 @@
+"""Embeddings of filled edit prompts, for conflict detection (DESIGN §6).
+
+The default backend is the base model itself, so no extra model is needed: the
+hidden state at the prompt's last token after the middle block (where the relation
+being asked about is clearest: formulations of one relation agree there, other
+relations of the same subject do not) and after the last block (where the subject
+matters as much: the state predicts this subject's answer), each normalised, side by
+side and scaled so the whole vector has unit length. The cosine of two vectors is
+then the mean of the two layers' cosines; :func:`relation_similarity` is the middle
+layer's alone. Measured on the GPT-2 fact world (60 subjects, every pair of the four
+formulations of each relation): same relation ≥ 0.48 (1st percentile 0.67), another
+relation of the same subject ≤ 0.47 (99th percentile 0.38) after the middle block.
+
+A sentence-transformers model directory is the optional other backend (its vector
+serves as both halves); it needs the ``sentence-transformers`` package and a local
+model, nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .errors import ConfigError
+from .evaluate import pad_id, right_pad
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Turns filled prompts into unit vectors whose first half carries the relation."""
+
+    name: str
+    dim: int
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(n, dim) float32 unit vectors."""
+        ...
+
+
+def relation_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of the relation halves of embeddings ``a`` (n, d) and ``b`` (m, d): (n, m)."""
+    half = a.shape[-1] // 2
+    return torch.nn.functional.normalize(a[..., :half], dim=-1) @ torch.nn.functional.normalize(b[..., :half], dim=-1).T
+
+
+@dataclass
+class ModelEmbedder:
+    """The base model's hidden states at the last prompt token, after the middle and the last block."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        config = self.model.config
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+        self.layers = (layers // 2, layers)  # indices into hidden_states: 0 is the embeddings
+        self.dim = 2 * (getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        self.name = f"model:{self.layers[0]},{self.layers[1]}"
+
+    @torch.no_grad()
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        pad = pad_id(self.tokenizer)
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            rows = [self.tokenizer(p)["input_ids"] for p in prompts[i : i + self.batch_size]]
+            ids, mask = right_pad(rows, pad)
+            states = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            last = torch.tensor([len(r) - 1 for r in rows], device=device)
+            halves = [
+                torch.nn.functional.normalize(states.hidden_states[layer][torch.arange(len(rows)), last].float(), dim=-1)
+                for layer in self.layers
+            ]
+            out.append(torch.cat(halves, dim=-1).cpu() / 2**0.5)
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+@dataclass
+class SentenceTransformerEmbedder:
+    """A local sentence-transformers model (optional dependency)."""
+
+    path: str
+
+    def __post_init__(self) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ConfigError("the sentence-transformers backend needs `pip install sentence-transformers`") from None
+        self.encoder = SentenceTransformer(self.path, local_files_only=True)
+        self.dim = 2 * int(self.encoder.get_sentence_embedding_dimension())
+        self.name = f"sentence-transformers:{self.path}"
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        v = torch.as_tensor(self.encoder.encode(list(prompts), normalize_embeddings=True), dtype=torch.float32)
+        return torch.cat([v, v], dim=-1) / 2**0.5

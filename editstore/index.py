@@ -1,0 +1,321 @@
+"""The conflict index: FAISS indexes over the edits of the current version (derived state, DESIGN §6).
+
+``<store>/index/`` holds, for the tree HEAD points at:
+
+- ``semantic.faiss``: the prompt embeddings of its edits (:mod:`editstore.embeddings`),
+  inner product over unit vectors;
+- ``keys-<hash>.faiss``, one per edited parameter: each edit's keys whitened by the
+  module's statistics (Σ^{-1/2} k, unit length), so an inner product is the cosine
+  ROME's rank-one updates interfere by (Δ₁ k₂ ∝ k₁ᵀ Σ⁻¹ k₂);
+- ``manifest.json``: the tree, the embedding backend, the base, the id of every
+  edit in the FAISS indexes and the sha256 of every file.
+
+A flat index up to ``conflicts.flat_max`` vectors, an IVF index (trained on the
+vectors at hand, √n·4 lists, 16 probed) above, where a flat search stops being
+fast. The embeddings themselves live in SQLite (``embeddings``), so a rebuild
+needs no model unless an edit's embedding is missing. The index is synced to a tree
+by adding and removing ids; a manifest that names another tree is synced, and one
+whose files do not match their hashes (or that is missing) is rebuilt: never
+trusted blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+import torch
+
+from .hashing import sha256_bytes, sha256_json
+from .records import tree_id
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+NPROBE = 16
+
+
+def normalise_subject(subject: str) -> str:
+    """Case- and whitespace-insensitive form of a subject, for exact matching."""
+    return " ".join(subject.casefold().split())
+
+
+@dataclass
+class VectorIndex:
+    """One FAISS inner-product index with editstore's int ids: flat, or IVF above ``flat_max``."""
+
+    dim: int
+    flat_max: int
+    index: Any = None
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def approximate(self) -> bool:
+        return not isinstance(self.index, faiss.IndexIDMap2)
+
+    def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
+        if not self.approximate and self.size + len(ids) > self.flat_max:
+            self._to_ivf(vectors)
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: Iterable[int]) -> None:
+        ids = np.fromiter(ids, dtype=np.int64)
+        if len(ids):
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``k`` nearest per row; id -1 pads when fewer exist."""
+        if self.size == 0:
+            n = len(vectors)
+            return np.zeros((n, 0), dtype=np.float32), np.zeros((n, 0), dtype=np.int64)
+        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, self.size))
+
+    def _to_ivf(self, incoming: np.ndarray) -> None:
+        """Rebuild as IVF, trained on what the flat index holds plus ``incoming``."""
+        flat = self.index
+        n = flat.ntotal
+        held = flat.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), dtype=np.float32)
+        ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+        sample = np.concatenate([held, incoming]).astype(np.float32)
+        nlist = max(1, int(4 * math.sqrt(len(sample))))
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(sample)
+        ivf.nprobe = NPROBE
+        ivf.make_direct_map(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(held, ids)
+        self.index = ivf
+        log.info("conflict index: %d vectors, switched to IVF with %d lists", len(sample), nlist)
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self.index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, flat_max: int) -> VectorIndex:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if isinstance(index, faiss.IndexIVF):
+            index.nprobe = NPROBE
+        return cls(index.d, flat_max, index)
+
+
+@dataclass
+class ConflictIndex:
+    """The semantic and key indexes of one tree, and the subjects of its edits."""
+
+    root: Path
+    backend: str
+    base: str
+    flat_max: int
+    tree: str = tree_id([])
+    ids: dict[str, int] = field(default_factory=dict)  # edit id -> FAISS id
+    next_id: int = 0
+    semantic: VectorIndex | None = None
+    keys: dict[str, VectorIndex] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)  # edits still without a prompt embedding
+
+    @property
+    def edits(self) -> dict[int, str]:
+        return {i: e for e, i in self.ids.items()}
+
+    # ------------------------------------------------------------ persistence
+
+    @classmethod
+    def load(cls, root: Path, *, backend: str, base: str, flat_max: int) -> ConflictIndex | None:
+        """The saved index, or None when missing, for another backend or base, or failing a hash."""
+        path = root / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            m = json.loads(path.read_text())
+            if m.get("format") != FORMAT or m["backend"] != backend or m["base"] != base:
+                log.info("conflict index was built for another backend or base; rebuilding")
+                return None
+            files = {name: (root / name).read_bytes() for name in m["files"]}
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            log.warning("conflict index unreadable (%s); rebuilding", exc)
+            return None
+        if any(sha256_bytes(files[name]) != digest for name, digest in m["files"].items()):
+            log.warning("conflict index files do not match their hashes; rebuilding")
+            return None
+        index = cls(root, backend, base, flat_max, m["tree"], m["ids"], m["next_id"], pending=m["pending"])
+        if "semantic.faiss" in files:
+            index.semantic = VectorIndex.from_bytes(files["semantic.faiss"], flat_max)
+        index.keys = {param: VectorIndex.from_bytes(files[_keys_file(param)], flat_max) for param in m["params"]}
+        return index
+
+    def save(self) -> None:
+        """Write the FAISS files, then the manifest that names their hashes (each by rename)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        files: dict[str, str] = {}
+        parts = ([("semantic.faiss", self.semantic)] if self.semantic else []) + [
+            (_keys_file(p), v) for p, v in sorted(self.keys.items())
+        ]
+        for name, vectors in parts:
+            data = vectors.to_bytes()
+            _write_atomic(self.root / name, data)
+            files[name] = sha256_bytes(data)
+        manifest = {"format": FORMAT, "backend": self.backend, "base": self.base, "tree": self.tree,
+                    "next_id": self.next_id, "ids": self.ids, "pending": self.pending, "params": sorted(self.keys),
+                    "files": files}
+        _write_atomic(self.root / MANIFEST, json.dumps(manifest).encode())
+        for stale in set(p.name for p in self.root.glob("*.faiss")) - set(files):
+            (self.root / stale).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ contents
+
+    def sync(
+        self,
+        tree: Sequence[str],
+        *,
+        semantic: Callable[[list[str]], dict[str, np.ndarray]],
+        keys: Callable[[list[str]], dict[str, dict[str, np.ndarray]]],
+    ) -> bool:
+        """Make the index hold exactly ``tree``'s edits; True when anything changed.
+
+        ``semantic(edits)`` returns a unit vector for each edit it can (the others stay
+        pending and are asked for again at the next sync); ``keys(edits)`` per edit, per
+        parameter, its whitened keys (rows).
+        """
+        wanted = set(tree)
+        gone = [e for e in self.ids if e not in wanted]
+        new = [e for e in dict.fromkeys(tree) if e not in self.ids]
+        gone_ids = [self.ids.pop(e) for e in gone]
+        for vectors in ([self.semantic] if self.semantic else []) + list(self.keys.values()):
+            vectors.remove(gone_ids)
+        for e in new:
+            self.ids[e] = self.next_id
+            self.next_id += 1
+        asked = new + [e for e in self.pending if e in wanted]
+        sem = semantic(asked) if asked else {}
+        if sem:
+            rows = list(sem)
+            matrix = np.stack([sem[e] for e in rows])
+            if self.semantic is None:
+                self.semantic = VectorIndex(matrix.shape[1], self.flat_max)
+            self.semantic.add([self.ids[e] for e in rows], matrix)
+        for e, per_param in (keys(new) if new else {}).items():
+            for param, rows in per_param.items():
+                if param not in self.keys:
+                    self.keys[param] = VectorIndex(rows.shape[1], self.flat_max)
+                self.keys[param].add([self.ids[e]] * len(rows), rows)
+        pending = [e for e in asked if e not in sem]
+        changed = bool(new or gone or sem) or pending != self.pending or self.tree != tree_id(list(tree))
+        self.pending, self.tree = pending, tree_id(list(tree))
+        if changed:
+            log.info("conflict index synced: +%d -%d edits (%d in all)", len(new), len(gone), len(self.ids))
+        return changed
+
+    def neighbours(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Per row of ``vectors``, the ``k`` nearest edits by prompt embedding: (edit id, cosine)."""
+        return self._resolve(self.semantic, vectors, k)
+
+    def key_neighbours(self, param: str, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Per row, the ``k`` edits on ``param`` whose whitened keys are nearest: (edit id, cosine)."""
+        return self._resolve(self.keys.get(param), vectors, k)
+
+    def _resolve(self, index: VectorIndex | None, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        if index is None or index.size == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, ids = index.search(vectors, k)
+        edits = self.edits
+        out = []
+        for row_scores, row_ids in zip(scores, ids):
+            best: dict[str, float] = {}
+            for s, i in zip(row_scores, row_ids):
+                e = edits.get(int(i))
+                if e is not None and s > best.get(e, -2.0):
+                    best[e] = float(s)
+            out.append(sorted(best.items(), key=lambda kv: -kv[1]))
+        return out
+
+
+def _keys_file(param: str) -> str:
+    return f"keys-{sha256_json(param)[:16]}.faiss"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------ the store's vectors
+
+
+def embedding_rows(store: Store, edits: Sequence[str], backend: str) -> dict[str, np.ndarray]:
+    """Stored prompt embeddings of ``edits`` for ``backend`` (float32 vectors)."""
+    out: dict[str, np.ndarray] = {}
+    ids = list(edits)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        rows = store.db.execute(
+            f"SELECT edit, vector FROM embeddings WHERE backend = ? AND edit IN ({', '.join('?' * len(chunk))})",
+            [backend, *chunk],
+        )
+        out.update((e, np.frombuffer(blob, dtype=np.float32)) for e, blob in rows)
+    return out
+
+
+class Whitener:
+    """Σ^{-1/2} per module from the store's statistics (cached), to whiten keys."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, torch.Tensor | None] = {}
+
+    def __call__(self, module: str) -> torch.Tensor | None:
+        if module not in self._cache:
+            from .moments import find_stats, load_sigma
+
+            row = find_stats(self.store, module, None, 0)
+            if row is None:
+                log.info("no statistics for %s: its keys are compared unwhitened", module)
+                self._cache[module] = None
+            else:
+                sigma = load_sigma(self.store, row).double()
+                values, vectors = torch.linalg.eigh(sigma)
+                floor = values.clamp(min=0).mean() * 1e-6
+                self._cache[module] = (vectors * values.clamp(min=floor).rsqrt()) @ vectors.T
+        return self._cache[module]
+
+    def whiten(self, param: str, keys: torch.Tensor) -> np.ndarray:
+        """Keys (d_in, n) of ``param`` as unit rows (n, d_in) after Σ^{-1/2}."""
+        w = self(param.removesuffix(".weight"))
+        k = keys.double()
+        if w is not None:
+            k = w @ k
+        return torch.nn.functional.normalize(k.T, dim=-1).float().numpy()
+
+
+def delta_keys(store: Store, edits: Sequence[str], whitener: Whitener) -> dict[str, dict[str, np.ndarray]]:
+    """Per edit, per parameter, its recorded keys whitened (edits without keys are left out)."""
+    rows = store.edits(edits)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for e in edits:
+        delta = store.load_delta(e, record=rows[e])
+        per = {p: whitener.whiten(p, f.keys) for p, f in delta.factors.items() if f.keys is not None}
+        if per:
+            out[e] = per
+    return out
