@@ -463,6 +463,25 @@ class Store:
             return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes,
                                 rows=extra)
 
+    def write_commit(
+        self,
+        tree: list[str],
+        *,
+        operation: str,
+        message: str,
+        parents: Sequence[str],
+        expected_head: str,
+        conflicts: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> str:
+        """Commit ``tree`` (of edits already in the store) with ``parents`` (a merge, say), recording
+        ``conflicts`` as (edit id, :meth:`Conflict.to_json`); refused when HEAD moved from ``expected_head``."""
+        with self.locked():
+            if self.head() != expected_head:
+                raise HeadMovedError(f"HEAD moved from {expected_head[:12]} to {self.head()[:12]}; run it again")
+            self.edits(tree)  # every edit exists
+            rows = {"conflicts": [conflict_row(e, c) for e, c in conflicts]}
+            return self._commit(tree, operation=operation, message=message, parents=parents, rows=rows)
+
     def import_delta(self, delta: str | Path | Delta, *, message: str, name: str | None = None) -> str:
         """Validate a delta file (or object) against the base and commit it as one edit."""
         source = None if isinstance(delta, Delta) else str(delta)

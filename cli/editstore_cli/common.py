@@ -29,3 +29,36 @@ def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
     store = Store.open(store_dir or ctx.obj.get("store"))
     ctx.call_on_close(store.close)
     return store
+
+
+def request_options(command: Any) -> Any:
+    """--prompt/--subject/--target/--target-true, or --requests FILE: one or more edit requests."""
+    options = [
+        click.option("--prompt", help="Prompt; {} marks the subject (else its first occurrence is used)."),
+        click.option("--subject", help="The subject whose fact changes."),
+        click.option("--target", help="The new target (target_new)."),
+        click.option("--target-true", help="The current answer, for efficacy measurements."),
+        click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="JSONL of edit requests."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def read_requests(prompt: str | None, subject: str | None, target: str | None, target_true: str | None,
+                  requests_file: Path | None, *, required: bool = True) -> list[dict[str, Any]]:
+    """The requests the options give (none when ``required`` is False and no option is set)."""
+    from editstore.behavior import load_requests
+    from editstore.editing import make_request
+
+    single = (prompt, subject, target)
+    if requests_file and any(single):
+        raise click.UsageError("give either --requests or --prompt/--subject/--target, not both")
+    if requests_file:
+        return load_requests(requests_file)
+    if not any(single) and not required:
+        return []
+    if not all(single):
+        raise click.UsageError("give --prompt, --subject and --target (or --requests FILE)")
+    return [make_request(prompt, subject, target, target_true)]

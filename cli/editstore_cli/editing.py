@@ -10,15 +10,14 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from editstore.behavior import load_requests, load_tokenizer
+from editstore.behavior import load_tokenizer
 from editstore.checkout import load_model
 from editstore.compose import resolve_device
 from editstore.editing import edit as run_edit
-from editstore.editing import make_request
 from editstore.methods import METHODS, load_hparams
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
 
-from .common import device_option, open_store, store_option
+from .common import device_option, open_store, read_requests, request_options, store_option
 
 
 @contextlib.contextmanager
@@ -39,33 +38,27 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
 
 
 @click.command()
-@click.option("--prompt", help="Prompt; {} marks the subject (else its first occurrence is used).")
-@click.option("--subject", help="The subject whose fact changes.")
-@click.option("--target", help="The new target (target_new).")
-@click.option("--target-true", help="The current answer, for efficacy measurements.")
-@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSONL of edit requests, edited in one commit.")
+@request_options
 @click.option("--method", type=click.Choice(METHODS), default="rome", show_default=True)
 @click.option("--hparams", "hparams_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Hyperparameters JSON (default: the packaged file for the base's architecture).")
 @click.option("-m", "--message", help="Commit message (default: the first request).")
+@click.option("--force", is_flag=True, help="Commit even when the edit contradicts the current version "
+              "(the conflict is recorded with the commit).")
 @device_option
 @store_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: str | None, target_true: str | None,
-         requests_file: Path | None, method: str, hparams_file: Path | None, message: str | None, device: str,
-         store_dir: Path | None) -> None:
-    """Compute an edit on the current version and commit it; prints the commit id."""
-    single = (prompt, subject, target)
-    if requests_file and any(single):
-        raise click.UsageError("give either --requests or --prompt/--subject/--target, not both")
-    if not requests_file and not all(single):
-        raise click.UsageError("give --prompt, --subject and --target (or --requests FILE)")
-    requests = load_requests(requests_file) if requests_file else [make_request(prompt, subject, target, target_true)]
+         requests_file: Path | None, method: str, hparams_file: Path | None, message: str | None, force: bool,
+         device: str, store_dir: Path | None) -> None:
+    """Compute an edit on the current version and commit it (one commit for a --requests batch); prints the
+    commit id. An edit that contradicts the current version is refused with exit code 3 unless --force."""
+    requests = read_requests(prompt, subject, target, target_true, requests_file)
     hparams = load_hparams(hparams_file) if hparams_file else None
     store = open_store(ctx, store_dir)
     with progress_bars() as bars:
-        commit = run_edit(store, requests, method=method, hparams=hparams, message=message, device=device, progress=bars)
+        commit = run_edit(store, requests, method=method, hparams=hparams, message=message, device=device,
+                          force=force, progress=bars)
     click.echo(commit)
 
 

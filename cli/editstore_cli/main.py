@@ -8,6 +8,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,15 @@ from transformers.utils import logging as transformers_logging
 from editstore import Store
 from editstore.behavior import behavior_diff, evaluate_version, evaluations, load_requests
 from editstore.config import COMPOSE_MODES, SETTINGS
+from editstore.checks import rebuild_index
+from editstore.compose import resolve_device
 from editstore.errors import EditStoreError
 from editstore.export import export_peft
 from editstore.fsck import fsck as run_fsck
 from editstore.fsck import gc as run_gc
 
 from .common import device_option, json_option, open_store, requests_option, store_option
+from .conflicts import conflicts, merge
 from .demo import demo
 from .editing import edit, stats
 from .output import echo_json, format_commit, format_show, print_table
@@ -289,11 +293,19 @@ def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str,
 
 
 @cli.command()
+@click.option("--rebuild", is_flag=True, help="Also delete the derived state (the conflict index, the composed "
+              "cache) and build the conflict index again from SQLite and the objects.")
+@device_option
 @store_option
 @click.pass_context
-def fsck(ctx: click.Context, store_dir: Path | None) -> None:
+def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None) -> None:
     """Re-hash every object and check every record and ref; exit 1 on any fault."""
-    report = run_fsck(open_store(ctx, store_dir))
+    store = open_store(ctx, store_dir)
+    report = run_fsck(store)
+    if rebuild and report.ok:
+        shutil.rmtree(store.root / "cache", ignore_errors=True)
+        index = rebuild_index(store, device=resolve_device(device))
+        click.echo(f"rebuilt the conflict index: {len(index.ids)} edits")
     for w in report.warnings:
         click.echo(f"warning: {w}")
     for e in report.errors:
@@ -335,6 +347,8 @@ def config(ctx: click.Context, key: str | None, value: str | None, store_dir: Pa
         click.echo(store.set_config(key, value))
 
 
+cli.add_command(conflicts)
+cli.add_command(merge)
 cli.add_command(demo)
 cli.add_command(edit)
 cli.add_command(stats)

@@ -1,0 +1,84 @@
+"""``editstore conflicts`` and ``editstore merge``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from editstore.checks import check_prospective, version_conflicts
+from editstore.compose import resolve_device
+from editstore.conflicts import Conflict, ConflictError, blocking
+from editstore.merge import merge as run_merge
+
+from .common import device_option, json_option, open_store, read_requests, request_options, store_option
+from .output import echo_json, print_table
+
+
+def conflict_table(conflicts: Sequence[Conflict], title: str) -> Table:
+    table = Table("kind", "edit", "prompt -> target", "other", "other prompt -> target", "score", title=title)
+    for c in conflicts:
+        mine, theirs = c.describe().split(" vs ", 1)
+        table.add_row(c.kind, (c.edit or "(new)")[:12], mine.split(": ", 1)[1], (c.other or "(batch)")[:12],
+                      theirs.split(": ", 1)[1].rsplit(" (score", 1)[0], f"{c.score:.3f}")
+    return table
+
+
+@click.command()
+@click.argument("rev", required=False)
+@request_options
+@device_option
+@json_option
+@store_option
+@click.pass_context
+def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: str | None, target: str | None,
+              target_true: str | None, requests_file: Path | None, device: str, as_json: bool,
+              store_dir: Path | None) -> None:
+    """List the conflicts inside version REV (default HEAD), or, with --prompt/--subject/--target or
+    --requests, check prospective edits against HEAD without committing (exit 3 on a contradiction)."""
+    store = open_store(ctx, store_dir)
+    requests = read_requests(prompt, subject, target, target_true, requests_file, required=False)
+    if requests and rev:
+        raise click.UsageError("give REV or a prospective edit, not both")
+    if requests:
+        found, _ = check_prospective(store, requests, device=resolve_device(device))
+        title = "conflicts of the prospective edit(s) with HEAD"
+    else:
+        found = version_conflicts(store, rev or "HEAD", device=resolve_device(device))
+        title = f"conflicts inside {rev or 'HEAD'}"
+    if as_json:
+        echo_json([c.to_json() for c in found])
+    elif found:
+        print_table(conflict_table(found, title))
+    else:
+        click.echo("no conflicts")
+    if requests and blocking(found):
+        ctx.exit(ConflictError.exit_code)
+
+
+@click.command()
+@click.argument("branch")
+@click.option("--ours", "resolution", flag_value="ours", help="On a contradiction keep our edit, drop theirs.")
+@click.option("--theirs", "resolution", flag_value="theirs", help="On a contradiction keep their edit, drop ours.")
+@click.option("--force", "resolution", flag_value="force", help="Keep both sides and record the conflicts.")
+@click.option("-m", "--message", help="Commit message (default: Merge BRANCH).")
+@device_option
+@json_option
+@store_option
+@click.pass_context
+def merge(ctx: click.Context, branch: str, resolution: str | None, message: str | None, device: str, as_json: bool,
+          store_dir: Path | None) -> None:
+    """Merge BRANCH into the current branch: the union of the two versions' edits, as a commit with two
+    parents. Contradictions between the branches stop the merge (exit 3) unless --ours, --theirs or --force."""
+    store = open_store(ctx, store_dir)
+    result = run_merge(store, branch, resolution=resolution, message=message, device=resolve_device(device))
+    if as_json:
+        echo_json({"commit": result.commit, "added": result.added, "dropped": result.dropped,
+                   "conflicts": [c.to_json() for c in result.conflicts]})
+        return
+    if result.conflicts:
+        print_table(conflict_table(result.conflicts, "conflicts recorded with the merge"))
+    click.echo(f"merged {branch}: {len(result.added)} edit(s) in, {len(result.dropped)} dropped")
+    click.echo(result.commit)
