@@ -27,6 +27,7 @@ from .conflicts import Checker, Conflict, Thresholds, tree_requests
 from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder
 from .evaluate import fill
 from .index import ConflictIndex, Whitener, delta_keys, embedding_rows
+from .methods.hparams import Hparams
 from .records import embedding_row
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def version_index(store: Store, tree: Sequence[str], *, embed: EmbedderFactory |
 def version_checker(store: Store, tree: Sequence[str], *, embed: EmbedderFactory | None, head: bool) -> Checker:
     """A checker against ``tree`` (``head``: it is HEAD's, use and keep the persisted index)."""
     index = version_index(store, tree, embed=embed, persist=head)
-    return Checker(store, index, tree_requests(store, tree), Thresholds.of(store))
+    return Checker(index, tree_requests(store, tree), Thresholds.of(store))
 
 
 def sync_index(store: Store, tree: Sequence[str]) -> None:
@@ -148,16 +149,45 @@ def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device |
     return [c for c in found if c.other is not None and order[c.other] < order[c.edit]]
 
 
+def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]],
+                     hp: Hparams) -> list[dict[str, np.ndarray]]:
+    """Per request, the whitened keys it would have at ``hp``'s modules on the version in ``model``."""
+    from .evaluate import pad_id
+    from .methods.targets import mean_keys, sample_prefixes, tokenize_request
+
+    prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
+    prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
+    whitener = Whitener(store)
+    out: list[dict[str, np.ndarray]] = [{} for _ in requests]
+    for layer in hp.layers:
+        name = hp.module_name(layer)
+        keys = mean_keys(model, prompts, name, pad_id(tokenizer))  # (n, d_in)
+        for i in range(len(requests)):
+            out[i][f"{name}.weight"] = whitener.whiten(f"{name}.weight", keys[i][:, None].cpu())
+    return out
+
+
 def check_prospective(
     store: Store,
     requests: Sequence[dict[str, Any]],
     *,
-    keys: Sequence[dict[str, np.ndarray]] | None = None,
-    embedder: Embedder | None = None,
+    method: str = "rome",
     device: torch.device | None = None,
 ) -> tuple[list[Conflict], torch.Tensor]:
-    """Conflicts of requests that are not edits yet with HEAD's version (and each other), and their embeddings."""
-    embedder = embedder or make_embedder(store, device=device)
+    """Conflicts of requests that are not edits yet with HEAD's version and with each other (interference
+    at the modules ``method``'s packaged hparams edit), and the requests' embeddings."""
+    from .behavior import load_tokenizer
+    from .checkout import load_model
+    from .editing import resolve_hparams
+
+    device = device or torch.device("cpu")
+    hp = resolve_hparams(store, method)
+    model = load_model(store.base, {}, device=device, base_hashes={})
+    embedder = make_embedder(store, model)
     vectors = embedder.embed(prompts_of(requests))
     checker = version_checker(store, store.tree("HEAD"), embed=lambda: embedder, head=True)
-    return checker.check(requests, vectors, keys), vectors
+    found = checker.check(requests, vectors)
+    if hp.method != "ft":
+        model = store.checkout("HEAD", device=device, into=model)
+        found += checker.interference(requests, prospective_keys(store, model, load_tokenizer(store), requests, hp), found)
+    return found, vectors

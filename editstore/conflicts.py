@@ -30,7 +30,7 @@ import torch
 
 from .embeddings import relation_similarity
 from .errors import EditStoreError
-from .index import ConflictIndex, embedding_rows, normalise_subject
+from .index import ConflictIndex, normalise_subject
 
 if TYPE_CHECKING:
     from .store import Store
@@ -106,9 +106,8 @@ def tree_requests(store: Store, tree: Sequence[str]) -> dict[str, dict[str, Any]
 
 @dataclass
 class Checker:
-    """Checks requests against one version: its index, its requests and their embeddings."""
+    """Checks requests against one version: its index and its edits' requests (no database access)."""
 
-    store: Store
     index: ConflictIndex
     requests: Mapping[str, dict[str, Any]]  # edit id -> request, for the version's edits
     thresholds: Thresholds
@@ -160,7 +159,7 @@ class Checker:
     def _facts(self, request: dict[str, Any], vector: torch.Tensor, skip: str | None) -> list[tuple[str, str, float]]:
         """(kind, other edit, relation cosine) for same-subject edits of the same relation."""
         candidates = [e for e in self.by_subject.get(normalise_subject(request["subject"]), []) if e != skip]
-        stored = embedding_rows(self.store, candidates, self.index.backend)
+        stored = self.index.semantic_vectors(candidates)
         candidates = [e for e in candidates if e in stored]
         if not candidates:
             return []

@@ -10,9 +10,9 @@
 - ``manifest.json``: the tree, the embedding backend, the base, the id of every
   edit in the FAISS indexes and the sha256 of every file.
 
-A flat index up to ``conflicts.flat_max`` vectors, an IVF index (trained on the
-vectors at hand, √n·4 lists, 16 probed) above, where a flat search stops being
-fast. The embeddings themselves live in SQLite (``embeddings``), so a rebuild
+A flat index up to ``conflicts.flat_max`` vectors, an IVF index above, where a
+flat search stops being fast: trained on the vectors at hand with √n lists, 32 of
+them probed, and trained again once it holds four times what it was trained on. The embeddings themselves live in SQLite (``embeddings``), so a rebuild
 needs no model unless an edit's embedding is missing. The index is synced to a tree
 by adding and removing ids; a manifest that names another tree is synced, and one
 whose files do not match their hashes (or that is missing) is rebuilt: never
@@ -21,6 +21,7 @@ trusted blindly.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-NPROBE = 16
+NPROBE = 32
 
 
 def normalise_subject(subject: str) -> str:
@@ -76,14 +77,15 @@ class VectorIndex:
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         if not len(ids):
             return
-        if not self.approximate and self.size + len(ids) > self.flat_max:
+        grown = self.approximate and self.size + len(ids) > 4 * self.index.nlist**2
+        if grown or (not self.approximate and self.size + len(ids) > self.flat_max):
             self._to_ivf(vectors)
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
 
     def remove(self, ids: Iterable[int]) -> None:
         ids = np.fromiter(ids, dtype=np.int64)
-        if len(ids):
-            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        if len(ids):  # an array selector: the one IVF's hash-table direct map takes
+            self.index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the ``k`` nearest per row; id -1 pads when fewer exist."""
@@ -93,20 +95,28 @@ class VectorIndex:
         return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, self.size))
 
     def _to_ivf(self, incoming: np.ndarray) -> None:
-        """Rebuild as IVF, trained on what the flat index holds plus ``incoming``."""
-        flat = self.index
-        n = flat.ntotal
-        held = flat.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), dtype=np.float32)
-        ids = faiss.vector_to_array(flat.id_map).astype(np.int64)
+        """Rebuild as IVF, trained on what the index holds plus ``incoming``."""
+        n = self.size
+        held = self.index.reconstruct_batch(self._ids()) if n else np.zeros((0, self.dim), dtype=np.float32)
+        ids = self._ids()
         sample = np.concatenate([held, incoming]).astype(np.float32)
-        nlist = max(1, int(4 * math.sqrt(len(sample))))
+        nlist = max(1, int(math.sqrt(len(sample))))
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.min_points_per_centroid = 1  # √n lists: fewer points per list than FAISS's default asks for
         ivf.train(sample)
         ivf.nprobe = NPROBE
-        ivf.make_direct_map(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.add_with_ids(held, ids)
         self.index = ivf
-        log.info("conflict index: %d vectors, switched to IVF with %d lists", len(sample), nlist)
+        log.info("conflict index: %d vectors, IVF with %d lists", len(sample), nlist)
+
+    def _ids(self) -> np.ndarray:
+        """The ids the index holds."""
+        if self.approximate:
+            lists = self.index.invlists
+            return np.concatenate([faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                                   for i in range(self.index.nlist)] or [np.zeros(0, dtype=np.int64)])
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.index).tobytes()
@@ -134,8 +144,9 @@ class ConflictIndex:
     keys: dict[str, VectorIndex] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # edits still without a prompt embedding
 
-    @property
+    @functools.cached_property
     def edits(self) -> dict[int, str]:
+        """FAISS id -> edit id (recomputed after each sync)."""
         return {i: e for e, i in self.ids.items()}
 
     # ------------------------------------------------------------ persistence
@@ -214,17 +225,31 @@ class ConflictIndex:
             if self.semantic is None:
                 self.semantic = VectorIndex(matrix.shape[1], self.flat_max)
             self.semantic.add([self.ids[e] for e in rows], matrix)
+        by_param: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         for e, per_param in (keys(new) if new else {}).items():
             for param, rows in per_param.items():
-                if param not in self.keys:
-                    self.keys[param] = VectorIndex(rows.shape[1], self.flat_max)
-                self.keys[param].add([self.ids[e]] * len(rows), rows)
+                ids, vectors = by_param.setdefault(param, ([], []))
+                ids += [self.ids[e]] * len(rows)
+                vectors.append(rows)
+        for param, (ids, vectors) in by_param.items():
+            matrix = np.concatenate(vectors)
+            if param not in self.keys:
+                self.keys[param] = VectorIndex(matrix.shape[1], self.flat_max)
+            self.keys[param].add(ids, matrix)
+        self.__dict__.pop("edits", None)
         pending = [e for e in asked if e not in sem]
         changed = bool(new or gone or sem) or pending != self.pending or self.tree != tree_id(list(tree))
         self.pending, self.tree = pending, tree_id(list(tree))
         if changed:
             log.info("conflict index synced: +%d -%d edits (%d in all)", len(new), len(gone), len(self.ids))
         return changed
+
+    def semantic_vectors(self, edits: Sequence[str]) -> dict[str, np.ndarray]:
+        """The prompt embeddings the index holds for ``edits`` (those it has)."""
+        if self.semantic is None:
+            return {}
+        pending = set(self.pending)
+        return {e: self.semantic.index.reconstruct(self.ids[e]) for e in edits if e in self.ids and e not in pending}
 
     def neighbours(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Per row of ``vectors``, the ``k`` nearest edits by prompt embedding: (edit id, cosine)."""

@@ -12,6 +12,7 @@ from editstore.checks import check_prospective, version_conflicts
 from editstore.compose import resolve_device
 from editstore.conflicts import Conflict, ConflictError, blocking
 from editstore.merge import merge as run_merge
+from editstore.methods import METHODS
 
 from .common import device_option, json_option, open_store, read_requests, request_options, store_option
 from .output import echo_json, print_table
@@ -29,12 +30,14 @@ def conflict_table(conflicts: Sequence[Conflict], title: str) -> Table:
 @click.command()
 @click.argument("rev", required=False)
 @request_options
+@click.option("--method", type=click.Choice(METHODS), default="rome", show_default=True,
+              help="For a prospective edit: the method whose edited modules interference is checked at.")
 @device_option
 @json_option
 @store_option
 @click.pass_context
 def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: str | None, target: str | None,
-              target_true: str | None, requests_file: Path | None, device: str, as_json: bool,
+              target_true: str | None, requests_file: Path | None, method: str, device: str, as_json: bool,
               store_dir: Path | None) -> None:
     """List the conflicts inside version REV (default HEAD), or, with --prompt/--subject/--target or
     --requests, check prospective edits against HEAD without committing (exit 3 on a contradiction)."""
@@ -43,7 +46,7 @@ def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: 
     if requests and rev:
         raise click.UsageError("give REV or a prospective edit, not both")
     if requests:
-        found, _ = check_prospective(store, requests, device=resolve_device(device))
+        found, _ = check_prospective(store, requests, method=method, device=resolve_device(device))
         title = "conflicts of the prospective edit(s) with HEAD"
     else:
         found = version_conflicts(store, rev or "HEAD", device=resolve_device(device))
