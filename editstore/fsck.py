@@ -175,6 +175,9 @@ def gc(store: Store, *, dry_run: bool = False) -> GcReport:
                     store.db["trees"].delete(tid)
             for cid in report.commits:
                 store.db.execute("DELETE FROM evaluations WHERE commit_id = ?", [cid])
+                store.db.execute("DELETE FROM conflicts WHERE commit_id = ?", [cid])
+            for eid in report.edits:
+                store.db.execute("DELETE FROM embeddings WHERE edit = ?", [eid])
         for oid in report.objects:
             store.objects.delete(oid)
         for tmp in store.objects.temporaries():

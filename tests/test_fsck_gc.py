@@ -35,6 +35,11 @@ def test_gc_drops_unreachable_after_reset(gpt2_store: Store) -> None:
     gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="keep")
     gpt2_store.tag("keep")
     gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="drop")
+    dropped_edit, dropped_commit = gpt2_store.tree()[-1], gpt2_store.head()
+    with gpt2_store.db.atomic():  # derived rows that belong to the edit and commit gc removes
+        gpt2_store.db["embeddings"].insert({"edit": dropped_edit, "backend": "b", "vector": b"\0" * 8})
+        gpt2_store.db["conflicts"].insert({"commit_id": dropped_commit, "edit": dropped_edit, "kind": "duplicate",
+                                           "score": 1.0, "detail": "{}"})
     gpt2_store.reset("keep")
     (gpt2_store.objects.tmp / "obj-leftover").write_bytes(b"partial")
     dry = gc(gpt2_store, dry_run=True)
@@ -43,6 +48,7 @@ def test_gc_drops_unreachable_after_reset(gpt2_store: Store) -> None:
     done = gc(gpt2_store)
     assert done.commits == dry.commits
     assert len(list(gpt2_store.objects)) == 1
+    assert gpt2_store.db["embeddings"].count == 0 and gpt2_store.db["conflicts"].count == 0
     report = fsck(gpt2_store)
     assert report.ok and not report.warnings
     assert [c for c, _ in gpt2_store.log()][-1] == root

@@ -25,15 +25,23 @@ def say(text: str) -> None:
     click.secho(f"\n# {text}", fg="cyan", err=False)
 
 
-def run(*args: object) -> None:
+def run(*args: object, expect: int = 0) -> None:
     """Run one editstore command in-process, showing it the way a user would type it."""
+    from editstore.errors import EditStoreError
+
     from .main import cli
 
     argv = [str(a) for a in args]
     click.secho("$ editstore " + shlex.join(argv), bold=True)
-    code = cli.main(argv, prog_name="editstore", standalone_mode=False)  # returns ctx.exit's code
-    if code:
-        raise SystemExit(code)
+    try:
+        code = cli.main(argv, prog_name="editstore", standalone_mode=False)  # returns ctx.exit's code
+    except EditStoreError as exc:  # without standalone mode the error comes here, not as an exit code
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    if (code or 0) != expect:
+        raise SystemExit(code or 1)
+    if expect:
+        click.secho(f"(exit code {code}, as expected)", dim=True)
 
 
 def _one_per_subject(requests: list[dict]) -> list[dict]:
@@ -91,6 +99,12 @@ def _demo(workdir: Path, arch: str) -> None:
 
     say(f"MEMIT: {BATCH} facts solved jointly in one commit (one rank-one delta per fact, so each can be reverted).")
     run("--store", store, "edit", "--method", "memit", "--requests", workdir / "batch.jsonl", "-m", f"{BATCH} facts at once")
+
+    first = single[0]
+    say(f"A contradiction is caught before it lands: {first['subject']} again, in a formulation the edit never "
+        "saw, with another answer. Nothing is committed (exit code 3; --force would commit it and record why).")
+    run("--store", store, "edit", "--prompt", first["paraphrase_prompts"][0], "--subject", first["subject"],
+        "--target", first["target_true"], expect=3)
 
     say("The history.")
     run("--store", store, "log", "--oneline")
