@@ -88,17 +88,36 @@ def _semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None)
 
 
 def version_index(store: Store, tree: Sequence[str], *, embed: EmbedderFactory | None, persist: bool) -> ConflictIndex:
-    """The index of ``tree``: the persisted one (synced, or rebuilt when it fails its manifest) or a new one."""
+    """The index of ``tree``: the persisted one (synced; rebuilt when it fails its manifest or its keys were
+    whitened by other statistics than the store's now) or a new one. Saving takes the writer lock."""
     backend, root = backend_name(store), store.root / INDEX_DIR
     flat_max = int(store.config("conflicts.flat_max"))
+    whitener = Whitener(store)
     index = ConflictIndex.load(root, backend=backend, base=store.base_fingerprint, flat_max=flat_max) if persist else None
+    if index is not None and any(index.whitening.get(p) != whitener.source(p) for p in index.keys):
+        log.info("the statistics changed since the conflict index whitened its keys; rebuilding it")
+        index = None
     if index is None:
         index = ConflictIndex(root, backend, store.base_fingerprint, flat_max)
     changed = index.sync(tree, semantic=_semantic_vectors(store, backend, embed),
-                         keys=lambda new: delta_keys(store, new, Whitener(store)))
+                         keys=lambda new: delta_keys(store, new, whitener))
+    index.whitening = {p: whitener.source(p) for p in index.keys}
     if persist and (changed or not (root / "manifest.json").is_file()):
-        index.save()
+        with store.locked():
+            index.save()
     return index
+
+
+def lazy_embedder(store: Store, device: torch.device | None = None) -> EmbedderFactory:
+    """A factory that builds the configured embedder (loading the base) on first use only."""
+    made: list[Embedder] = []
+
+    def embed() -> Embedder:
+        if not made:
+            made.append(make_embedder(store, device=device))
+        return made[0]
+
+    return embed
 
 
 def version_checker(store: Store, tree: Sequence[str], *, embed: EmbedderFactory | None, head: bool) -> Checker:
@@ -116,27 +135,13 @@ def sync_index(store: Store, tree: Sequence[str]) -> None:
 def rebuild_index(store: Store, *, device: torch.device | None = None) -> ConflictIndex:
     """Delete the index and build it again for HEAD (``editstore fsck --rebuild``)."""
     shutil.rmtree(store.root / INDEX_DIR, ignore_errors=True)
-    embedder: list[Embedder] = []
-
-    def embed() -> Embedder:
-        if not embedder:
-            embedder.append(make_embedder(store, device=device))
-        return embedder[0]
-
-    return version_index(store, store.tree("HEAD"), embed=embed, persist=True)
+    return version_index(store, store.tree("HEAD"), embed=lazy_embedder(store, device), persist=True)
 
 
 def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device | None = None) -> list[Conflict]:
     """Every conflict between two edits of the version ``rev``, each pair once (the later edit first)."""
     tree = store.tree(rev)
-    lazy: list[Embedder] = []
-
-    def embed() -> Embedder:
-        if not lazy:
-            lazy.append(make_embedder(store, device=device))
-        return lazy[0]
-
-    checker = version_checker(store, tree, embed=embed, head=store.resolve(rev) == store.head())
+    checker = version_checker(store, tree, embed=lazy_embedder(store, device), head=store.resolve(rev) == store.head())
     ids = [e for e in tree if e in checker.requests]
     vectors = embedding_rows(store, ids, checker.index.backend)
     ids = [e for e in ids if e in vectors]
@@ -146,7 +151,14 @@ def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device |
     found = checker.check([checker.requests[e] for e in ids], torch.from_numpy(np.stack([vectors[e] for e in ids])),
                           [keys.get(e, {}) for e in ids], edits=ids)
     order = {e: i for i, e in enumerate(tree)}
-    return [c for c in found if c.other is not None and order[c.other] < order[c.edit]]
+    pairs: dict[tuple[str, str, str], Conflict] = {}  # each pair once, the later edit first
+    for c in found:
+        if c.other is None or c.edit is None:
+            continue
+        if order[c.edit] < order[c.other]:  # seen from the earlier edit: turn it around
+            c = Conflict(c.kind, c.other_request or {}, c.edit, c.request, c.score, c.other, c.param)
+        pairs.setdefault((c.kind, c.edit, c.other), c)
+    return list(pairs.values())
 
 
 def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]],

@@ -37,7 +37,7 @@ def _size(value: str) -> str:
 
 
 def _backend(value: str) -> str:
-    if value != "model" and not value.startswith("sentence-transformers:"):
+    if value != "model" and not (value.startswith("sentence-transformers:") and value.split(":", 1)[1]):
         raise ConfigError(f"conflicts.backend takes model or sentence-transformers:PATH, not {value!r}")
     return value
 

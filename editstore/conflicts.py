@@ -66,8 +66,8 @@ class Conflict:
     param: str | None = None
 
     def describe(self) -> str:
-        mine = _fact(self.request)
-        theirs = _fact(self.other_request) if self.other_request else "(no request)"
+        mine = fact(self.request)
+        theirs = fact(self.other_request) if self.other_request else "(no request)"
         who = f"edit {self.other[:12]}" if self.other else "another request of this batch"
         where = f" on {self.param}" if self.param else ""
         return f"{self.kind}: {mine} vs {who}: {theirs}{where} (score {self.score:.3f})"
@@ -90,7 +90,8 @@ class Thresholds:
         return cls(*(float(store.config(f"conflicts.{k}_threshold")) for k in ("relation", "semantic", "interference")))
 
 
-def _fact(request: dict[str, Any]) -> str:
+def fact(request: dict[str, Any]) -> str:
+    """``'filled prompt' -> 'target'``."""
     prompt = request.get("prompt", "").replace("{}", request.get("subject", ""))
     return f"{prompt!r} -> {request.get('target_new')!r}"
 

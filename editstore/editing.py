@@ -25,7 +25,7 @@ from .compose import resolve_device
 from .conflicts import ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .evaluate import fill
-from .index import Whitener
+from .index import Whitener, whitened_keys
 from .methods import compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
@@ -152,8 +152,7 @@ def edit(
         prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
     )
     whitener = Whitener(store)
-    keys = [{p: whitener.whiten(p, f.keys) for p, f in d.factors.items() if f.keys is not None} for d in result.deltas]
-    found += checker.interference(requests, keys, found)
+    found += checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
     for c in found:
         log.warning("%s", c.describe())
     batch = {"batch": len(requests)} if len(requests) > 1 else {}

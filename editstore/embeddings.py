@@ -92,7 +92,10 @@ class SentenceTransformerEmbedder:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise ConfigError("the sentence-transformers backend needs `pip install sentence-transformers`") from None
-        self.encoder = SentenceTransformer(self.path, local_files_only=True)
+        try:
+            self.encoder = SentenceTransformer(self.path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load the sentence-transformers model at {self.path!r}: {exc}") from None
         self.dim = 2 * int(self.encoder.get_sentence_embedding_dimension())
         self.name = f"sentence-transformers:{self.path}"
 

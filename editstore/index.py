@@ -40,13 +40,15 @@ from .hashing import sha256_bytes, sha256_json
 from .records import tree_id
 
 if TYPE_CHECKING:
+    from .delta import Delta
     from .store import Store
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2
 NPROBE = 32
+ROWS = 256  # FAISS id = edit number · ROWS + row: an edit's key columns are rows of their own
 
 
 def normalise_subject(subject: str) -> str:
@@ -143,10 +145,11 @@ class ConflictIndex:
     semantic: VectorIndex | None = None
     keys: dict[str, VectorIndex] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)  # edits still without a prompt embedding
+    whitening: dict[str, str | None] = field(default_factory=dict)  # param -> stats object its keys were whitened by
 
     @functools.cached_property
     def edits(self) -> dict[int, str]:
-        """FAISS id -> edit id (recomputed after each sync)."""
+        """Edit number -> edit id (recomputed after each sync); a FAISS id // ROWS is an edit number."""
         return {i: e for e, i in self.ids.items()}
 
     # ------------------------------------------------------------ persistence
@@ -160,19 +163,20 @@ class ConflictIndex:
         try:
             m = json.loads(path.read_text())
             if m.get("format") != FORMAT or m["backend"] != backend or m["base"] != base:
-                log.info("conflict index was built for another backend or base; rebuilding")
+                log.info("conflict index was built for another format, backend or base; rebuilding")
                 return None
             files = {name: (root / name).read_bytes() for name in m["files"]}
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            if any(sha256_bytes(files[name]) != digest for name, digest in m["files"].items()):
+                log.warning("conflict index files do not match their hashes; rebuilding")
+                return None
+            index = cls(root, backend, base, flat_max, m["tree"], dict(m["ids"]), int(m["next_id"]),
+                        pending=list(m["pending"]), whitening=dict(m["whitening"]))
+            if "semantic.faiss" in files:
+                index.semantic = VectorIndex.from_bytes(files["semantic.faiss"], flat_max)
+            index.keys = {param: VectorIndex.from_bytes(files[_keys_file(param)], flat_max) for param in m["params"]}
+        except (OSError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             log.warning("conflict index unreadable (%s); rebuilding", exc)
             return None
-        if any(sha256_bytes(files[name]) != digest for name, digest in m["files"].items()):
-            log.warning("conflict index files do not match their hashes; rebuilding")
-            return None
-        index = cls(root, backend, base, flat_max, m["tree"], m["ids"], m["next_id"], pending=m["pending"])
-        if "semantic.faiss" in files:
-            index.semantic = VectorIndex.from_bytes(files["semantic.faiss"], flat_max)
-        index.keys = {param: VectorIndex.from_bytes(files[_keys_file(param)], flat_max) for param in m["params"]}
         return index
 
     def save(self) -> None:
@@ -188,7 +192,7 @@ class ConflictIndex:
             files[name] = sha256_bytes(data)
         manifest = {"format": FORMAT, "backend": self.backend, "base": self.base, "tree": self.tree,
                     "next_id": self.next_id, "ids": self.ids, "pending": self.pending, "params": sorted(self.keys),
-                    "files": files}
+                    "whitening": self.whitening, "files": files}
         _write_atomic(self.root / MANIFEST, json.dumps(manifest).encode())
         for stale in set(p.name for p in self.root.glob("*.faiss")) - set(files):
             (self.root / stale).unlink(missing_ok=True)
@@ -211,7 +215,7 @@ class ConflictIndex:
         wanted = set(tree)
         gone = [e for e in self.ids if e not in wanted]
         new = [e for e in dict.fromkeys(tree) if e not in self.ids]
-        gone_ids = [self.ids.pop(e) for e in gone]
+        gone_ids = [number * ROWS + row for number in (self.ids.pop(e) for e in gone) for row in range(ROWS)]
         for vectors in ([self.semantic] if self.semantic else []) + list(self.keys.values()):
             vectors.remove(gone_ids)
         for e in new:
@@ -224,12 +228,15 @@ class ConflictIndex:
             matrix = np.stack([sem[e] for e in rows])
             if self.semantic is None:
                 self.semantic = VectorIndex(matrix.shape[1], self.flat_max)
-            self.semantic.add([self.ids[e] for e in rows], matrix)
+            self.semantic.add([self.ids[e] * ROWS for e in rows], matrix)
         by_param: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         for e, per_param in (keys(new) if new else {}).items():
             for param, rows in per_param.items():
+                if len(rows) > ROWS:
+                    log.warning("edit %s has %d keys on %s; the first %d are indexed", e[:12], len(rows), param, ROWS)
+                    rows = rows[:ROWS]
                 ids, vectors = by_param.setdefault(param, ([], []))
-                ids += [self.ids[e]] * len(rows)
+                ids += [self.ids[e] * ROWS + row for row in range(len(rows))]
                 vectors.append(rows)
         for param, (ids, vectors) in by_param.items():
             matrix = np.concatenate(vectors)
@@ -249,7 +256,7 @@ class ConflictIndex:
         if self.semantic is None:
             return {}
         pending = set(self.pending)
-        return {e: self.semantic.index.reconstruct(self.ids[e]) for e in edits if e in self.ids and e not in pending}
+        return {e: self.semantic.index.reconstruct(self.ids[e] * ROWS) for e in edits if e in self.ids and e not in pending}
 
     def neighbours(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Per row of ``vectors``, the ``k`` nearest edits by prompt embedding: (edit id, cosine)."""
@@ -268,7 +275,7 @@ class ConflictIndex:
         for row_scores, row_ids in zip(scores, ids):
             best: dict[str, float] = {}
             for s, i in zip(row_scores, row_ids):
-                e = edits.get(int(i))
+                e = edits.get(int(i) // ROWS) if i >= 0 else None
                 if e is not None and s > best.get(e, -2.0):
                     best[e] = float(s)
             out.append(sorted(best.items(), key=lambda kv: -kv[1]))
@@ -310,6 +317,13 @@ class Whitener:
         self.store = store
         self._cache: dict[str, torch.Tensor | None] = {}
 
+    def source(self, param: str) -> str | None:
+        """The stats object the keys of ``param`` are whitened by (None: unwhitened)."""
+        from .moments import find_stats
+
+        row = find_stats(self.store, param.removesuffix(".weight"), None, 0)
+        return row.object if row else None
+
     def __call__(self, module: str) -> torch.Tensor | None:
         if module not in self._cache:
             from .moments import find_stats, load_sigma
@@ -334,13 +348,17 @@ class Whitener:
         return torch.nn.functional.normalize(k.T, dim=-1).float().numpy()
 
 
+def whitened_keys(delta: Delta, whitener: Whitener) -> dict[str, np.ndarray]:
+    """Per parameter, the keys ``delta`` recorded, whitened (parameters without keys are left out)."""
+    return {p: whitener.whiten(p, f.keys) for p, f in delta.factors.items() if f.keys is not None}
+
+
 def delta_keys(store: Store, edits: Sequence[str], whitener: Whitener) -> dict[str, dict[str, np.ndarray]]:
     """Per edit, per parameter, its recorded keys whitened (edits without keys are left out)."""
     rows = store.edits(edits)
     out: dict[str, dict[str, np.ndarray]] = {}
     for e in edits:
-        delta = store.load_delta(e, record=rows[e])
-        per = {p: whitener.whiten(p, f.keys) for p, f in delta.factors.items() if f.keys is not None}
+        per = whitened_keys(store.load_delta(e, record=rows[e]), whitener)
         if per:
             out[e] = per
     return out

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .checks import make_embedder, prompts_of, version_checker
+from .checks import lazy_embedder, prompts_of, version_checker
 from .conflicts import Conflict, ConflictError, blocking
-from .embeddings import Embedder
 from .errors import RevisionError
 from .index import Whitener, delta_keys, embedding_rows
 
@@ -70,10 +69,13 @@ def ancestors(store: Store, commit: str) -> dict[str, int]:
 
 
 def merge_base(store: Store, a: str, b: str) -> str | None:
-    """The nearest common ancestor of ``a`` and ``b`` (by distance from both)."""
+    """The best common ancestor of ``a`` and ``b``, as git's merge-base: a common ancestor that is not an
+    ancestor of another one (of several such, the nearest to both)."""
     da, db = ancestors(store, a), ancestors(store, b)
     common = set(da) & set(db)
-    return min(common, key=lambda c: (da[c] + db[c], c)) if common else None
+    below = {c2 for c in common for c2 in ancestors(store, c) if c2 != c}
+    best = common - below
+    return min(best, key=lambda c: (da[c] + db[c], c)) if best else None
 
 
 def merge(
@@ -93,10 +95,11 @@ def merge(
     base = merge_base(store, ours, theirs)
     base_tree = set(store.commit_tree(base)) if base else set()
     our_tree, their_tree = store.commit_tree(ours), store.commit_tree(theirs)
-    removed_by_us, removed_by_them = base_tree - set(our_tree), base_tree - set(their_tree)
+    our_set, their_set = set(our_tree), set(their_tree)
+    removed_by_us, removed_by_them = base_tree - our_set, base_tree - their_set
     kept = [e for e in our_tree if e not in removed_by_them]
-    incoming = [e for e in their_tree if e not in set(our_tree) and e not in removed_by_us]
-    ours_only = [e for e in kept if e not in set(their_tree)]
+    incoming = [e for e in their_tree if e not in our_set and e not in removed_by_us]
+    ours_only = [e for e in kept if e not in their_set]
 
     found = _conflicts(store, ours_only, incoming, device)
     stop = blocking(found)
@@ -120,13 +123,7 @@ def _conflicts(store: Store, ours_only: list[str], incoming: list[str], device: 
     """Conflicts of the incoming edits with ours (their embeddings and keys as stored)."""
     if not ours_only or not incoming:
         return []
-    lazy: list[Embedder] = []
-
-    def embed() -> Embedder:
-        if not lazy:
-            lazy.append(make_embedder(store, device=device))
-        return lazy[0]
-
+    embed = lazy_embedder(store, device)
     checker = version_checker(store, ours_only, embed=embed, head=False)
     requests = store.edits(incoming)
     ids = [e for e in incoming if requests[e].request]

@@ -61,14 +61,18 @@ def test_each_kind_is_found_with_its_evidence(store: Store, stored_and_cases: tu
     assert "duplicate" in kinds_for(store, by_label["duplicate"].request)
     near = kinds_for(store, by_label["other-subject"].request) | kinds_for(store, by_label["other-relation"].request)
     assert not near & {"contradiction", "duplicate"}
-    # another fact of an edited subject writes to the same memory slot of the edited layer
+    # semantic: the same fact under another spelling of the subject (its last name alone) is a close neighbour
+    first = stored[0]
+    alias = {"prompt": first["prompt"], "subject": first["subject"].split()[-1], "target_new": "Oslo"}
+    store.set_config("conflicts.semantic_threshold", "0.75")  # such aliases score 0.79 to 0.9 on this world
+    found, _ = check_prospective(store, [alias])
+    assert [(c.kind, c.other) for c in found if c.kind == "semantic"] == [("semantic", tree[0])]
+    # interference: another fact of an edited subject writes to the same memory slot of the edited layer
     other_relation = by_label["other-relation"]
-    assert "interference" in {c.kind for c in version_conflicts_after(store, other_relation.request)}
-
-
-def version_conflicts_after(store: Store, request: dict) -> list:
-    edit(store, [request], method="memit", hparams=hparams(store.base.path, "memit"), device="cpu")
-    return version_conflicts(store)
+    edit(store, [other_relation.request], method="memit", hparams=hparams(store.base.path, "memit"), device="cpu")
+    new = store.tree()[-1]
+    pairs = {(c.edit, c.other) for c in version_conflicts(store) if c.kind == "interference"}
+    assert (new, tree[other_relation.stored]) in pairs
 
 
 def test_a_contradiction_is_refused_and_leaves_the_store_unchanged(store: Store, stored_and_cases: tuple) -> None:
@@ -116,6 +120,20 @@ def test_revert_removes_an_edit_from_the_index_and_a_deleted_index_is_rebuilt(st
     assert ConflictIndex.load(store.root / INDEX_DIR, backend="model:2,4", base=store.base_fingerprint,
                               flat_max=20000) is None
     assert "contradiction" in kinds_for(store, next(c for c in cases if c.label == "contradiction" and c.stored == 0).request)
+
+
+def test_merge_is_three_way_so_a_revert_on_one_side_stays(store: Store, stored_and_cases: tuple) -> None:
+    stored, _ = stored_and_cases
+    root = store.root
+    first = store.tree()[0]
+    invoke("--store", root, "branch", "side")
+    store.revert(first)  # main drops an edit the side branch still has
+    invoke("--store", root, "switch", "side")
+    edit(store, [stored[3]], method="rome", hparams=hparams(store.base.path, "rome"), device="cpu")
+    side_edit = store.tree()[-1]
+    invoke("--store", root, "switch", "main")
+    out = json.loads(invoke("--store", root, "merge", "side", "--json"))
+    assert out["added"] == [side_edit] and first not in store.tree()
 
 
 def test_merge_with_and_without_conflicts(store: Store, stored_and_cases: tuple) -> None:

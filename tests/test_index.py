@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from editstore.index import ConflictIndex
 
@@ -48,3 +49,24 @@ def test_above_flat_max_the_index_is_ivf_and_survives_a_save(tmp_path: Path) -> 
     assert ConflictIndex.load(tmp_path / "index", backend="other", base="base", flat_max=100) is None
     (tmp_path / "index" / "manifest.json").write_text("{")
     assert ConflictIndex.load(tmp_path / "index", backend="test", base="base", flat_max=100) is None
+
+
+def test_growing_past_flat_max_keeps_every_row_and_removes_all_rows_of_an_edit(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    sem = unit(rng.standard_normal((300, 16)))
+    keys = unit(rng.standard_normal((300, 3, 8)))  # three key columns per edit
+    ids = [f"edit{i}" for i in range(300)]
+    index = ConflictIndex(tmp_path / "index", "test", "base", flat_max=400)
+
+    def sync(tree: list[str]) -> None:
+        index.sync(tree, semantic=lambda new: {e: sem[int(e[4:])] for e in new},
+                   keys=lambda new: {e: {"w": keys[int(e[4:])]} for e in new})
+
+    sync(ids[:100])  # flat
+    assert not index.keys["w"].approximate and index.keys["w"].size == 300
+    sync(ids)  # the keys grow past flat_max: rebuilt as IVF from what they held plus the new rows
+    assert not index.semantic.approximate and index.keys["w"].approximate and index.keys["w"].size == 900
+    for row in range(3):  # every key column of an early edit is still its own
+        assert index.key_neighbours("w", keys[5, row][None], 1)[0][0] == (ids[5], pytest.approx(1.0, abs=1e-5))
+    sync(ids[1:])
+    assert index.keys["w"].size == 897 and ids[0] not in {e for e, _ in index.key_neighbours("w", keys[0], 5)[0]}

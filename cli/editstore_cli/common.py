@@ -38,8 +38,7 @@ def request_options(command: Any) -> Any:
         click.option("--subject", help="The subject whose fact changes."),
         click.option("--target", help="The new target (target_new)."),
         click.option("--target-true", help="The current answer, for efficacy measurements."),
-        click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="JSONL of edit requests."),
+        requests_option("JSONL of edit requests."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -56,7 +55,10 @@ def read_requests(prompt: str | None, subject: str | None, target: str | None, t
     if requests_file and any(single):
         raise click.UsageError("give either --requests or --prompt/--subject/--target, not both")
     if requests_file:
-        return load_requests(requests_file)
+        requests = load_requests(requests_file)
+        if not requests:
+            raise click.UsageError(f"{requests_file} holds no edit requests")
+        return requests
     if not any(single) and not required:
         return []
     if not all(single):

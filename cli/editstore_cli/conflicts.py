@@ -10,7 +10,7 @@ from rich.table import Table
 
 from editstore.checks import check_prospective, version_conflicts
 from editstore.compose import resolve_device
-from editstore.conflicts import Conflict, ConflictError, blocking
+from editstore.conflicts import Conflict, ConflictError, blocking, fact
 from editstore.merge import merge as run_merge
 from editstore.methods import METHODS
 
@@ -21,9 +21,9 @@ from .output import echo_json, print_table
 def conflict_table(conflicts: Sequence[Conflict], title: str) -> Table:
     table = Table("kind", "edit", "prompt -> target", "other", "other prompt -> target", "score", title=title)
     for c in conflicts:
-        mine, theirs = c.describe().split(" vs ", 1)
-        table.add_row(c.kind, (c.edit or "(new)")[:12], mine.split(": ", 1)[1], (c.other or "(batch)")[:12],
-                      theirs.split(": ", 1)[1].rsplit(" (score", 1)[0], f"{c.score:.3f}")
+        theirs = fact(c.other_request) if c.other_request else "(no request)"
+        table.add_row(c.kind, (c.edit or "(new)")[:12], fact(c.request), (c.other or "(batch)")[:12], theirs,
+                      f"{c.score:.3f}" + (f" on {c.param}" if c.param else ""))
     return table
 
 
