@@ -4,8 +4,9 @@ Tables: ``meta`` (format version), ``bases``, ``base_tensors`` (content hashes o
 the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``, ``evaluations``
 (metrics of a version, see :mod:`editstore.behavior`), ``stats`` (second-moment
 objects, see :mod:`editstore.moments`), ``embeddings`` (prompt embeddings of edits,
-derived, see :mod:`editstore.index`) and ``conflicts`` (conflicts committed with
-``--force`` or reported as warnings, see :mod:`editstore.conflicts`).
+derived, see :mod:`editstore.index`), ``conflicts`` (conflicts committed with
+``--force`` or reported as warnings, see :mod:`editstore.conflicts`) and ``editors``
+(trained MEND editors, see :mod:`editstore.editors`).
 Every user operation writes inside one ``db.atomic()`` transaction.
 """
 
@@ -17,7 +18,7 @@ import sqlite_utils
 
 from .errors import StoreFormatError
 
-FORMAT_VERSION = 3  # 2: the stats table (an editstore that does not know it would gc its objects); 3: conflicts
+FORMAT_VERSION = 4  # 2: stats (an editstore that does not know them would gc their objects); 3: conflicts; 4: editors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,6 +45,9 @@ CREATE TABLE IF NOT EXISTS stats (
     PRIMARY KEY (base, module, corpus, samples));
 CREATE TABLE IF NOT EXISTS embeddings (
     edit TEXT NOT NULL, backend TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (edit, backend));
+CREATE TABLE IF NOT EXISTS editors (
+    id TEXT PRIMARY KEY, base TEXT NOT NULL, method TEXT NOT NULL, modules TEXT NOT NULL, hparams TEXT NOT NULL,
+    metrics TEXT NOT NULL, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conflicts (
     id INTEGER PRIMARY KEY, commit_id TEXT NOT NULL, edit TEXT, other TEXT, kind TEXT NOT NULL, score REAL NOT NULL,
     param TEXT, detail TEXT NOT NULL);

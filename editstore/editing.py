@@ -24,9 +24,10 @@ from .checkout import load_model
 from .compose import resolve_device
 from .conflicts import ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
+from .editors import load_editor
 from .evaluate import fill
 from .index import Whitener, whitened_keys
-from .methods import compute_edits, edited_modules, find_hparams
+from .methods import NO_STATISTICS, compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
 from .moments import compute_stats, find_stats, load_sigma, read_corpus
@@ -84,7 +85,7 @@ def sigmas_for(
     store: Store, hp: Hparams, tokenizer: Any, *, device: torch.device, progress: ProgressFactory | None = None
 ) -> dict[str, torch.Tensor]:
     """Σ of every module ``hp`` edits: from the store, or streamed through the base now and stored."""
-    if hp.method == "ft":
+    if hp.method in NO_STATISTICS:
         return {}
     path = stats_corpus(store, hp)
     corpus = read_corpus(path) if path.is_file() else None
@@ -133,6 +134,7 @@ def edit(
     requests = [dict(r) for r in requests]
     check_requests(requests)
     hp = resolve_hparams(store, method, hparams)
+    editor, about = load_editor(store) if method == "mend" else (None, {})
     dev = resolve_device(device)
     tokenizer = load_tokenizer(store)
     head = store.head()
@@ -148,9 +150,11 @@ def edit(
     model = store.checkout(head, device=dev, into=model)
     advance = progress(f"{method} edits", len(requests)) if progress else None
     result = compute_edits(
-        model, tokenizer, requests, hp, sigmas=sigmas,
+        model, tokenizer, requests, hp, sigmas=sigmas, editor=editor,
         prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
     )
+    if editor is not None:  # the editor decides which weights change, and with what
+        hp = Hparams.from_json(about["hparams"])
     whitener = Whitener(store)
     found += checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
     for c in found:
@@ -158,7 +162,8 @@ def edit(
     batch = {"batch": len(requests)} if len(requests) > 1 else {}
     new = [
         NewEdit(delta, method, request=r, hparams=hp.to_json(),
-                info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info},
+                info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info,
+                      **({"editor": about["id"]} if editor is not None else {})},
                 embedding=(embedder.name, v), conflicts=[c.to_json() for c in found if c.request is r])
         for delta, r, b, a, v in zip(result.deltas, requests, result.nll_before, result.nll_after, vectors)
     ]

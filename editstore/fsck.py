@@ -49,7 +49,12 @@ class GcReport:
 def referenced_objects(store: Store) -> set[str]:
     """Object ids that some metadata row points at."""
     edits = {row[0] for row in store.db.execute("SELECT delta FROM edits")}
-    return edits | stats_objects(store)
+    return edits | kept_objects(store)
+
+
+def kept_objects(store: Store) -> set[str]:
+    """Objects that live outside the history and gc keeps: statistics and trained editors."""
+    return stats_objects(store) | {row[0] for row in store.db.execute("SELECT id FROM editors")}
 
 
 def stats_objects(store: Store) -> set[str]:
@@ -160,7 +165,7 @@ def gc(store: Store, *, dry_run: bool = False) -> GcReport:
         live_trees = {store.commit(c).tree for c in live}
         live_edits = {e for t in live_trees for e in store.tree_edits(t)}
         report.edits = sorted({row[0] for row in store.db.execute("SELECT id FROM edits")} - live_edits)
-        live_objects = {store.edit(e).delta for e in live_edits} | stats_objects(store)
+        live_objects = {store.edit(e).delta for e in live_edits} | kept_objects(store)
         report.objects = sorted(set(store.objects) - live_objects)
         report.temporaries = [p.name for p in store.objects.temporaries()]
         if dry_run:

@@ -256,11 +256,11 @@ class Store:
         self.db["refs"].update(ref["symbolic"] or "HEAD", {"target": commit_id})
 
     def resolve_object(self, rev: str) -> tuple[str, str]:
-        """``("commit", id)`` or ``("edit", id)`` for a revision string."""
+        """``("commit", id)``, ``("edit", id)`` or ``("editor", id)`` for a revision string."""
         parsed = parse_revision(rev)
         kind, oid = self._resolve_name(parsed.name)
         if parsed.back and kind != "commit":
-            raise RevisionError(f"{rev}: ~ and ^ apply to commits, and {parsed.name} names an edit")
+            raise RevisionError(f"{rev}: ~ and ^ apply to commits, and {parsed.name} names an {kind}")
         for step in range(parsed.back):
             parents = self.commit(oid).parents
             if not parents:
@@ -282,7 +282,7 @@ class Store:
             raise UnknownRevisionError(f"unknown revision {name!r}; id prefixes need at least {MIN_PREFIX} characters")
         matches = [
             (kind, row[0])
-            for kind, table in (("commit", "commits"), ("edit", "edits"))
+            for kind, table in (("commit", "commits"), ("edit", "edits"), ("editor", "editors"))
             for row in self.db.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?", [text, text + "g"])
         ]
         if not matches:
@@ -296,7 +296,7 @@ class Store:
         """The commit id a revision names; an edit id is an error here."""
         kind, oid = self.resolve_object(rev)
         if kind != "commit":
-            raise RevisionError(f"{rev} names an edit, not a commit")
+            raise RevisionError(f"{rev} names an {kind}, not a commit")
         return oid
 
     # ----------------------------------------------------------------- reading records
@@ -361,10 +361,13 @@ class Store:
         return ordered if limit is None else ordered[:limit]
 
     def show(self, rev: str) -> dict[str, Any]:
-        """A commit (with the edits it added and removed) or an edit, as a JSON-ready dict."""
+        """A commit (with the edits it added and removed), an edit or a trained editor, as a JSON-ready dict."""
         kind, oid = self.resolve_object(rev)
         if kind == "edit":
             return {"type": "edit", "id": oid, **self.edit(oid).record()}
+        if kind == "editor":
+            row = next(self.db["editors"].rows_where("id = ?", [oid]))
+            return {"type": "editor", **row, **{k: json.loads(row[k]) for k in ("modules", "hparams", "metrics")}}
         c = self.commit(oid)
         tree = self.commit_tree(oid)
         parent_tree = self.commit_tree(c.parents[0]) if c.parents else []
@@ -493,6 +496,8 @@ class Store:
     def revert(self, rev: str, *, message: str | None = None) -> str:
         """New commit whose tree lacks the edit ``rev`` (or the edits commit ``rev`` introduced)."""
         kind, oid = self.resolve_object(rev)
+        if kind == "editor":
+            raise RevisionError(f"{rev} names a trained editor, not an edit or commit")
         with self.locked():
             tree = self.tree("HEAD")
             if kind == "edit":

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from editstore.methods import METHODS, compute_edits, find_hparams
 from editstore.methods.hooks import as_updates, linear_weight, patched
+from editstore.methods.mend import Editor, MendHparams
 from editstore.methods.targets import mean_keys, sample_prefixes, tokenize_request
 from editstore.methods.solvers import equality, least_squares, null_space, null_space_projector
 from editstore.stats import second_moment
@@ -60,8 +61,14 @@ def test_every_method_leaves_the_model_unchanged_and_returns_one_delta_per_reque
     model, config = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
-    hp = _hparams(method, config)
-    result = compute_edits(model, tok, REQUESTS, hp, sigmas=_sigmas(model, tok, hp))
+    if method == "mend":  # an untrained (identity) editor of the down-projections the other methods edit
+        hp = _hparams("memit", config).replace(method="mend")
+        modules = [hp.module_name(layer) for layer in hp.layers]
+        shapes = [tuple(linear_weight(model.get_submodule(m))[0].shape) for m in modules]
+        result = compute_edits(model, tok, REQUESTS, hp, editor=Editor(modules, shapes, MendHparams(rank=4)))
+    else:
+        hp = _hparams(method, config)
+        result = compute_edits(model, tok, REQUESTS, hp, sigmas=_sigmas(model, tok, hp))
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert flags == {k: p.requires_grad for k, p in model.named_parameters()}

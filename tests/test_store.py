@@ -198,11 +198,11 @@ def test_an_older_store_is_upgraded_on_open(tmp_path: Path, gpt2_dir: Path) -> N
     with Store.init(gpt2_dir, tmp_path / "s") as store:
         store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
         head = store.head()
-        for table in ("stats", "embeddings", "conflicts"):
+        for table in ("stats", "embeddings", "conflicts", "editors"):
             store.db[table].drop()
         store.db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
         store.db.conn.commit()
     with Store.open(tmp_path / "s") as store:
         assert store.head() == head
-        assert {"stats", "embeddings", "conflicts"} <= set(store.db.table_names())
+        assert {"stats", "embeddings", "conflicts", "editors"} <= set(store.db.table_names())
         assert store.db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == str(FORMAT_VERSION)

@@ -30,6 +30,7 @@ from editstore.fsck import gc as run_gc
 from .common import device_option, json_option, open_store, requests_option, store_option
 from .conflicts import conflicts, merge
 from .demo import demo
+from .mend import mend
 from .editing import edit, stats
 from .output import echo_json, format_commit, format_show, print_table
 from .world import trace, world
@@ -116,7 +117,7 @@ def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_j
 @store_option
 @click.pass_context
 def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) -> None:
-    """Show a commit (and the edits it added or removed) or an edit."""
+    """Show a commit (and the edits it added or removed), an edit, or a trained editor."""
     store = open_store(ctx, store_dir)
     shown = store.show(rev)
     if shown["type"] == "commit":
@@ -350,6 +351,7 @@ def config(ctx: click.Context, key: str | None, value: str | None, store_dir: Pa
 cli.add_command(conflicts)
 cli.add_command(merge)
 cli.add_command(demo)
+cli.add_command(mend)
 cli.add_command(edit)
 cli.add_command(stats)
 cli.add_command(world)

@@ -43,6 +43,16 @@ def format_commit(commit_id: str, commit: Commit, refs: dict[str, list[str]], *,
 
 
 def format_show(shown: dict[str, Any]) -> str:
+    if shown["type"] == "editor":
+        m = shown["metrics"]
+        return "\n".join([
+            f"editor {shown['id']}",
+            f"Method:   {shown['method']}",
+            f"Modules:  {', '.join(shown['modules'])}",
+            f"Created:  {shown['created']}",
+            f"Training: {m.get('steps')} steps in {m.get('seconds')} s on {m.get('device')}, "
+            f"validation loss {m.get('best_val_loss')}",
+        ])
     if shown["type"] == "edit":
         lines = [f"edit {shown['id']}"]
         for key in ("name", "method", "rank", "author", "time", "delta"):

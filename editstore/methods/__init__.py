@@ -1,6 +1,6 @@
 """Edit methods: each computes deltas from edit requests and leaves the model it is given unchanged.
 
-ROME and FT edit one request after another (each with the earlier ones in place);
+ROME, FT and MEND edit one request after another (each with the earlier ones in place);
 MEMIT, EMMET and AlphaEdit solve a batch jointly. Every request becomes one delta.
 """
 
@@ -15,14 +15,17 @@ from .finetune import finetune
 from .hooks import as_updates
 from .hparams import METHODS, Hparams, find_hparams, load_hparams
 from .locate import EditResult, locate_and_edit
+from .mend import Editor, mend_deltas
 
 SEQUENTIAL = ("rome", "ft")
+NO_STATISTICS = ("ft", "mend")  # methods that need no second-moment statistics
 
-__all__ = ["METHODS", "EditResult", "Hparams", "compute_edits", "edited_modules", "find_hparams", "load_hparams"]
+__all__ = ["METHODS", "NO_STATISTICS", "EditResult", "Hparams", "compute_edits", "edited_modules", "find_hparams",
+           "load_hparams"]
 
 
 def edited_modules(hp: Hparams) -> list[str]:
-    """Names of the modules ``hp`` edits (the ones that need Σ, except for FT)."""
+    """Names of the modules ``hp`` edits (the ones that need Σ, except for FT and MEND)."""
     return [hp.module_name(layer) for layer in hp.layers]
 
 
@@ -34,9 +37,15 @@ def compute_edits(
     *,
     sigmas: Mapping[str, torch.Tensor] | None = None,
     prior_keys: Mapping[str, torch.Tensor] | None = None,
+    editor: Editor | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EditResult:
-    """One delta per request, by ``hp.method``; ``model`` is left unchanged."""
+    """One delta per request, by ``hp.method``; ``model`` is left unchanged. MEND needs its trained ``editor``."""
+    if hp.method == "mend":
+        if editor is None:
+            raise ValueError("MEND needs a trained editor")
+        deltas, before, after = mend_deltas(model, tokenizer, requests, editor, progress=progress)
+        return EditResult(deltas, before, after)
     if hp.method not in SEQUENTIAL:
         return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys, progress=progress)
     deltas, before, after, info = [], [], [], {}

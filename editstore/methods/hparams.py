@@ -17,9 +17,10 @@ from typing import Any
 
 from ..errors import EditStoreError, SchemaError
 from ..schema import validate
+from .mend import MendHparams
 from .targets import TargetHparams
 
-METHODS = ("rome", "memit", "emmet", "alphaedit", "ft")
+METHODS = ("rome", "memit", "emmet", "alphaedit", "ft", "mend")
 
 
 class NoHparamsError(EditStoreError):
@@ -73,6 +74,7 @@ class Hparams:
     solver: SolverHparams = SolverHparams()
     finetune: FinetuneHparams = FinetuneHparams()
     stats: StatsHparams = StatsHparams()
+    mend: MendHparams = MendHparams()
 
     def module_name(self, layer: int) -> str:
         return self.module.format(layer)
@@ -89,7 +91,7 @@ class Hparams:
     def from_json(cls, data: dict[str, Any], *, what: str = "hparams") -> Hparams:
         validate(data, "hparams", what=what)
         parts = {"targets": TargetHparams, "prefixes": PrefixHparams, "solver": SolverHparams,
-                 "finetune": FinetuneHparams, "stats": StatsHparams}
+                 "finetune": FinetuneHparams, "stats": StatsHparams, "mend": MendHparams}
         kwargs = {k: v for k, v in data.items() if k not in parts and k != "$schema"}
         kwargs["layers"] = tuple(data["layers"])
         kwargs.update({k: t(**data.get(k, {})) for k, t in parts.items()})

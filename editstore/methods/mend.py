@@ -71,6 +71,7 @@ class Editor(nn.Module):
 
     def __init__(self, modules: Sequence[str], shapes: Sequence[tuple[int, int]], hp: MendHparams) -> None:
         super().__init__()
+        self.hp = hp
         self.names = list(modules)
         self.shapes = [tuple(s) for s in shapes]  # (d_out, d_in) per module
         self.groups = sorted(set(self.shapes))
@@ -189,11 +190,11 @@ def apply_editor(model: nn.Module, editor: Editor, ex: Example, pad: int) -> dic
 
 
 def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]], editor: Editor,
-                *, pending: dict | None = None) -> tuple[list[Delta], list[float], list[float]]:
+                *, progress: Callable[[int], None] | None = None) -> tuple[list[Delta], list[float], list[float]]:
     """One delta per request (each on top of the earlier ones); ``model`` is left unchanged."""
     pad = pad_id(tokenizer)
     editor = editor.to(model_device(model)).eval()
-    updates: dict[str, list] = {k: list(v) for k, v in (pending or {}).items()}
+    updates: dict[str, list] = {}
     deltas, before, after = [], [], []
     with frozen(model):
         for request in requests:
@@ -210,6 +211,8 @@ def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, A
             with patched(model, updates), torch.no_grad():
                 after.append(float(_target_nll(model, [ex.edit], ex.edit_target, pad)))
             deltas.append(Delta(factors, {"method": "mend"}))
+            if progress:
+                progress(1)
     return deltas, before, after
 
 
@@ -225,7 +228,7 @@ def meta_loss(model: nn.Module, editor: Editor, ex: Example, pad: int, c_loc: fl
         if base is not None:
             edited = _last_logprobs(model, ex.locality, pad)
             loc = (base.exp() * (base - edited)).sum(-1).mean()
-    return edit_loss + c_loc * loc, float(edit_loss), float(loc)
+    return edit_loss + c_loc * loc, float(edit_loss.detach()), float(loc.detach())
 
 
 def train_editor(

@@ -7,7 +7,9 @@ Edited versions are composed with forward hooks (W + Σ U Vᵀ, the sum a checko
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,17 +18,22 @@ from typing import Any
 from ..behavior import untouched_facts
 from ..delta import Delta
 from ..evaluate import Metrics, evaluate_requests
-from ..methods import METHODS, EditResult, compute_edits, edited_modules, find_hparams
+from ..methods import METHODS, NO_STATISTICS, EditResult, compute_edits, edited_modules, find_hparams
 from ..methods.hooks import as_keys, as_updates, patched
 from ..methods.hparams import Hparams
 from ..stats import second_moment
-from .build import CORPUS_FILE, build_world, read_jsonl
+from ..editors import editor_bytes, editor_from_bytes
+from ..hashing import sha256_json
+from ..methods.mend import Editor, train_editor
+from .build import CORPUS_FILE, build_world, cache_root, read_jsonl
+from .splits import held_out, training_requests
 
 
 class WorldBench:
     """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
 
     def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3) -> None:
+        self.mend_training: dict[str, Any] = {}
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.arch = arch
@@ -38,7 +45,7 @@ class WorldBench:
         for method in METHODS:
             hp = find_hparams(method, config)
             self.hparams[method] = hp.replace(**overrides) if overrides else hp
-        modules = sorted({m for method, hp in self.hparams.items() if method != "ft" for m in edited_modules(hp)})
+        modules = sorted({m for method, hp in self.hparams.items() if method not in NO_STATISTICS for m in edited_modules(hp)})
         corpus = (self.path / CORPUS_FILE).read_text().splitlines()
         sigmas, _ = second_moment(self.model, self.tokenizer, corpus, [self.model.get_submodule(m) for m in modules])
         self.sigmas = dict(zip(modules, sigmas))
@@ -54,8 +61,31 @@ class WorldBench:
     def edit(self, method: str, requests: Sequence[dict[str, Any]], earlier: Sequence[Delta] = ()) -> EditResult:
         """``method``'s deltas for ``requests`` on the base plus ``earlier`` (whose keys AlphaEdit avoids)."""
         prior = as_keys(earlier) if method == "alphaedit" else None
+        editor = self.editor if method == "mend" else None
         with patched(self.model, as_updates(earlier)):
-            return compute_edits(self.model, self.tokenizer, requests, self.hparams[method], sigmas=self.sigmas, prior_keys=prior)
+            return compute_edits(self.model, self.tokenizer, requests, self.hparams[method], sigmas=self.sigmas,
+                                 prior_keys=prior, editor=editor)
+
+    @functools.cached_property
+    def editor(self) -> Editor:
+        """MEND's editor for this world, meta-trained on the subjects that are not held out (cached on disk)."""
+        hp = self.hparams["mend"]
+        path = cache_root() / "editors" / f"{sha256_json({'world': self.path.name, 'hparams': hp.to_json()})[:16]}.safetensors"
+        if path.is_file():
+            editor, header = editor_from_bytes(path.read_bytes(), source=str(path))
+            self.mend_training = header.get("metrics", {})
+            return editor
+        train, val = training_requests(read_jsonl(self.path / "requests.jsonl"), hp.mend.val_size)
+        start = time.perf_counter()
+        editor, metrics = train_editor(self.model, self.tokenizer, edited_modules(hp), train, val, hp.mend)
+        self.mend_training = {**metrics, "seconds": round(time.perf_counter() - start, 1), "train_requests": len(train)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(editor_bytes(editor, hp, f"world:{self.path.name}", self.mend_training))
+        return editor
+
+    def held_out(self, n: int) -> list[dict[str, Any]]:
+        """``n`` of the requests (distinct subjects) about subjects MEND is not trained on."""
+        return [r for r in self.requests if held_out(r["subject"])][:n]
 
     def evaluate(self, requests: Sequence[dict[str, Any]], deltas: Sequence[Delta], *, recall: int = 0) -> Metrics:
         """Metrics of ``requests`` on the base plus ``deltas``; recall over ``recall`` facts of unedited subjects."""

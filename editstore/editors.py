@@ -1,0 +1,135 @@
+"""Trained editors (MEND) in the store: content-addressed safetensors objects tied to the base.
+
+An editor object holds the editor's state (the shared transforms, per-layer scales,
+shifts and step sizes, the running input statistics) as tensors, and in its header the
+JSON object ``{"format": "editstore-editor", "version": 1, "base": ..., "method": "mend",
+"modules": [...], "shapes": [...], "mend": {...}, "hparams": {...}}``. A row of the
+``editors`` table names it with its training metrics; ``gc`` keeps editor objects. The
+newest editor of the store's base is the one ``editstore edit --method mend`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .errors import EditStoreError, InvalidDeltaError
+from .hashing import canonical_json
+from .methods.hparams import Hparams
+from .methods.mend import Editor, MendHparams
+from .records import now
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+FORMAT = "editstore-editor"
+
+
+class NoEditorError(EditStoreError):
+    """No MEND editor is trained for this store's base."""
+
+
+def editor_bytes(editor: Editor, hp: Hparams, base: str, metrics: dict[str, Any] | None = None) -> bytes:
+    """Canonical safetensors bytes of ``editor`` (the same editor always gives the same object id)."""
+    header = {"format": FORMAT, "version": 1, "base": base, "method": "mend", **editor.config,
+              "mend": asdict(editor.hp), "hparams": hp.to_json(), **({"metrics": metrics} if metrics else {})}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in editor.state_dict().items()}
+    return st_save(tensors, metadata={"editstore": canonical_json(header)})
+
+
+def editor_from_bytes(data: bytes, *, source: str = "editor") -> tuple[Editor, dict[str, Any]]:
+    """The editor and its header from object bytes."""
+    try:
+        tensors = st_load(data)
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["editstore"])
+        if header.get("format") != FORMAT:
+            raise ValueError(f"format {header.get('format')!r}")
+        editor = Editor(header["modules"], [tuple(s) for s in header["shapes"]], MendHparams(**header["mend"]))
+        editor.load_state_dict(tensors)
+    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise InvalidDeltaError(f"{source} is not an editstore editor: {exc}") from None
+    return editor.eval(), header
+
+
+def save_editor(store: Store, editor: Editor, hp: Hparams, metrics: dict[str, Any]) -> str:
+    """Write the editor as an object with its row; returns its id."""
+    data = editor_bytes(editor, hp, store.base_fingerprint)
+    with store.locked():
+        oid = store.objects.write(data)
+        with store.db.atomic():
+            store.db["editors"].insert(
+                {"id": oid, "base": store.base_fingerprint, "method": "mend", "modules": json.dumps(editor.names),
+                 "hparams": json.dumps(hp.to_json()), "metrics": json.dumps(metrics), "created": now()},
+                replace=True,
+            )
+    log.info("editor %s stored (%s)", oid[:12], ", ".join(editor.names))
+    return oid
+
+
+def editor_rows(store: Store) -> list[dict[str, Any]]:
+    """The editors of the store's base, newest last."""
+    rows = store.db["editors"].rows_where("base = ?", [store.base_fingerprint], order_by="created, id")
+    return [{**r, **{k: json.loads(r[k]) for k in ("modules", "hparams", "metrics")}} for r in rows]
+
+
+def load_editor(store: Store, editor_id: str | None = None) -> tuple[Editor, dict[str, Any]]:
+    """The editor ``editor_id`` (a prefix will do), else the newest of this base; :class:`NoEditorError` if none."""
+    rows = editor_rows(store)
+    if editor_id:
+        rows = [r for r in rows if r["id"].startswith(editor_id.lower())]
+    if not rows:
+        which = f"editor {editor_id}" if editor_id else "MEND editor"
+        raise NoEditorError(f"no {which} is trained for this base; run `editstore mend train` first")
+    row = rows[-1]
+    editor, header = editor_from_bytes(store.objects.read(row["id"]), source=f"object {row['id']}")
+    return editor, {**row, "header": header}
+
+
+def train_mend(
+    store: Store,
+    hp: Hparams,
+    *,
+    requests: list[dict[str, Any]] | None = None,
+    device: str = "auto",
+    progress: Any = None,
+) -> tuple[str, dict[str, Any]]:
+    """Meta-train a MEND editor of ``hp``'s modules for the store's base and store it; (object id, metrics).
+
+    ``requests``: training requests (with ``paraphrase_prompts`` and ``neighborhood_prompts``);
+    default: the fact world's requests about subjects that are not held out.
+    ``progress(step, edit_loss, locality_loss)`` is called after every step.
+    """
+    import time
+
+    from .behavior import load_tokenizer
+    from .checkout import load_model
+    from .compose import resolve_device
+    from .methods.mend import train_editor
+    from .world.build import read_jsonl
+    from .world.splits import training_requests
+
+    if requests is None:
+        path = store.base.path / "requests.jsonl"
+        if not path.is_file():
+            raise NoEditorError("this base is not a fact world: give training requests (`editstore mend train --requests FILE`)")
+        requests = read_jsonl(path)
+    train, val = training_requests(requests, hp.mend.val_size)
+    if len(train) < 10 or not val:
+        raise NoEditorError(f"MEND needs more training requests than {len(requests)} (at least 10, and some for validation)")
+    dev = resolve_device(device)
+    model = load_model(store.base, {}, device=dev, base_hashes={})
+    modules = [hp.module_name(layer) for layer in hp.layers]
+    start = time.perf_counter()
+    editor, metrics = train_editor(model, load_tokenizer(store), modules, train, val, hp.mend, progress=progress)
+    metrics = {**metrics, "seconds": round(time.perf_counter() - start, 1), "device": dev.type,
+               "train_requests": len(train), "val_requests": len(val)}
+    return save_editor(store, editor, hp, metrics), metrics
