@@ -26,14 +26,19 @@ def _compose(value: str) -> str:
     return value
 
 
-def _size(value: str) -> str:
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"cache.max_bytes takes a whole number of bytes, not {value!r}") from None
-    if n < 0:
-        raise ConfigError("cache.max_bytes cannot be negative")
-    return str(n)
+def _number(cast: Callable[[str], float], low: float, high: float, what: str) -> Callable[[str], str]:
+    """A validator of numbers ``cast`` can read, in [low, high]."""
+
+    def check(value: str) -> str:
+        try:
+            x = cast(value)
+        except ValueError:
+            x = None
+        if x is None or not low <= x <= high:
+            raise ConfigError(f"this setting takes {what}, not {value!r}")
+        return str(x)
+
+    return check
 
 
 def _backend(value: str) -> str:
@@ -42,14 +47,8 @@ def _backend(value: str) -> str:
     return value
 
 
-def _cosine(value: str) -> str:
-    try:
-        x = float(value)
-    except ValueError:
-        raise ConfigError(f"a threshold takes a number in [-1, 1], not {value!r}") from None
-    if not -1.0 <= x <= 1.0:
-        raise ConfigError(f"a threshold takes a number in [-1, 1], not {value!r}")
-    return str(x)
+_size = _number(int, 0, float("inf"), "a whole number ≥ 0")
+_cosine = _number(float, -1.0, 1.0, "a number in [-1, 1]")
 
 
 SETTINGS: dict[str, tuple[str, Callable[[str], str]]] = {
