@@ -133,8 +133,14 @@ def edit(
     """
     requests = [dict(r) for r in requests]
     check_requests(requests)
-    hp = resolve_hparams(store, method, hparams)
-    editor, about = load_editor(store) if method == "mend" else (None, {})
+    editor, about = None, {}
+    if method == "mend":  # the weights it changes, and how, are the trained editor's
+        if hparams is not None:
+            raise HparamsError("MEND's hyperparameters come from its trained editor; give them to `editstore mend train`")
+        editor, about = load_editor(store)
+        hp = Hparams.from_json(about["hparams"])
+    else:
+        hp = resolve_hparams(store, method, hparams)
     dev = resolve_device(device)
     tokenizer = load_tokenizer(store)
     head = store.head()
@@ -153,8 +159,6 @@ def edit(
         model, tokenizer, requests, hp, sigmas=sigmas, editor=editor,
         prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
     )
-    if editor is not None:  # the editor decides which weights change, and with what
-        hp = Hparams.from_json(about["hparams"])
     whitener = Whitener(store)
     found += checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
     for c in found:

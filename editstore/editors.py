@@ -31,14 +31,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT = "editstore-editor"
+EDITOR_FORMAT = 2  # the editor's architecture and training; bump when either changes what an editor computes
 
 
 class NoEditorError(EditStoreError):
     """No MEND editor is trained for this store's base."""
 
 
+class TrainingDataError(EditStoreError):
+    """MEND's meta-training has no usable training requests."""
+
+
 def editor_bytes(editor: Editor, hp: Hparams, base: str, metrics: dict[str, Any] | None = None) -> bytes:
     """Canonical safetensors bytes of ``editor`` (the same editor always gives the same object id)."""
+    hp = hp.replace(mend=editor.hp)  # the editor's own architecture, whatever hparams it was handed
     header = {"format": FORMAT, "version": 1, "base": base, "method": "mend", **editor.config,
               "mend": asdict(editor.hp), "hparams": hp.to_json(), **({"metrics": metrics} if metrics else {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in editor.state_dict().items()}
@@ -81,14 +87,11 @@ def editor_rows(store: Store) -> list[dict[str, Any]]:
     return [{**r, **{k: json.loads(r[k]) for k in ("modules", "hparams", "metrics")}} for r in rows]
 
 
-def load_editor(store: Store, editor_id: str | None = None) -> tuple[Editor, dict[str, Any]]:
-    """The editor ``editor_id`` (a prefix will do), else the newest of this base; :class:`NoEditorError` if none."""
+def load_editor(store: Store) -> tuple[Editor, dict[str, Any]]:
+    """The newest editor of this base; :class:`NoEditorError` if none."""
     rows = editor_rows(store)
-    if editor_id:
-        rows = [r for r in rows if r["id"].startswith(editor_id.lower())]
     if not rows:
-        which = f"editor {editor_id}" if editor_id else "MEND editor"
-        raise NoEditorError(f"no {which} is trained for this base; run `editstore mend train` first")
+        raise NoEditorError("no MEND editor is trained for this base; run `editstore mend train` first")
     row = rows[-1]
     editor, header = editor_from_bytes(store.objects.read(row["id"]), source=f"object {row['id']}")
     return editor, {**row, "header": header}
@@ -104,8 +107,9 @@ def train_mend(
 ) -> tuple[str, dict[str, Any]]:
     """Meta-train a MEND editor of ``hp``'s modules for the store's base and store it; (object id, metrics).
 
-    ``requests``: training requests (with ``paraphrase_prompts`` and ``neighborhood_prompts``);
-    default: the fact world's requests about subjects that are not held out.
+    ``requests``: training requests (with ``paraphrase_prompts`` and ``neighborhood_prompts``), split
+    into training and validation by subject; default: the fact world's requests about subjects that
+    are not held out.
     ``progress(step, edit_loss, locality_loss)`` is called after every step.
     """
     import time
@@ -115,16 +119,20 @@ def train_mend(
     from .compose import resolve_device
     from .methods.mend import train_editor
     from .world.build import read_jsonl
-    from .world.splits import training_requests
+    from .editing import check_requests
+    from .world.splits import split_by_subject, training_requests
 
     if requests is None:
         path = store.base.path / "requests.jsonl"
         if not path.is_file():
-            raise NoEditorError("this base is not a fact world: give training requests (`editstore mend train --requests FILE`)")
-        requests = read_jsonl(path)
-    train, val = training_requests(requests, hp.mend.val_size)
+            raise TrainingDataError("this base is not a fact world: give training requests (`editstore mend train --requests FILE`)")
+        train, val = training_requests(read_jsonl(path), hp.mend.val_size)
+    else:
+        check_requests(requests)
+        train, val = split_by_subject(requests, hp.mend.val_size)
     if len(train) < 10 or not val:
-        raise NoEditorError(f"MEND needs more training requests than {len(requests)} (at least 10, and some for validation)")
+        raise TrainingDataError(f"MEND needs more training requests than {len(requests or train)} "
+                                "(at least 10, and others about other subjects for validation)")
     dev = resolve_device(device)
     model = load_model(store.base, {}, device=dev, base_hashes={})
     modules = [hp.module_name(layer) for layer in hp.layers]

@@ -25,7 +25,7 @@ def mend() -> None:
 
 @mend.command("train")
 @click.option("--layers", help="Comma-separated layers to edit (default: the packaged hparams').")
-@click.option("--steps", type=int, help="Meta-training steps at most (default: the hparams').")
+@click.option("--steps", type=click.IntRange(min=1), help="Meta-training steps at most (default: the hparams').")
 @click.option("--hparams", "hparams_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="MEND hyperparameters JSON (default: the packaged file for the base's architecture).")
 @requests_option("Training requests (JSONL with paraphrase_prompts and neighborhood_prompts; default: the fact "
@@ -40,10 +40,12 @@ def train(ctx: click.Context, layers: str | None, steps: int | None, hparams_fil
     hp = resolve_hparams(store, "mend", load_hparams(hparams_file) if hparams_file else None)
     if layers:
         try:
-            hp = hp.replace(layers=tuple(int(x) for x in layers.split(",")))
+            chosen = tuple(int(x) for x in layers.split(","))
         except ValueError:
-            raise click.BadParameter(f"{layers!r} is not a comma-separated list of layers", param_hint="--layers") from None
-        hp = resolve_hparams(store, "mend", hp)
+            chosen = ()
+        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
+            raise click.BadParameter(f"{layers!r} is not a list of distinct layers, like 1,2,3", param_hint="--layers")
+        hp = resolve_hparams(store, "mend", hp.replace(layers=chosen))
     if steps:
         hp = hp.replace(**{"mend.steps": steps})
     requests = load_requests(requests_file) if requests_file else None

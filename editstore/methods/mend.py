@@ -9,7 +9,8 @@ U = −lr_l [δ̃_i] (d_out x T), V = [ũ_i] (d_in x T) like every other delta.
 g is a residual MLP with a low-rank hidden layer, identity at initialisation (its output
 layer starts at zero), shared by the edited weights of one shape, with a per-layer scale
 and shift of the hidden layer and a learned per-layer step size lr_l. The inputs are
-standardised with per-layer running means and deviations gathered while training.
+standardised with per-layer means and deviations of the gradient pairs of 100 training
+requests, gathered before meta-training starts.
 
 Meta-training (:func:`train_editor`): for a request of the training split, the gradient
 of the edit NLL gives (u, δ); the editor's ΔW is applied with forward hooks; the loss is
@@ -183,12 +184,6 @@ def gradient_pairs(model: nn.Module, ex: Example, modules: Sequence[str], pad: i
     return [(inputs[m][0].detach().float(), g[0].detach().float()) for m, g in zip(modules, grads)]
 
 
-def apply_editor(model: nn.Module, editor: Editor, ex: Example, pad: int) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The editor's updates for one example, as forward-hook updates (differentiable in the editor)."""
-    pairs = gradient_pairs(model, ex, editor.names, pad)
-    return {m: [(f.U, f.V)] for m, f in ((m, editor.factors(i, u, d)) for i, (m, (u, d)) in enumerate(zip(editor.names, pairs)))}
-
-
 def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]], editor: Editor,
                 *, progress: Callable[[int], None] | None = None) -> tuple[list[Delta], list[float], list[float]]:
     """One delta per request (each on top of the earlier ones); ``model`` is left unchanged."""
@@ -216,11 +211,22 @@ def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, A
     return deltas, before, after
 
 
-def meta_loss(model: nn.Module, editor: Editor, ex: Example, pad: int, c_loc: float) -> tuple[torch.Tensor, float, float]:
-    """Edit NLL (edit + paraphrase prompts) after the editor's edit, plus c_loc · KL on the locality prompts."""
+def meta_loss(model: nn.Module, editor: Editor, ex: Example, pad: int, c_loc: float,
+              *, train: bool = True) -> tuple[torch.Tensor, float, float]:
+    """Edit NLL (edit + paraphrase prompts) after the editor's edit, plus c_loc · KL on the locality prompts.
+
+    With ``train`` False no graph is kept (validation)."""
     with torch.no_grad():
         base = _last_logprobs(model, ex.locality, pad) if ex.locality else None
-    updates = apply_editor(model, editor, ex, pad)
+    pairs = gradient_pairs(model, ex, editor.names, pad)  # needs autograd on, whatever ``train`` is
+    with torch.set_grad_enabled(train):
+        updates = {m: [(f.U, f.V)] for m, f in
+                   ((m, editor.factors(i, u, d)) for i, (m, (u, d)) in enumerate(zip(editor.names, pairs)))}
+        return _after_edit(model, updates, ex, base, pad, c_loc)
+
+
+def _after_edit(model: nn.Module, updates: dict, ex: Example, base: torch.Tensor | None, pad: int,
+                c_loc: float) -> tuple[torch.Tensor, float, float]:
     with patched(model, updates):
         rows = [ex.edit] + ex.paraphrases
         edit_loss = _target_nll(model, rows, ex.edit_target, pad)
@@ -242,20 +248,18 @@ def train_editor(
     progress: Callable[[int, float, float], None] | None = None,
 ) -> tuple[Editor, dict[str, Any]]:
     """Meta-train an editor of ``modules`` on ``train`` requests; ``model`` is left unchanged."""
-    torch.manual_seed(hp.seed)
     rng = random.Random(hp.seed)
     pad = pad_id(tokenizer)
     device = model_device(model)
     shapes = [tuple(linear_weight(model.get_submodule(m))[0].shape) for m in modules]
-    editor = Editor(modules, shapes, hp).to(device)
+    with torch.random.fork_rng(devices=[]):  # the editor's initialisation, without touching the caller's RNG
+        torch.manual_seed(hp.seed)
+        editor = Editor(modules, shapes, hp).to(device)
     train_ex = [example(tokenizer, r) for r in train]
     val_ex = [example(tokenizer, r) for r in val[: hp.val_size]]
-    with frozen(model):  # running input statistics first, so the first steps see standardised inputs
-        for ex in rng.sample(train_ex, min(len(train_ex), 100)):
-            for i, (u, d) in enumerate(gradient_pairs(model, ex, modules, pad)):
-                editor.observe(i, torch.cat([u, d], dim=-1))
+    observe_inputs(model, editor, rng.sample(train_ex, min(len(train_ex), 100)), pad)
     optimiser = torch.optim.Adam(editor.parameters(), lr=hp.meta_lr)
-    best, best_state, waited, history = math.inf, None, 0, []
+    best, best_state, best_step, waited, history = math.inf, None, 0, 0, []
     step = 0
     with frozen(model):
         for step in range(1, hp.steps + 1):
@@ -273,7 +277,7 @@ def train_editor(
                 history.append({"step": step, "val_loss": round(val_loss, 4)})
                 log.info("MEND step %d: validation loss %.4f", step, val_loss)
                 if val_loss < best - 1e-4:
-                    best, waited = val_loss, 0
+                    best, best_step, waited = val_loss, step, 0
                     best_state = {k: v.detach().clone() for k, v in editor.state_dict().items()}
                 else:
                     waited += 1
@@ -281,12 +285,20 @@ def train_editor(
                         break
     if best_state is not None:
         editor.load_state_dict(best_state)
-    return editor.eval(), {"steps": step, "best_val_loss": round(best, 4), "history": history}
+    return editor.eval(), {"steps": step, "best_step": best_step, "best_val_loss": round(best, 4), "history": history}
+
+
+def observe_inputs(model: nn.Module, editor: Editor, examples: Sequence[Example], pad: int) -> None:
+    """Fold the gradient pairs of ``examples`` into the editor's input statistics (before meta-training)."""
+    with frozen(model):
+        for ex in examples:
+            for i, (u, d) in enumerate(gradient_pairs(model, ex, editor.names, pad)):
+                editor.observe(i, torch.cat([u, d], dim=-1))
 
 
 def _validate(model: nn.Module, editor: Editor, examples: Sequence[Example], pad: int, c_loc: float) -> float:
     total = 0.0
     for ex in examples:
-        loss, _, _ = meta_loss(model, editor, ex, pad, c_loc)
-        total += float(loss.detach())
+        loss, _, _ = meta_loss(model, editor, ex, pad, c_loc, train=False)
+        total += float(loss)
     return total / max(len(examples), 1)

@@ -22,11 +22,11 @@ from ..methods import METHODS, NO_STATISTICS, EditResult, compute_edits, edited_
 from ..methods.hooks import as_keys, as_updates, patched
 from ..methods.hparams import Hparams
 from ..stats import second_moment
-from ..editors import editor_bytes, editor_from_bytes
+from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
 from ..hashing import sha256_json
 from ..methods.mend import Editor, train_editor
 from .build import CORPUS_FILE, build_world, cache_root, read_jsonl
-from .splits import held_out, training_requests
+from .splits import held_out_requests, training_requests
 
 
 class WorldBench:
@@ -70,7 +70,8 @@ class WorldBench:
     def editor(self) -> Editor:
         """MEND's editor for this world, meta-trained on the subjects that are not held out (cached on disk)."""
         hp = self.hparams["mend"]
-        path = cache_root() / "editors" / f"{sha256_json({'world': self.path.name, 'hparams': hp.to_json()})[:16]}.safetensors"
+        key = sha256_json({"world": self.path.name, "hparams": hp.to_json(), "editor": EDITOR_FORMAT})[:16]
+        path = cache_root() / "editors" / f"{key}.safetensors"
         if path.is_file():
             editor, header = editor_from_bytes(path.read_bytes(), source=str(path))
             self.mend_training = header.get("metrics", {})
@@ -85,7 +86,7 @@ class WorldBench:
 
     def held_out(self, n: int) -> list[dict[str, Any]]:
         """``n`` of the requests (distinct subjects) about subjects MEND is not trained on."""
-        return [r for r in self.requests if held_out(r["subject"])][:n]
+        return held_out_requests(self.requests, n)
 
     def evaluate(self, requests: Sequence[dict[str, Any]], deltas: Sequence[Delta], *, recall: int = 0) -> Metrics:
         """Metrics of ``requests`` on the base plus ``deltas``; recall over ``recall`` facts of unedited subjects."""

@@ -17,17 +17,29 @@ def held_out(subject: str) -> bool:
     return hashlib.sha256(subject.encode("utf-8")).digest()[0] % 4 == 0
 
 
+def _validation(subject: str) -> bool:
+    """One in eight of the subjects that are not held out: the validation split."""
+    return hashlib.sha256(subject.encode("utf-8")).digest()[1] % 8 == 0
+
+
 def training_requests(requests: Sequence[dict[str, Any]], val_size: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation) requests about subjects that are not held out; validation subjects are not in train."""
+    """(train, validation) requests about subjects that are not held out, on disjoint subjects.
+
+    Validation takes ``val_size`` requests spread over its subjects and relations. No
+    training request keeps a neighbourhood prompt about a held-out or validation subject,
+    so their prompts are never seen in training, not even as locality prompts.
+    """
     pool = [r for r in requests if not held_out(r["subject"])]
-    val_subjects: list[str] = []
+    val_pool = [r for r in pool if _validation(r["subject"])]
+    val = val_pool[:: max(1, len(val_pool) // max(val_size, 1))][:val_size]
+    unseen = {r["subject"] for r in requests if held_out(r["subject"]) or _validation(r["subject"])}
+    train = []
     for r in pool:
-        if r["subject"] not in val_subjects and len(val_subjects) < val_size:
-            val_subjects.append(r["subject"])
-    val = [r for r in pool if r["subject"] in val_subjects]
-    seen: set[str] = set()
-    val = [r for r in val if not (r["subject"] in seen or seen.add(r["subject"]))]
-    return [r for r in pool if r["subject"] not in set(val_subjects)], val
+        if r["subject"] in unseen:
+            continue
+        near = [n for n in r.get("neighborhood_prompts", []) if not any(s in n["prompt"] for s in unseen)]
+        train.append({**r, "neighborhood_prompts": near})
+    return train, val
 
 
 def held_out_requests(requests: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -35,3 +47,10 @@ def held_out_requests(requests: Sequence[dict[str, Any]], n: int) -> list[dict[s
     seen: set[str] = set()
     out = [r for r in requests if held_out(r["subject"]) and not (r["subject"] in seen or seen.add(r["subject"]))]
     return out[:n]
+
+
+def split_by_subject(requests: Sequence[dict[str, Any]], val_size: int) -> tuple[list[dict], list[dict]]:
+    """A user's requests as (train, validation) on disjoint subjects (about one in eight for validation)."""
+    val_pool = [r for r in requests if _validation(r["subject"])]
+    val = val_pool[:: max(1, len(val_pool) // max(val_size, 1))][:val_size]
+    return [r for r in requests if not _validation(r["subject"])], val
