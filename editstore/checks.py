@@ -101,7 +101,9 @@ def version_index(store: Store, tree: Sequence[str], *, embed: EmbedderFactory |
         index = ConflictIndex(root, backend, store.base_fingerprint, flat_max)
     changed = index.sync(tree, semantic=_semantic_vectors(store, backend, embed),
                          keys=lambda new: delta_keys(store, new, whitener))
-    index.whitening = {p: whitener.source(p) for p in index.keys}
+    whitening = {p: whitener.source(p) for p in index.keys}
+    changed |= whitening != index.whitening
+    index.whitening = whitening
     if persist and (changed or not (root / "manifest.json").is_file()):
         with store.locked():
             index.save()
