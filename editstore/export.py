@@ -72,7 +72,7 @@ def export_peft(store: Store, rev: str, out: str | Path) -> Path:
     r = max(ranks.values())
     config = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": "SEQ_2_SEQ_LM" if store.base.config.get("is_encoder_decoder") else "CAUSAL_LM",
         "base_model_name_or_path": str(store.base.path),
         "target_modules": sorted(ranks),
         "r": r,

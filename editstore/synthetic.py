@@ -30,6 +30,19 @@ TINY_CONFIGS = {
 }
 
 
+SEQ2SEQ_CONFIGS = {
+    "t5": dict(model_type="t5", num_layers=2, num_decoder_layers=2, d_model=32, d_ff=48, d_kv=8, num_heads=4,
+               vocab_size=128, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+    "bart": dict(model_type="bart", encoder_layers=2, decoder_layers=2, d_model=32, encoder_ffn_dim=48,
+                 decoder_ffn_dim=48, encoder_attention_heads=4, decoder_attention_heads=4, max_position_embeddings=64,
+                 vocab_size=128, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2),
+    "marian": dict(model_type="marian", encoder_layers=2, decoder_layers=2, d_model=32, encoder_ffn_dim=48,
+                   decoder_ffn_dim=48, encoder_attention_heads=4, decoder_attention_heads=4,
+                   max_position_embeddings=64, vocab_size=128, pad_token_id=127, eos_token_id=0,
+                   decoder_start_token_id=127),
+}
+
+
 def tiny_model(
     arch: str,
     out: str | Path,
@@ -39,13 +52,15 @@ def tiny_model(
     max_shard_size: str | None = None,
     **overrides: object,
 ) -> Path:
-    """Save a randomly initialised ``arch`` model (a key of :data:`TINY_CONFIGS`) to ``out``; shard it when asked."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Save a randomly initialised ``arch`` model (a key of :data:`TINY_CONFIGS` or :data:`SEQ2SEQ_CONFIGS`)
+    to ``out``; shard it when asked."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    params = {**TINY_CONFIGS[arch], **overrides}
+    seq2seq = arch in SEQ2SEQ_CONFIGS
+    params = {**(SEQ2SEQ_CONFIGS if seq2seq else TINY_CONFIGS)[arch], **overrides}
     config = AutoConfig.for_model(params.pop("model_type"), **params)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config).to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     return Path(out)
