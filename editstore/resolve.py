@@ -67,13 +67,10 @@ class Group:
         return torch.cat([getattr(d.factors[param], part).double() for d in self.deltas], dim=1)
 
 
-def _resolvable(delta: Delta, hparams: dict[str, Any] | None, method: str) -> bool:
+def _resolvable(delta: Delta, hp: Hparams | None) -> bool:
     """Keys and targets on every factor, exactly the hparams' modules, and z when it spans layers."""
-    if not hparams or method not in LOCATE_METHODS:
+    if hp is None or hp.method not in LOCATE_METHODS or any(f.keys is None for f in delta.factors.values()):
         return False
-    if any(f.keys is None for f in delta.factors.values()):
-        return False
-    hp = Hparams.from_json(hparams)
     params = {f"{hp.module_name(layer)}.weight" for layer in hp.layers}
     last = delta.factors.get(f"{hp.module_name(hp.layers[-1])}.weight")
     return set(delta.factors) == params and (len(hp.layers) == 1 or (last is not None and last.hidden is not None))
@@ -83,15 +80,20 @@ def plan(store: Store, tree: Sequence[str]) -> tuple[dict[str, list[Factors]], l
     """Split ``tree`` into the factors added as they are and the groups to re-solve, in tree order."""
     fixed: dict[str, list[Factors]] = {}
     groups: dict[str, Group] = {}
+    parsed: dict[str, Hparams] = {}  # each distinct hparams validated once
     records = store.edits(tree)
     for eid in tree:
         edit = records[eid]
         delta = store.load_delta(eid, record=edit)
-        if not _resolvable(delta, edit.hparams, edit.method):
+        key = sha256_json(edit.hparams) if edit.hparams else ""
+        if key and key not in parsed:
+            parsed[key] = Hparams.from_json(edit.hparams)
+        hp = parsed.get(key) if edit.method in LOCATE_METHODS else None
+        if not _resolvable(delta, hp):
             for param, f in delta.factors.items():
                 fixed.setdefault(param, []).append(f)
             continue
-        group = groups.setdefault(sha256_json(edit.hparams), Group(Hparams.from_json(edit.hparams)))
+        group = groups.setdefault(key, Group(hp))
         group.edits.append(eid)
         group.deltas.append(delta)
         group.requests.append(edit.request or {})
