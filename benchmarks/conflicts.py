@@ -41,7 +41,7 @@ from editstore.checkout import load_model
 from editstore.checks import make_embedder, prompts_of, prospective_keys, version_checker
 from editstore.conflicts import Checker, Thresholds
 from editstore.editing import edit, resolve_hparams
-from editstore.index import ConflictIndex
+from editstore.index import ROWS, ConflictIndex
 from editstore.methods import find_hparams
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.conflict_cases import EXPECTED, KINDS, conflict_cases, distinct_subject_requests
@@ -135,7 +135,7 @@ def scale(a: argparse.Namespace) -> None:
             times.append(time.perf_counter() - start)
         queries = sem[rng.integers(0, n, 100)]
         exact = np.argsort(-(queries @ sem.T), axis=1)[:, :10]
-        approx = index.semantic.search(queries, 10)[1]
+        approx = index.semantic.search(queries, 10)[1] // ROWS  # FAISS ids are edit number · ROWS + row
         recall = np.mean([len(set(e) & set(a_)) / 10 for e, a_ in zip(exact, approx)])
     ms = sorted(t * 1e3 for t in times)
     table = Table("measure", "value", "bar", title=f"one prospective check against {n:,} indexed edits "
