@@ -3,7 +3,8 @@
 An editor object holds the editor's state (the shared transforms, per-layer scales,
 shifts and step sizes, the running input statistics) as tensors, and in its header the
 JSON object ``{"format": "editstore-editor", "version": 1, "base": ..., "method": "mend",
-"modules": [...], "shapes": [...], "mend": {...}, "hparams": {...}}``. A row of the
+"modules": [...], "shapes": [...], "mend": {...}, "hparams": {...}}`` described by
+``schemas/editor-metadata.schema.json``. A row of the
 ``editors`` table names it with its training metrics; ``gc`` keeps editor objects. The
 newest editor of the store's base is the one ``editstore edit --method mend`` uses.
 """
@@ -19,11 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .errors import EditStoreError, InvalidDeltaError
+from .errors import EditStoreError, InvalidDeltaError, SchemaError
 from .hashing import canonical_json
 from .methods.hparams import Hparams
 from .methods.mend import Editor, MendHparams
 from .records import now
+from .schema import validate
 
 if TYPE_CHECKING:
     from .store import Store
@@ -57,11 +59,10 @@ def editor_from_bytes(data: bytes, *, source: str = "editor") -> tuple[Editor, d
         tensors = st_load(data)
         n = int.from_bytes(data[:8], "little")
         header = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["editstore"])
-        if header.get("format") != FORMAT:
-            raise ValueError(f"format {header.get('format')!r}")
+        validate(header, "editor-metadata", what=f"{source} header")
         editor = Editor(header["modules"], [tuple(s) for s in header["shapes"]], MendHparams(**header["mend"]))
         editor.load_state_dict(tensors)
-    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (SafetensorError, SchemaError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise InvalidDeltaError(f"{source} is not an editstore editor: {exc}") from None
     return editor.eval(), header
 

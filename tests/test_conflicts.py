@@ -13,6 +13,7 @@ from editstore.checks import INDEX_DIR, check_prospective, version_conflicts
 from editstore.conflicts import ConflictError
 from editstore.editing import edit
 from editstore.index import ConflictIndex
+from editstore.schema import validate
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
@@ -94,6 +95,8 @@ def test_a_contradiction_is_refused_and_leaves_the_store_unchanged(store: Store,
     assert [r["kind"] for r in rows] == ["contradiction"] and rows[0]["commit_id"] == store.head()
     listed = json.loads(invoke("--store", store.root, "conflicts", "--json"))
     assert any(c["kind"] == "contradiction" and c["edit"] == store.tree()[-1] for c in listed)
+    for c in listed + [json.loads(r["detail"]) for r in rows]:
+        validate(c, "conflict")
     # the prospective check from the CLI
     checked = invoke("--store", store.root, "conflicts", "--prompt", contradiction.request["prompt"], "--subject",
                      contradiction.request["subject"], "--target", "Oslo", "--json", code=3)
