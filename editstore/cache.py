@@ -16,7 +16,6 @@ file's mtime), after each checkout and by ``editstore gc``; deleting it loses no
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
-from .checkpoint import DTYPES
+from .checkpoint import DTYPES, safetensors_header
 from .hashing import sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,9 @@ class ComposedCache:
             with open(path, "rb") as fh:
                 data = bytearray(os.fstat(fh.fileno()).st_size)  # one copy: the tensor is a view of it
                 fh.readinto(data)
-            header_len = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8 : 8 + header_len])
+            header, start = safetensors_header(data)
             entry = header[TENSOR]
-            begin, end = (8 + header_len + offset for offset in entry["data_offsets"])
+            begin, end = (start + offset for offset in entry["data_offsets"])
             want = (header.get("__metadata__") or {}).get("sha256")
             ok = want == sha256_bytes(memoryview(data)[begin:end])
             dtype = DTYPES[entry["dtype"]]

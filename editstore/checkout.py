@@ -158,8 +158,8 @@ class Composition:
         return new
 
 
-def _composed(base: Checkpoint, composition: Composition, param: str, weight: torch.Tensor | None,
-              *, base_hashes: Mapping[str, str], device: torch.device) -> torch.Tensor:
+def _composed(base: Checkpoint, composition: Composition, param: str, *, base_hashes: Mapping[str, str],
+              device: torch.device) -> torch.Tensor:
     """The new value of ``param``: from the cache, or the verified base weight plus its factors."""
     info = base.info(param)
     hit = composition.cached(param)
@@ -167,8 +167,7 @@ def _composed(base: Checkpoint, composition: Composition, param: str, weight: to
         return hit
     raw = base.read_bytes(param)
     _verify(raw, param, base_hashes)
-    if weight is None:
-        weight = torch.frombuffer(bytearray(raw), dtype=info.torch_dtype).reshape(info.shape)
+    weight = torch.frombuffer(bytearray(raw), dtype=info.torch_dtype).reshape(info.shape)
     return composition.compose(param, weight, orientation=base.orientations[param], device=device)
 
 
@@ -204,7 +203,7 @@ def write_checkout(
             shutil.copyfile(base.path / file, staging / file)
             with open(staging / file, "r+b") as fh:
                 for param in touched:
-                    new = _composed(base, composition, param, None, base_hashes=base_hashes, device=device)
+                    new = _composed(base, composition, param, base_hashes=base_hashes, device=device)
                     fh.seek(base.info(param).begin)
                     fh.write(tensor_bytes(new.cpu()))
                     if progress:
@@ -244,7 +243,7 @@ def load_model(
             if name is None:
                 raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
             p = model.get_parameter(name)
-            new = _composed(base, composition, param, None, base_hashes=base_hashes, device=device)
+            new = _composed(base, composition, param, base_hashes=base_hashes, device=device)
             p.data = new.to(device=p.device, dtype=p.dtype)
             if progress:
                 progress(param)

@@ -61,6 +61,15 @@ class TensorInfo:
         return DTYPES[self.dtype]
 
 
+def safetensors_header(data: bytes | bytearray) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header of safetensors bytes in memory and the offset where their data starts.
+
+    Raises ``ValueError`` (a ``json.JSONDecodeError``) when the header is not JSON.
+    """
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]), 8 + n
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     """The parsed JSON header of a safetensors file and the offset where its data starts."""
     with open(path, "rb") as fh:

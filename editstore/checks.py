@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def prompts_of(requests: Sequence[dict[str, Any]]) -> list[str]:
     return [fill(r["prompt"], r["subject"]) for r in requests]
 
 
-def _semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None) -> Callable[[list[str]], dict[str, np.ndarray]]:
+def semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None) -> Callable[[list[str]], dict[str, np.ndarray]]:
     """Stored embeddings of edits; the missing ones computed (and stored) when ``embed`` is given."""
 
     def vectors(edits: list[str]) -> dict[str, np.ndarray]:
@@ -99,7 +100,7 @@ def version_index(store: Store, tree: Sequence[str], *, embed: EmbedderFactory |
         index = None
     if index is None:
         index = ConflictIndex(root, backend, store.base_fingerprint, flat_max)
-    changed = index.sync(tree, semantic=_semantic_vectors(store, backend, embed),
+    changed = index.sync(tree, semantic=semantic_vectors(store, backend, embed),
                          keys=lambda new: delta_keys(store, new, whitener))
     whitening = {p: whitener.source(p) for p in index.keys}
     changed |= whitening != index.whitening
@@ -140,18 +141,24 @@ def rebuild_index(store: Store, *, device: torch.device | None = None) -> Confli
     return version_index(store, store.tree("HEAD"), embed=lazy_embedder(store, device), persist=True)
 
 
+def check_edits(store: Store, checker: Checker, edits: Sequence[str], vectors: Mapping[str, np.ndarray],
+                requests: Mapping[str, dict[str, Any]]) -> list[Conflict]:
+    """Conflicts of stored ``edits`` (with their embeddings, requests and recorded keys) with the checker's version."""
+    keys = delta_keys(store, edits, Whitener(store))
+    return checker.check([requests[e] for e in edits], torch.from_numpy(np.stack([vectors[e] for e in edits])),
+                         [keys.get(e, {}) for e in edits], edits=edits)
+
+
 def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device | None = None) -> list[Conflict]:
     """Every conflict between two edits of the version ``rev``, each pair once (the later edit first)."""
     tree = store.tree(rev)
     checker = version_checker(store, tree, embed=lazy_embedder(store, device), head=store.resolve(rev) == store.head())
     ids = [e for e in tree if e in checker.requests]
-    vectors = embedding_rows(store, ids, checker.index.backend)
+    vectors = checker.index.semantic_vectors(ids)  # the embeddings the index was just synced with
     ids = [e for e in ids if e in vectors]
     if not ids:
         return []
-    keys = delta_keys(store, ids, Whitener(store))
-    found = checker.check([checker.requests[e] for e in ids], torch.from_numpy(np.stack([vectors[e] for e in ids])),
-                          [keys.get(e, {}) for e in ids], edits=ids)
+    found = check_edits(store, checker, ids, vectors, checker.requests)
     order = {e: i for i, e in enumerate(tree)}
     pairs: dict[tuple[str, str, str], Conflict] = {}  # each pair once, the later edit first
     for c in found:
@@ -181,6 +188,27 @@ def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, reque
     return out
 
 
+@dataclass
+class Precheck:
+    """Requests checked against HEAD's version before anything is computed (no interference yet)."""
+
+    base: torch.nn.Module  # the base, loaded once and unedited: the embeddings come from it
+    checker: Checker
+    vectors: torch.Tensor  # the requests' prompt embeddings
+    conflicts: list[Conflict]
+
+
+def precheck(store: Store, requests: Sequence[dict[str, Any]], tree: Sequence[str], *, device: torch.device) -> Precheck:
+    """Load the base, embed ``requests`` and check them against ``tree`` (HEAD's) and each other."""
+    from .checkout import load_model
+
+    model = load_model(store.base, {}, device=device, base_hashes={})
+    embedder = make_embedder(store, model)
+    checker = version_checker(store, tree, embed=lambda: embedder, head=True)
+    vectors = embedder.embed(prompts_of(requests))
+    return Precheck(model, checker, vectors, checker.check(requests, vectors))
+
+
 def check_prospective(
     store: Store,
     requests: Sequence[dict[str, Any]],
@@ -191,17 +219,14 @@ def check_prospective(
     """Conflicts of requests that are not edits yet with HEAD's version and with each other (interference
     at the modules ``method``'s packaged hparams edit), and the requests' embeddings."""
     from .behavior import load_tokenizer
-    from .checkout import load_model
     from .editing import resolve_hparams
 
     device = device or torch.device("cpu")
     hp = resolve_hparams(store, method)
-    model = load_model(store.base, {}, device=device, base_hashes={})
-    embedder = make_embedder(store, model)
-    vectors = embedder.embed(prompts_of(requests))
-    checker = version_checker(store, store.tree("HEAD"), embed=lambda: embedder, head=True)
-    found = checker.check(requests, vectors)
+    pre = precheck(store, requests, store.tree("HEAD"), device=device)
+    found = pre.conflicts
     if hp.method != "ft":
-        model = store.checkout("HEAD", device=device, into=model)
-        found += checker.interference(requests, prospective_keys(store, model, load_tokenizer(store), requests, hp), found)
-    return found, vectors
+        model = store.checkout("HEAD", device=device, into=pre.base)
+        keys = prospective_keys(store, model, load_tokenizer(store), requests, hp)
+        found += pre.checker.interference(requests, keys, found)
+    return found, pre.vectors

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KINDS = ("contradiction", "duplicate", "semantic", "interference")
 BLOCKING = ("contradiction",)
 NEIGHBOURS = 10
 

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import DTYPES, FLOAT_DTYPES, Checkpoint
+from .checkpoint import DTYPES, FLOAT_DTYPES, Checkpoint, safetensors_header
 from .errors import InvalidDeltaError, SchemaError
 from .hashing import canonical_json
 from .schema import validate
@@ -162,9 +162,7 @@ def low_rank_factors(data: bytes) -> dict[str, Factors]:
     The fast path of composition, which reads every delta of a version: the header is
     parsed once and U, V are copied straight out of ``data`` (keys and targets are skipped).
     """
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    start = 8 + n
+    header, start = safetensors_header(data)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, entry in header.items():
         param, _, part = name.rpartition(".")
@@ -177,8 +175,7 @@ def low_rank_factors(data: bytes) -> dict[str, Factors]:
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    return safetensors_header(data)[0].get("__metadata__") or {}
 
 
 def _parse_header(metadata: dict[str, str], source: str, *, schema: bool = True) -> dict[str, Any]:

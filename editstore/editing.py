@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .behavior import load_tokenizer
-from .checks import make_embedder, prompts_of, version_checker
+from .checks import precheck
 from .checkout import load_model
 from .compose import resolve_device
 from .conflicts import ConflictError, blocking
@@ -145,22 +145,19 @@ def edit(
     tokenizer = load_tokenizer(store)
     head = store.head()
     tree = store.tree(head)
-    model = load_model(store.base, {}, device=dev, base_hashes={})  # the base: embeddings, then the version
-    embedder = make_embedder(store, model)
-    checker = version_checker(store, tree, embed=lambda: embedder, head=True)
-    vectors = embedder.embed(prompts_of(requests))
-    found = checker.check(requests, vectors)
+    pre = precheck(store, requests, tree, device=dev)
+    found = pre.conflicts
     if blocking(found) and not force:
         raise ConflictError(blocking(found))
     sigmas = sigmas_for(store, hp, tokenizer, device=dev, progress=progress)
-    model = store.checkout(head, device=dev, into=model)
+    model = store.checkout(head, device=dev, into=pre.base)
     advance = progress(f"{method} edits", len(requests)) if progress else None
     result = compute_edits(
         model, tokenizer, requests, hp, sigmas=sigmas, editor=editor,
         prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
     )
     whitener = Whitener(store)
-    found += checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
+    found += pre.checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
     for c in found:
         log.warning("%s", c.describe())
     batch = {"batch": len(requests)} if len(requests) > 1 else {}
@@ -168,8 +165,8 @@ def edit(
         NewEdit(delta, method, request=r, hparams=hp.to_json(),
                 info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info,
                       **({"editor": about["id"]} if editor is not None else {})},
-                embedding=(embedder.name, v), conflicts=[c.to_json() for c in found if c.request is r])
-        for delta, r, b, a, v in zip(result.deltas, requests, result.nll_before, result.nll_after, vectors)
+                embedding=(pre.checker.index.backend, v), conflicts=[c.to_json() for c in found if c.request is r])
+        for delta, r, b, a, v in zip(result.deltas, requests, result.nll_before, result.nll_after, pre.vectors)
     ]
     default = f"{method}: {_describe(requests[0])}" + (f" and {len(requests) - 1} more" if len(requests) > 1 else "")
     return store.record_edits(new, message=message or default, expected_head=head)

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .checkpoint import safetensors_header
 from .errors import EditStoreError, InvalidDeltaError, SchemaError
 from .hashing import canonical_json
 from .methods.hparams import Hparams
@@ -57,8 +58,7 @@ def editor_from_bytes(data: bytes, *, source: str = "editor") -> tuple[Editor, d
     """The editor and its header from object bytes."""
     try:
         tensors = st_load(data)
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["editstore"])
+        header = json.loads(safetensors_header(data)[0]["__metadata__"]["editstore"])
         validate(header, "editor-metadata", what=f"{source} header")
         editor = Editor(header["modules"], [tuple(s) for s in header["shapes"]], MendHparams(**header["mend"]))
         editor.load_state_dict(tensors)

@@ -20,13 +20,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from .checks import lazy_embedder, prompts_of, version_checker
-from .conflicts import Conflict, ConflictError, blocking
+from .checks import check_edits, lazy_embedder, semantic_vectors, version_checker
+from .conflicts import Conflict, ConflictError, blocking, tree_requests
 from .errors import RevisionError
-from .index import Whitener, delta_keys, embedding_rows
 
 if TYPE_CHECKING:
     from .store import Store
@@ -125,13 +123,7 @@ def _conflicts(store: Store, ours_only: list[str], incoming: list[str], device: 
         return []
     embed = lazy_embedder(store, device)
     checker = version_checker(store, ours_only, embed=embed, head=False)
-    requests = store.edits(incoming)
-    ids = [e for e in incoming if requests[e].request]
-    vectors = embedding_rows(store, ids, checker.index.backend)
-    missing = [e for e in ids if e not in vectors]
-    if missing:  # edits made before conflicts were indexed, or on another backend
-        computed = embed().embed(prompts_of([requests[e].request for e in missing]))
-        vectors.update((e, v.numpy()) for e, v in zip(missing, computed))
-    keys = delta_keys(store, ids, Whitener(store))
-    return checker.check([requests[e].request for e in ids], torch.from_numpy(np.stack([vectors[e] for e in ids])),
-                         [keys.get(e, {}) for e in ids], edits=ids) if ids else []
+    vectors = semantic_vectors(store, checker.index.backend, embed)(incoming)  # missing ones computed and kept
+    requests = tree_requests(store, incoming)
+    ids = [e for e in incoming if e in requests and e in vectors]
+    return check_edits(store, checker, ids, vectors, requests) if ids else []

@@ -105,7 +105,7 @@ def embedding_row(edit: str, backend: str, vector: torch.Tensor) -> dict[str, An
     return {"edit": edit, "backend": backend, "vector": vector.detach().float().cpu().numpy().astype("<f4").tobytes()}
 
 
-def conflict_row(edit: str, conflict: dict[str, Any], commit_id: str | None = None) -> dict[str, Any]:
-    """A row of the ``conflicts`` table from :meth:`Conflict.to_json` (``commit_id`` None: the commit being made)."""
+def conflict_row(commit_id: str, edit: str, conflict: dict[str, Any]) -> dict[str, Any]:
+    """A row of the ``conflicts`` table: ``conflict`` (:meth:`Conflict.to_json`) of ``edit``, made in ``commit_id``."""
     return {"commit_id": commit_id, "edit": edit, "other": conflict.get("other"), "kind": conflict["kind"],
             "score": conflict["score"], "param": conflict.get("param"), "detail": json.dumps(conflict)}

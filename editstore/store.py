@@ -458,13 +458,10 @@ class Store:
             hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]
             edits = [self._store_edit(item) for item in new]
             tree = self.tree("HEAD") + [e.id for e in edits]
-            extra = {"embeddings": [], "conflicts": []}
-            for item, e in zip(new, edits):
-                if item.embedding is not None:
-                    extra["embeddings"].append(embedding_row(e.id, *item.embedding))
-                extra["conflicts"] += [conflict_row(e.id, c) for c in item.conflicts]
+            embeddings = [embedding_row(e.id, *item.embedding) for item, e in zip(new, edits) if item.embedding]
+            conflicts = [(e.id, c) for item, e in zip(new, edits) for c in item.conflicts]
             return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes,
-                                rows=extra)
+                                embeddings=embeddings, conflicts=conflicts)
 
     def write_commit(
         self,
@@ -482,8 +479,7 @@ class Store:
             if self.head() != expected_head:
                 raise HeadMovedError(f"HEAD moved from {expected_head[:12]} to {self.head()[:12]}; run it again")
             self.edits(tree)  # every edit exists
-            rows = {"conflicts": [conflict_row(e, c) for e, c in conflicts]}
-            return self._commit(tree, operation=operation, message=message, parents=parents, rows=rows)
+            return self._commit(tree, operation=operation, message=message, parents=parents, conflicts=conflicts)
 
     def import_delta(self, delta: str | Path | Delta, *, message: str, name: str | None = None) -> str:
         """Validate a delta file (or object) against the base and commit it as one edit."""
@@ -543,10 +539,12 @@ class Store:
         new_edits: Sequence[Edit] = (),
         parents: Sequence[str] | None = None,
         base_hashes: Sequence[dict[str, str]] = (),
-        rows: dict[str, list[dict[str, Any]]] | None = None,
+        embeddings: Sequence[dict[str, Any]] = (),
+        conflicts: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> str:
-        """Write one commit in one transaction (with ``rows``: table -> rows to insert; a ``commit_id``
-        of None is this commit's); the caller holds the writer lock. Then keep the conflict index on HEAD."""
+        """Write one commit in one transaction, with the new edits' embedding rows and the conflicts
+        (edit id, :meth:`Conflict.to_json`) it is made despite; the caller holds the writer lock.
+        Then keep the conflict index on HEAD."""
         commit = Commit(
             self.base_fingerprint, tuple(parents or [self.head()]), tree_id(tree), operation, message, author(), now()
         )
@@ -556,9 +554,8 @@ class Store:
             self.db["base_tensors"].insert_all(base_hashes, ignore=True)
             self.db["trees"].insert({"id": commit.tree, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
             self.db["commits"].insert(commit.row())
-            for table, items in (rows or {}).items():
-                self.db[table].insert_all([{**r, "commit_id": r.get("commit_id") or commit.id} if table == "conflicts"
-                                           else r for r in items], replace=True)
+            self.db["embeddings"].insert_all(embeddings, replace=True)
+            self.db["conflicts"].insert_all([conflict_row(commit.id, e, c) for e, c in conflicts])
             self._move_head(commit.id)
         log.info("commit %s (%s, %d edits)", commit.id[:12], operation, len(tree))
         self._after_move(tree)

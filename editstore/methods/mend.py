@@ -107,6 +107,10 @@ class Editor(nn.Module):
         u_t, d_t = out[:, :d_in], out[:, d_in:]
         return Factors(-self.lrs[i] * d_t.T, u_t.T)  # U (d_out, T), V (d_in, T)
 
+    def edit(self, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Factors]:
+        """Per edited module name, the factors of the (u, δ) pairs :func:`gradient_pairs` gave, in order."""
+        return {m: self.factors(i, u, d) for i, (m, (u, d)) in enumerate(zip(self.names, pairs))}
+
     @property
     def config(self) -> dict[str, Any]:
         return {"modules": self.names, "shapes": [list(s) for s in self.shapes]}
@@ -199,8 +203,8 @@ def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, A
             with patched(model, updates):
                 pairs = gradient_pairs(model, ex, editor.names, pad)
             with torch.no_grad():
-                factors = {f"{m}.weight": editor.factors(i, u, d) for i, (m, (u, d)) in enumerate(zip(editor.names, pairs))}
-            factors = {p: Factors(f.U.detach().cpu().contiguous(), f.V.detach().cpu().contiguous()) for p, f in factors.items()}
+                factors = {f"{m}.weight": Factors(f.U.cpu().contiguous(), f.V.cpu().contiguous())
+                           for m, f in editor.edit(pairs).items()}
             for p, f in factors.items():
                 updates.setdefault(p.removesuffix(".weight"), []).append((f.U, f.V))
             with patched(model, updates), torch.no_grad():
@@ -220,8 +224,7 @@ def meta_loss(model: nn.Module, editor: Editor, ex: Example, pad: int, c_loc: fl
         base = _last_logprobs(model, ex.locality, pad) if ex.locality else None
     pairs = gradient_pairs(model, ex, editor.names, pad)  # needs autograd on, whatever ``train`` is
     with torch.set_grad_enabled(train):
-        updates = {m: [(f.U, f.V)] for m, f in
-                   ((m, editor.factors(i, u, d)) for i, (m, (u, d)) in enumerate(zip(editor.names, pairs)))}
+        updates = {m: [(f.U, f.V)] for m, f in editor.edit(pairs).items()}
         return _after_edit(model, updates, ex, base, pad, c_loc)
 
 
