@@ -98,9 +98,8 @@ class VectorIndex:
 
     def _to_ivf(self, incoming: np.ndarray) -> None:
         """Rebuild as IVF, trained on what the index holds plus ``incoming``."""
-        n = self.size
-        held = self.index.reconstruct_batch(self._ids()) if n else np.zeros((0, self.dim), dtype=np.float32)
         ids = self._ids()
+        held = self.index.reconstruct_batch(ids) if len(ids) else np.zeros((0, self.dim), dtype=np.float32)
         sample = np.concatenate([held, incoming]).astype(np.float32)
         nlist = max(1, int(math.sqrt(len(sample))))
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -133,7 +132,7 @@ class VectorIndex:
 
 @dataclass
 class ConflictIndex:
-    """The semantic and key indexes of one tree, and the subjects of its edits."""
+    """The semantic and key indexes of one tree, with the FAISS ids of its edits."""
 
     root: Path
     backend: str
@@ -310,34 +309,49 @@ def embedding_rows(store: Store, edits: Sequence[str], backend: str) -> dict[str
     return out
 
 
+_INVERSE_SQRT: dict[str, torch.Tensor] = {}  # stats object id -> Σ^{-1/2}: content-addressed, so never stale
+_INVERSE_SQRT_KEPT = 8
+
+
 class Whitener:
-    """Σ^{-1/2} per module from the store's statistics (cached), to whiten keys."""
+    """Σ^{-1/2} per module from the store's statistics, to whiten keys.
+
+    The eigendecomposition is kept per stats object (for the process), so every
+    check, sync and edit that whitens with the same Σ computes it once.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._cache: dict[str, torch.Tensor | None] = {}
+        self._rows: dict[str, Any] = {}  # module -> its stats row (or None), looked up once
+
+    def _row(self, module: str) -> Any:
+        if module not in self._rows:
+            from .moments import find_stats
+
+            self._rows[module] = find_stats(self.store, module, None, 0)
+            if self._rows[module] is None:
+                log.info("no statistics for %s: its keys are compared unwhitened", module)
+        return self._rows[module]
 
     def source(self, param: str) -> str | None:
         """The stats object the keys of ``param`` are whitened by (None: unwhitened)."""
-        from .moments import find_stats
-
-        row = find_stats(self.store, param.removesuffix(".weight"), None, 0)
+        row = self._row(param.removesuffix(".weight"))
         return row.object if row else None
 
     def __call__(self, module: str) -> torch.Tensor | None:
-        if module not in self._cache:
-            from .moments import find_stats, load_sigma
+        from .moments import load_sigma
 
-            row = find_stats(self.store, module, None, 0)
-            if row is None:
-                log.info("no statistics for %s: its keys are compared unwhitened", module)
-                self._cache[module] = None
-            else:
-                sigma = load_sigma(self.store, row).double()
-                values, vectors = torch.linalg.eigh(sigma)
-                floor = values.clamp(min=0).mean() * 1e-6
-                self._cache[module] = (vectors * values.clamp(min=floor).rsqrt()) @ vectors.T
-        return self._cache[module]
+        row = self._row(module)
+        if row is None:
+            return None
+        if row.object not in _INVERSE_SQRT:
+            sigma = load_sigma(self.store, row).double()
+            values, vectors = torch.linalg.eigh(sigma)
+            floor = values.clamp(min=0).mean() * 1e-6
+            while len(_INVERSE_SQRT) >= _INVERSE_SQRT_KEPT:
+                _INVERSE_SQRT.pop(next(iter(_INVERSE_SQRT)))
+            _INVERSE_SQRT[row.object] = (vectors * values.clamp(min=floor).rsqrt()) @ vectors.T
+        return _INVERSE_SQRT[row.object]
 
     def whiten(self, param: str, keys: torch.Tensor) -> np.ndarray:
         """Keys (d_in, n) of ``param`` as unit rows (n, d_in) after Σ^{-1/2}."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .behavior import load_tokenizer
-from .checkout import Progress, load_model
+from .checkout import load_model
 from .checkpoint import CONV1D, Checkpoint
 from .delta import Delta, Factors
 from .editing import sigmas_for
@@ -118,7 +118,6 @@ def batched_factors(
     tree: Sequence[str],
     *,
     device: torch.device,
-    progress: Progress | None = None,
 ) -> dict[str, list[Factors]]:
     """Per parameter, the factors of the re-solved version: fixed ones, then one solution per group."""
     fixed, groups = plan(store, tree)
@@ -155,7 +154,5 @@ def batched_factors(
                 log.warning("%s: the joint solve of %d edits needed a pseudo-inverse", name, len(group.edits))
             solved.setdefault(f"{name}.weight", []).append(Factors(sol.U.float().cpu(), sol.V.float().cpu()))
         log.info("re-solved %d %s edit(s) jointly on %s", len(group.edits), hp.method, ", ".join(n for n, _ in layers))
-        if progress:
-            progress(f"{hp.method} ×{len(group.edits)}")
     return {p: fixed.get(p, []) + solved.get(p, []) for p in sorted(set(fixed) | set(solved))}
 

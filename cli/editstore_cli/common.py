@@ -64,3 +64,20 @@ def read_requests(prompt: str | None, subject: str | None, target: str | None, t
     if not all(single):
         raise click.UsageError("give --prompt, --subject and --target (or --requests FILE)")
     return [make_request(prompt, subject, target, target_true)]
+
+
+def _layers(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        layers = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        layers = ()
+    if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of distinct layers, like 1,2,3", param=param)
+    return layers
+
+
+def layers_option(help: str) -> Any:
+    """--layers 1,2,3: distinct layer numbers of the method's module template (None when not given)."""
+    return click.option("--layers", callback=_layers, help=help)

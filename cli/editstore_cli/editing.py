@@ -17,7 +17,7 @@ from editstore.editing import edit as run_edit
 from editstore.methods import METHODS, load_hparams
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
 
-from .common import device_option, open_store, read_requests, request_options, store_option
+from .common import device_option, layers_option, open_store, read_requests, request_options, store_option
 
 
 @contextlib.contextmanager
@@ -72,13 +72,13 @@ def stats() -> None:
               help="Plain text (one text per line) or JSONL with a \"text\" field.")
 @click.option("--samples", type=int, default=100_000, show_default=True, help="Texts to stream (at most).")
 @click.option("--module", "modules", multiple=True, help="Module name (repeatable).")
-@click.option("--layers", help="Comma-separated layers of the method's module template (e.g. 3,4,5).")
+@layers_option("Comma-separated layers of the method's module template (e.g. 3,4,5).")
 @click.option("--method", type=click.Choice(METHODS), default="memit", show_default=True,
               help="Whose hparams give the module template and default layers.")
 @device_option
 @store_option
 @click.pass_context
-def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple[str, ...], layers: str | None,
+def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple[str, ...], layers: tuple[int, ...] | None,
                   method: str, device: str, store_dir: Path | None) -> None:
     """Stream CORPUS through the base and store Σ per module."""
     from editstore.editing import resolve_hparams
@@ -87,11 +87,7 @@ def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple
     names = list(modules)
     if not names:
         hp = resolve_hparams(store, method)
-        try:
-            picked = [int(x) for x in layers.split(",")] if layers else list(hp.layers)
-        except ValueError:
-            raise click.BadParameter(f"{layers!r} is not a comma-separated list of layer numbers", param_hint="--layers") from None
-        names = [hp.module_name(layer) for layer in picked]
+        names = [hp.module_name(layer) for layer in layers or hp.layers]
     loaded = read_corpus(corpus)
     texts = loaded.texts(samples)
     model = load_model(store.base, {}, device=resolve_device(device), base_hashes={})

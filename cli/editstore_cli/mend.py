@@ -14,7 +14,7 @@ from editstore.editing import resolve_hparams
 from editstore.editors import editor_rows, train_mend
 from editstore.methods import load_hparams
 
-from .common import device_option, json_option, open_store, requests_option, store_option
+from .common import device_option, json_option, layers_option, open_store, requests_option, store_option
 from .output import echo_json, print_table
 
 
@@ -24,7 +24,7 @@ def mend() -> None:
 
 
 @mend.command("train")
-@click.option("--layers", help="Comma-separated layers to edit (default: the packaged hparams').")
+@layers_option("Comma-separated layers to edit (default: the packaged hparams').")
 @click.option("--steps", type=click.IntRange(min=1), help="Meta-training steps at most (default: the hparams').")
 @click.option("--hparams", "hparams_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="MEND hyperparameters JSON (default: the packaged file for the base's architecture).")
@@ -33,19 +33,13 @@ def mend() -> None:
 @device_option
 @store_option
 @click.pass_context
-def train(ctx: click.Context, layers: str | None, steps: int | None, hparams_file: Path | None,
+def train(ctx: click.Context, layers: tuple[int, ...] | None, steps: int | None, hparams_file: Path | None,
           requests_file: Path | None, device: str, store_dir: Path | None) -> None:
     """Meta-train an editor for the store's base and store it; prints its id."""
     store = open_store(ctx, store_dir)
     hp = resolve_hparams(store, "mend", load_hparams(hparams_file) if hparams_file else None)
     if layers:
-        try:
-            chosen = tuple(int(x) for x in layers.split(","))
-        except ValueError:
-            chosen = ()
-        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
-            raise click.BadParameter(f"{layers!r} is not a list of distinct layers, like 1,2,3", param_hint="--layers")
-        hp = resolve_hparams(store, "mend", hp.replace(layers=chosen))
+        hp = resolve_hparams(store, "mend", hp.replace(layers=layers))
     if steps:
         hp = hp.replace(**{"mend.steps": steps})
     requests = load_requests(requests_file) if requests_file else None

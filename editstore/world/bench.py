@@ -26,16 +26,16 @@ from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
 from ..hashing import sha256_json
 from ..methods.mend import Editor, train_editor
 from .build import CORPUS_FILE, build_world, cache_root, read_jsonl
-from .splits import held_out_requests, training_requests
+from .splits import held_out_requests, one_per_subject, training_requests
 
 
 class WorldBench:
     """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
 
     def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3) -> None:
-        self.mend_training: dict[str, Any] = {}
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.mend_training: dict[str, Any] = {}
         self.arch = arch
         self.path: Path = build_world(arch)
         self.model = AutoModelForCausalLM.from_pretrained(self.path).eval()
@@ -49,10 +49,7 @@ class WorldBench:
         corpus = (self.path / CORPUS_FILE).read_text().splitlines()
         sigmas, _ = second_moment(self.model, self.tokenizer, corpus, [self.model.get_submodule(m) for m in modules])
         self.sigmas = dict(zip(modules, sigmas))
-        seen: set[str] = set()
-        self.requests = [
-            r for r in read_jsonl(self.path / "requests.jsonl")[::stride] if not (r["subject"] in seen or seen.add(r["subject"]))
-        ]
+        self.requests = one_per_subject(read_jsonl(self.path / "requests.jsonl")[::stride])
 
     def take(self, n: int, offset: int = 0) -> list[dict[str, Any]]:
         """``n`` requests spread evenly over the world (distinct subjects)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .knowledge import RELATIONS
+from .splits import one_per_subject
 
 KINDS = ("contradiction", "duplicate", "other-subject", "other-relation")
 EXPECTED = {"contradiction": "contradiction", "duplicate": "duplicate", "other-subject": None, "other-relation": None}
@@ -56,10 +57,6 @@ def distinct_subject_requests(requests: Sequence[dict[str, Any]], n: int, *, see
     rng = random.Random(seed)
     pool = list(requests)
     rng.shuffle(pool)
-    chosen, seen = [], set()
-    for r in pool:
-        if r["subject"] not in seen and len(chosen) < n:
-            chosen.append(r)
-            seen.add(r["subject"])
-    free = sorted({r["subject"] for r in requests} - seen)
+    chosen = one_per_subject(pool)[:n]
+    free = sorted({r["subject"] for r in requests} - {r["subject"] for r in chosen})
     return chosen, free

@@ -12,6 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def one_per_subject(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first request of each subject, in order."""
+    seen: set[str] = set()
+    return [r for r in requests if not (r["subject"] in seen or seen.add(r["subject"]))]
+
+
 def held_out(subject: str) -> bool:
     """True for the subjects kept out of editor training."""
     return hashlib.sha256(subject.encode("utf-8")).digest()[0] % 4 == 0
@@ -44,9 +50,7 @@ def training_requests(requests: Sequence[dict[str, Any]], val_size: int) -> tupl
 
 def held_out_requests(requests: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """``n`` requests about distinct held-out subjects."""
-    seen: set[str] = set()
-    out = [r for r in requests if held_out(r["subject"]) and not (r["subject"] in seen or seen.add(r["subject"]))]
-    return out[:n]
+    return one_per_subject([r for r in requests if held_out(r["subject"])])[:n]
 
 
 def split_by_subject(requests: Sequence[dict[str, Any]], val_size: int) -> tuple[list[dict], list[dict]]:
