@@ -1,6 +1,8 @@
 """The fact worlds: build time, recall, and where facts live (causal tracing averaged over facts).
 
-    python benchmarks/world.py [--arch gpt2 llama] [--facts 40]
+    python benchmarks/world.py [--arch gpt2 llama t5] [--facts 40]
+
+An encoder-decoder (t5) is traced over its encoder, the answer being its first output token.
 
 Builds each world (or reuses the cache; its world.json holds the time measured
 when it was built) and prints two tables.
@@ -14,7 +16,9 @@ import json
 import torch
 from rich.console import Console
 from rich.table import Table
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
+
+from editstore.checkpoint import from_pretrained
 
 from editstore.trace import causal_trace
 from editstore.world.build import build_world, read_jsonl
@@ -22,7 +26,7 @@ from editstore.world.build import build_world, read_jsonl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", nargs="+", default=["gpt2", "llama"])
+    parser.add_argument("--arch", nargs="+", default=["gpt2", "llama", "t5"])
     parser.add_argument("--facts", type=int, default=40, help="facts to trace per world")
     args = parser.parse_args()
     console = Console()
@@ -36,7 +40,7 @@ def main() -> None:
         info = json.loads((path / "world.json").read_text())
         build.add_row(arch, str(info["n_subjects"]), str(info["n_facts"]), f"{info['train_seconds']} ({info['threads']})",
                       f"{info['recall']['trained']:.3f}", f"{info['recall']['held_out']:.3f}")
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        model = from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
         facts = read_jsonl(path / "facts.jsonl")
         facts = facts[:: max(1, len(facts) // args.facts)][: args.facts]

@@ -192,6 +192,14 @@ class Checkpoint:
         )
 
 
+def from_pretrained(path: str | Path, **kwargs: Any) -> Any:
+    """Load the model directory at ``path`` with the class its config names (:func:`model_class`), in eval mode."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    return model_class(config).from_pretrained(path, **kwargs).eval()
+
+
 def model_class(config: Any) -> type:
     """The transformers model class named by the config's ``architectures``, else a causal-LM auto class."""
     import transformers

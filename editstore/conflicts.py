@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .embeddings import relation_similarity
+from .requests import describe_target, edit_target
 from .errors import EditStoreError
 from .index import ConflictIndex, normalise_subject
 
@@ -92,11 +93,12 @@ class Thresholds:
 def fact(request: dict[str, Any]) -> str:
     """``'filled prompt' -> 'target'``."""
     prompt = request.get("prompt", "").replace("{}", request.get("subject", ""))
-    return f"{prompt!r} -> {request.get('target_new')!r}"
+    return f"{prompt!r} -> {describe_target(request)!r}"
 
 
 def same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return " ".join(str(a.get("target_new", "")).casefold().split()) == " ".join(str(b.get("target_new", "")).casefold().split())
+    """Both write the same target, or both suppress the same output."""
+    return edit_target(a) == edit_target(b)
 
 
 def tree_requests(store: Store, tree: Sequence[str]) -> dict[str, dict[str, Any]]:

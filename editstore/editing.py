@@ -26,6 +26,7 @@ from .conflicts import ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .editors import load_editor
 from .evaluate import fill
+from .requests import describe_target
 from .index import Whitener, whitened_keys
 from .methods import NO_STATISTICS, compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
@@ -40,28 +41,33 @@ log = logging.getLogger(__name__)
 ProgressFactory = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
 
 
-def make_request(prompt: str, subject: str, target_new: str, target_true: str | None = None) -> dict[str, Any]:
-    """A request from CLI-style pieces; a prompt without ``{}`` gets one where the subject first occurs."""
+def make_request(prompt: str, subject: str, target_new: str | None, target_true: str | None = None) -> dict[str, Any]:
+    """A request from CLI-style pieces; a prompt without ``{}`` gets one where the subject first occurs.
+
+    Without ``target_new`` the request is a behaviour deletion of ``target_true``.
+    """
     if "{}" not in prompt:
         if not subject or subject not in prompt:
             raise SubjectNotInPromptError(f"subject {subject!r} does not occur in the prompt {prompt!r} (and it has no {{}})")
         prompt = prompt.replace(subject, "{}", 1)
-    request = {"prompt": prompt, "subject": subject, "target_new": target_new}
+    request: dict[str, Any] = {"prompt": prompt, "subject": subject}
+    if target_new:
+        request["target_new"] = target_new
     if target_true:
         request["target_true"] = target_true
     return request
 
 
 def check_requests(requests: Sequence[dict[str, Any]]) -> None:
-    """Schema-valid, a target_new on each; raises a named error for the first bad one."""
+    """Schema-valid, with a target_new to write or a target_true to suppress; raises a named error for the first bad one."""
     if not requests:
         raise SchemaError("no edit requests")
     for i, r in enumerate(requests, 1):
         if isinstance(r.get("prompt"), str) and "{}" not in r["prompt"]:
             raise SubjectNotInPromptError(f"edit request {i}: the prompt {r['prompt']!r} has no {{}} where the subject goes")
         validate(r, "edit-request", what=f"edit request {i}")
-        if not r.get("target_new", "").strip():
-            raise SchemaError(f"edit request {i} has no target_new")
+        if not str(r.get("target_new") or r.get("target_true") or "").strip():
+            raise SchemaError(f"edit request {i} has neither a target_new nor a target_true to suppress")
 
 
 def resolve_hparams(store: Store, method: str, hparams: Hparams | None = None) -> Hparams:
@@ -173,4 +179,4 @@ def edit(
 
 
 def _describe(request: dict[str, Any]) -> str:
-    return f"{fill(request['prompt'], request['subject'])} -> {request['target_new']}"
+    return f"{fill(request['prompt'], request['subject'])} -> {describe_target(request)}"

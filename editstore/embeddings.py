@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import torch
 
 from .errors import ConfigError
-from .evaluate import pad_id, right_pad
+from .evaluate import pad_id
+from .forward import is_encoder_decoder, run
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +59,25 @@ class ModelEmbedder:
 
     def __post_init__(self) -> None:
         config = self.model.config
-        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+        layers = getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None) \
+            or config.num_hidden_layers  # T5, BART/Marian, causal LMs
         self.layers = (layers // 2, layers)  # indices into hidden_states: 0 is the embeddings
-        self.dim = 2 * (getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        self.dim = 2 * config.hidden_size
         self.name = f"model:{self.layers[0]},{self.layers[1]}"
 
     @torch.no_grad()
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
         pad = pad_id(self.tokenizer)
+        seq2seq = is_encoder_decoder(self.model)
         out = []
         for i in range(0, len(prompts), self.batch_size):
             rows = [self.tokenizer(p)["input_ids"] for p in prompts[i : i + self.batch_size]]
-            ids, mask = right_pad(rows, pad)
-            states = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
-            last = torch.tensor([len(r) - 1 for r in rows], device=device)
+            result = run(self.model, rows, pad, output_hidden_states=True)
+            # a causal LM's last prompt token; an encoder-decoder's first decoder position, which reads the prompt
+            states = result.decoder_hidden_states if seq2seq else result.hidden_states
+            last = torch.tensor([0 if seq2seq else len(r) - 1 for r in rows])
             halves = [
-                torch.nn.functional.normalize(states.hidden_states[layer][torch.arange(len(rows)), last].float(), dim=-1)
+                torch.nn.functional.normalize(states[layer][torch.arange(len(rows)), last].float(), dim=-1)
                 for layer in self.layers
             ]
             out.append(torch.cat(halves, dim=-1).cpu() / 2**0.5)

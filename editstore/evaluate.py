@@ -1,7 +1,8 @@
 """Scoring edits, CounterFact style: efficacy, paraphrase, specificity and fact recall.
 
 A (prompt, target) pair is scored by teacher forcing: the target's tokens follow
-the prompt's, and we read the summed log-probability of the target tokens and
+the prompt's (in a causal LM's sequence, or on an encoder-decoder's decoder side; see
+:mod:`editstore.forward`), and we read the summed log-probability of the target tokens and
 whether every target token is the argmax at its position (which is what greedy
 decoding would produce). Multi-token targets are therefore handled exactly.
 """
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .forward import next_token_logits, target_logits
+
 log = logging.getLogger(__name__)
 
 
@@ -26,36 +29,22 @@ class Score:
     top1: bool
 
 
-def score_logits(logits: torch.Tensor, input_ids: torch.Tensor, spans: Sequence[tuple[int, int]]) -> list[Score]:
-    """Score target spans from next-token logits.
-
-    logits: (B, T, V); input_ids: (B, T); spans[b] = (start, end) are the positions of
-    the target tokens in row b. Token t is predicted by the logits at t − 1.
-    """
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+def score_targets(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[Score]:
+    """Score targets from teacher-forced logits (B, W, V): ``[b, j]`` predicts ``targets[b][j]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, W, V)
     scores = []
-    for b, (start, end) in enumerate(spans):
-        targets = input_ids[b, start:end]  # (k,)
-        pred = logp[b, start - 1 : end - 1]  # (k, V)
-        lp = pred.gather(1, targets[:, None]).sum()
-        scores.append(Score(float(lp), bool((pred.argmax(-1) == targets).all())))
+    for b, target in enumerate(targets):
+        k = len(target)
+        pred = logp[b, :k]  # (k, V)
+        t = torch.tensor(target, device=pred.device)
+        lp = pred.gather(1, t[:, None]).sum()
+        scores.append(Score(float(lp), bool((pred.argmax(-1) == t).all())))
     return scores
 
 
 def pad_id(tokenizer: Any) -> int:
     """The tokenizer's pad id (0 when it has none; padded positions are masked anyway)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id rows as a right-padded batch: ids (B, T) and attention mask (B, T)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.tensor(r)
-        mask[b, : len(r)] = 1
-    return ids, mask
 
 
 def target_ids(tokenizer: Any, target: str) -> list[int]:
@@ -71,19 +60,14 @@ def score_pairs(
     model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 64
 ) -> list[Score]:
     """Score every (prompt, target) pair with teacher forcing, in right-padded batches."""
-    device = next(model.parameters()).device
     pad = pad_id(tokenizer)
     scores: list[Score] = []
     for i in range(0, len(pairs), batch_size):
-        rows, spans = [], []
-        for prompt, target in pairs[i : i + batch_size]:
-            p = tokenizer(prompt)["input_ids"]
-            t = target_ids(tokenizer, target)
-            rows.append(p + t)
-            spans.append((len(p), len(p) + len(t)))
-        ids, mask = right_pad(rows, pad)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.cpu()
-        scores.extend(score_logits(logits, ids, spans))
+        chunk = pairs[i : i + batch_size]
+        prompts = [tokenizer(prompt)["input_ids"] for prompt, _ in chunk]
+        targets = [target_ids(tokenizer, target) for _, target in chunk]
+        logits, _ = target_logits(model, prompts, targets, pad)
+        scores.extend(score_targets(logits.cpu(), targets))
     return scores
 
 
@@ -128,10 +112,13 @@ def evaluate_requests(
     paraphrase prompt; specificity: each neighbourhood prompt still prefers its own target over the
     request's target_new (a neighbour whose subject is itself one of ``requests`` is expected to
     change and is left out). ``*_top1``: greedy decoding yields target_new (resp. the neighbour's target).
+    A behaviour deletion (no target_new) succeeds where greedy decoding no longer yields its
+    target_true, i.e. its probability fell below the best alternative's, and its neighbours count
+    where greedy decoding still yields their own target (both variants).
     recall: greedy decoding yields the object for (prompt, object) facts no edit touched.
     """
     pairs: list[tuple[str, str]] = []
-    plan: list[tuple[str, int, int | None]] = []  # (kind, index of the new-target pair, index of the rival)
+    plan: list[Check] = []
 
     def add(prompt: str, target: str) -> int:
         pairs.append((prompt, target))
@@ -144,17 +131,23 @@ def evaluate_requests(
         prompts = [("efficacy", fill(r["prompt"], r["subject"]))] + [("paraphrase", p) for p in r.get("paraphrase_prompts", [])]
         for kind, prompt in prompts:
             if new:
-                plan.append((kind, add(prompt, new), add(prompt, true) if true else None))
+                plan.append(Check(kind, add(prompt, new), add(prompt, true) if true else None))
+            elif true:
+                plan.append(Check(kind, add(prompt, true), None, suppressed=True))
         for n in r.get("neighborhood_prompts", []):
-            if new and n["target"] != new and not any(s in n["prompt"] for s in others):
-                plan.append(("specificity", add(n["prompt"], n["target"]), add(n["prompt"], new)))
+            if n["target"] != new and not any(s in n["prompt"] for s in others):
+                own = add(n["prompt"], n["target"])
+                if new:
+                    plan.append(Check("specificity", own, add(n["prompt"], new)))
+                elif true:
+                    plan.append(Check("specificity", own, None, kept=True))
     recall_idx = [add(p, o) for p, o in recall_facts]
     scores = score_pairs(model, tokenizer, pairs, batch_size=batch_size)
 
     def rate(kind: str) -> tuple[float | None, float | None]:
-        rows = [(i, j) for k, i, j in plan if k == kind]
-        prob = _mean(scores[i].logprob > scores[j].logprob for i, j in rows if j is not None)
-        return prob, _mean(scores[i].top1 for i, _ in rows)
+        checks = [c for c in plan if c.kind == kind]
+        return (_mean(c.passed(scores) for c in checks if c.rival is not None or c.suppressed or c.kept),
+                _mean(c.passed(scores, top1=True) for c in checks))
 
     eff, eff1 = rate("efficacy")
     par, par1 = rate("paraphrase")
@@ -163,16 +156,31 @@ def evaluate_requests(
                    _mean(scores[i].top1 for i in recall_idx), len(recall_idx))
 
 
+@dataclass(frozen=True)
+class Check:
+    """One measurement: the pair that should win (or, ``suppressed``, lose) and its rival."""
+
+    kind: str
+    pair: int
+    rival: int | None
+    suppressed: bool = False  # a deletion: the pair must no longer be greedy decoding's output
+    kept: bool = False  # a deletion's neighbour: the pair must still be greedy decoding's output
+
+    def passed(self, scores: Sequence[Score], *, top1: bool = False) -> bool:
+        if self.suppressed:
+            return not scores[self.pair].top1
+        if top1 or self.kept:
+            return scores[self.pair].top1
+        assert self.rival is not None
+        return scores[self.pair].logprob > scores[self.rival].logprob
+
+
 @torch.no_grad()
 def next_tokens(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 64) -> list[tuple[int, float]]:
     """The greedy next token after each prompt and its probability."""
-    device = next(model.parameters()).device
     out: list[tuple[int, float]] = []
     for i in range(0, len(prompts), batch_size):
         rows = [tokenizer(p)["input_ids"] for p in prompts[i : i + batch_size]]
-        ids, mask = right_pad(rows, pad_id(tokenizer))
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        last = logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1].softmax(-1)  # (B, V)
-        p, tok = last.max(-1)
+        p, tok = next_token_logits(model, rows, pad_id(tokenizer)).float().softmax(-1).max(-1)
         out.extend(zip(tok.tolist(), p.tolist()))
     return out

@@ -138,10 +138,10 @@ def compute_stats(
 ) -> list[StatsRow]:
     """Stream ``texts`` (``corpus.texts(samples)``) through ``model`` (the base) once; store Σ of every module's input."""
     _check_modules(model, modules)
-    sigmas, count = second_moment(model, tokenizer, texts, [model.get_submodule(m) for m in modules], progress=progress)
+    sigmas, counts = second_moment(model, tokenizer, texts, [model.get_submodule(m) for m in modules], progress=progress)
     return [
-        save_stats(store, m, s, count, corpus=corpus.digest, samples=samples, source=corpus.path.name)
-        for m, s in zip(modules, sigmas)
+        save_stats(store, m, s, n, corpus=corpus.digest, samples=samples, source=corpus.path.name)
+        for m, s, n in zip(modules, sigmas, counts)
     ]
 
 

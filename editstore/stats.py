@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from .evaluate import pad_id, right_pad
+from .evaluate import pad_id
+from .forward import is_encoder_decoder, right_pad, run
 
 
 @torch.no_grad()
@@ -19,39 +20,46 @@ def second_moment(
     *,
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
-) -> tuple[Any, int]:
-    """(Σ (d_in, d_in) float64 per module, number of token positions) of the modules' inputs over ``texts``.
+) -> tuple[Any, Any]:
+    """(Σ (d_in, d_in) float64, number of keys) of each module's inputs over ``texts``.
 
-    Given one module, returns its Σ alone; given a sequence, a list in the same order.
-    Runs on the model's device; padding positions are left out.
+    Given one module, returns its Σ and count alone; given a sequence, lists in the same
+    order. Runs on the model's device. A causal LM's or an encoder's module sees every
+    token of a text (padding left out); an encoder-decoder's decoder module sees the one
+    position that produces the first output token (:func:`editstore.forward.run`), which is
+    where decoder edits read their keys.
     """
     single = isinstance(modules, torch.nn.Module)
     mods = [modules] if single else list(modules)
-    device = next(model.parameters()).device
     acc: list[torch.Tensor | None] = [None] * len(mods)
-    count = 0
+    counts = [0] * len(mods)
     current_mask: list[torch.Tensor] = []
+
+    decoder = set(map(id, model.get_decoder().modules())) if is_encoder_decoder(model) else set()
 
     def grab(i: int) -> Callable[..., None]:
         def hook(_m: Any, inputs: tuple[torch.Tensor, ...]) -> None:
-            k = inputs[0][current_mask[0].bool()].double()  # (tokens, d_in)
+            x = inputs[0]  # (B, T, d_in); T = 1 on the decoder side
+            k = (x[:, 0] if id(mods[i]) in decoder else x[current_mask[0]]).double()  # (keys, d_in)
             acc[i] = k.T @ k if acc[i] is None else acc[i] + k.T @ k
+            counts[i] += k.shape[0]
 
         return hook
 
+    device = next(model.parameters()).device
     handles = [m.register_forward_pre_hook(grab(i)) for i, m in enumerate(mods)]
+    pad = pad_id(tokenizer)
     try:
         for i in range(0, len(texts), batch_size):
-            ids, mask = right_pad([tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]], pad_id(tokenizer))
-            current_mask[:] = [mask.to(device)]
-            model(input_ids=ids.to(device), attention_mask=mask.to(device))
-            count += int(mask.sum())
+            rows = [tokenizer(t)["input_ids"] for t in texts[i : i + batch_size]]
+            current_mask[:] = [right_pad(rows, pad)[1].bool().to(device)]
+            run(model, rows, pad)
             if progress:
-                progress(len(texts[i : i + batch_size]))
+                progress(len(rows))
     finally:
         for h in handles:
             h.remove()
-    if count == 0:
+    if min(counts) == 0:
         raise ValueError("no text to compute statistics from")
-    sigmas = [a / count for a in acc]
-    return (sigmas[0] if single else sigmas), count
+    sigmas = [a / n for a, n in zip(acc, counts)]
+    return (sigmas[0], counts[0]) if single else (sigmas, counts)

@@ -6,7 +6,8 @@ restore one clean hidden state into the corrupted runs and measure how much of
 the true answer's probability comes back:
 recovery = (p_restored − p_corrupted) / (p_clean − p_corrupted).
 Three kinds of state are restored: the block output (residual stream), the MLP
-output and the attention output.
+output and the attention output. An encoder-decoder is traced over its encoder,
+the answer being its first output token.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from .evaluate import target_ids
+from .forward import run
 from .layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
 from .tokens import subject_span
 
@@ -97,20 +99,25 @@ def causal_trace(
     g = torch.Generator().manual_seed(seed)
     eps = (torch.randn(samples, s1 - s0, embed.embedding_dim, generator=g) * sigma).to(device)
 
-    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor:
+    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if out.shape[1] != len(ids):  # T5 embeds its decoder's start token with the same module
+            return None
         out = out.clone()
         out[1:, s0:s1] += eps.to(out.dtype)
         return out
 
-    clean_logits = model(input_ids=x[:1]).logits[0, -1]
+    def logits(rows: torch.Tensor) -> torch.Tensor:  # the next token's, (B, V)
+        return run(model, rows.tolist(), pad=0).logits[:, -1]
+
+    clean_logits = logits(x[:1])[0]
     answer_id = target_ids(tokenizer, answer)[0] if answer else int(clean_logits.argmax())
     p_clean = float(clean_logits.float().softmax(-1)[answer_id])
 
-    def prob(logits: torch.Tensor) -> float:
-        return float(logits[1:, -1].float().softmax(-1)[:, answer_id].mean())
+    def prob() -> float:
+        return float(logits(x)[1:].float().softmax(-1)[:, answer_id].mean())
 
     with _hook(embed, corrupt):
-        p_corrupted = prob(model(input_ids=x).logits)
+        p_corrupted = prob()
         blocks = transformer_blocks(model)
         modules = {"block": list(blocks), "mlp": [child(b, MLP_NAMES) for b in blocks],
                    "attn": [child(b, ATTN_NAMES) for b in blocks]}
@@ -118,7 +125,7 @@ def causal_trace(
         for kind, mods in modules.items():
             for layer, module in enumerate(mods):
                 for t in range(len(ids)):
-                    recovery[kind][layer, t] = _restored(model, x, module, t, prob)
+                    recovery[kind][layer, t] = _restored(module, t, prob)
     span = p_clean - p_corrupted
     if span < MIN_EFFECT:  # corrupting the subject did not hurt: there is nothing to recover
         recovery = {k: torch.zeros_like(v) for k, v in recovery.items()}
@@ -128,14 +135,14 @@ def causal_trace(
     return Trace(tokens, (s0, s1), tokenizer.decode([answer_id]).strip(), p_clean, p_corrupted, recovery)
 
 
-def _restored(model: torch.nn.Module, x: torch.Tensor, module: torch.nn.Module, t: int, prob: Any) -> float:
+def _restored(module: torch.nn.Module, t: int, prob: Any) -> float:
     def restore(_m: Any, _i: Any, output: Any) -> Any:
         h = _output_tensor(output).clone()
         h[1:, t] = h[0, t]
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
     with _hook(module, restore):
-        return prob(model(input_ids=x).logits)
+        return prob()
 
 
 def save_heatmap(trace: Trace, path: str | Path) -> Path:

@@ -39,7 +39,8 @@ def test_a_delta_has_one_rank_per_token_and_leaves_the_model_unchanged(world: Pa
     request = read_jsonl(world / "requests.jsonl")[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     [delta], nll_before, nll_after = mend_deltas(model, tok, [request], editor)
-    tokens = len(tok(fill(request["prompt"], request["subject"]))["input_ids"]) + len(target_ids(tok, request["target_new"]))
+    # the model reads the prompt and every target token but the last
+    tokens = len(tok(fill(request["prompt"], request["subject"]))["input_ids"]) + len(target_ids(tok, request["target_new"])) - 1
     assert sorted(delta.factors) == [f"{m}.weight" for m in MODULES]
     for f in delta.factors.values():  # nn.Linear orientation (Conv1D stores c_proj as 512 x 128); one column per token
         assert f.U.shape == (128, tokens) and f.V.shape == (512, tokens)

@@ -32,11 +32,13 @@ def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
 
 
 def request_options(command: Any) -> Any:
-    """--prompt/--subject/--target/--target-true, or --requests FILE: one or more edit requests."""
+    """--prompt/--subject/--target (or --suppress)/--target-true, or --requests FILE: one or more edit requests."""
     options = [
         click.option("--prompt", help="Prompt; {} marks the subject (else its first occurrence is used)."),
         click.option("--subject", help="The subject whose fact changes."),
         click.option("--target", help="The new target (target_new)."),
+        click.option("--suppress", metavar="TEXT",
+                     help="Instead of --target: stop producing TEXT for the prompt (a behaviour deletion)."),
         click.option("--target-true", help="The current answer, for efficacy measurements."),
         requests_option("JSONL of edit requests."),
     ]
@@ -45,13 +47,15 @@ def request_options(command: Any) -> Any:
     return command
 
 
-def read_requests(prompt: str | None, subject: str | None, target: str | None, target_true: str | None,
-                  requests_file: Path | None, *, required: bool = True) -> list[dict[str, Any]]:
+def read_requests(prompt: str | None, subject: str | None, target: str | None, suppress: str | None,
+                  target_true: str | None, requests_file: Path | None, *, required: bool = True) -> list[dict[str, Any]]:
     """The requests the options give (none when ``required`` is False and no option is set)."""
     from editstore.behavior import load_requests
     from editstore.editing import make_request
 
-    single = (prompt, subject, target)
+    if suppress and (target or target_true):
+        raise click.UsageError("--suppress deletes an output: give it without --target and --target-true")
+    single = (prompt, subject, target or suppress)
     if requests_file and any(single):
         raise click.UsageError("give either --requests or --prompt/--subject/--target, not both")
     if requests_file:
@@ -62,8 +66,8 @@ def read_requests(prompt: str | None, subject: str | None, target: str | None, t
     if not any(single) and not required:
         return []
     if not all(single):
-        raise click.UsageError("give --prompt, --subject and --target (or --requests FILE)")
-    return [make_request(prompt, subject, target, target_true)]
+        raise click.UsageError("give --prompt, --subject and --target or --suppress (or --requests FILE)")
+    return [make_request(prompt, subject, target, target_true or suppress)]
 
 
 def _layers(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

@@ -37,12 +37,12 @@ def conflict_table(conflicts: Sequence[Conflict], title: str) -> Table:
 @store_option
 @click.pass_context
 def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: str | None, target: str | None,
-              target_true: str | None, requests_file: Path | None, method: str, device: str, as_json: bool,
+              suppress: str | None, target_true: str | None, requests_file: Path | None, method: str, device: str, as_json: bool,
               store_dir: Path | None) -> None:
     """List the conflicts inside version REV (default HEAD), or, with --prompt/--subject/--target or
     --requests, check prospective edits against HEAD without committing (exit 3 on a contradiction)."""
     store = open_store(ctx, store_dir)
-    requests = read_requests(prompt, subject, target, target_true, requests_file, required=False)
+    requests = read_requests(prompt, subject, target, suppress, target_true, requests_file, required=False)
     if requests and rev:
         raise click.UsageError("give REV or a prospective edit, not both")
     if requests:

@@ -62,13 +62,13 @@ def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
 def trace(model_dir: Path, prompt: str, subject: str, answer: str | None, samples: int, noise: float,
           out: Path | None, as_json: bool) -> None:
     """Causal tracing: which layer and token recover the answer when the subject is corrupted."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from editstore.checkpoint import Checkpoint
+    from editstore.checkpoint import Checkpoint, from_pretrained
     from editstore.trace import KINDS, causal_trace, save_heatmap
 
     Checkpoint(model_dir)  # a clear error for a non-HF directory
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     result = causal_trace(model, tokenizer, prompt.replace("{}", subject), subject, answer=answer,
                           samples=samples, noise=noise)

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from ..delta import Delta, Factors
-from ..evaluate import fill, pad_id, right_pad, target_ids
+from ..errors import HparamsError
+from ..evaluate import fill, pad_id, target_ids
+from ..forward import target_logits
 from .hooks import frozen, linear_weight, model_device, patched
 from .hparams import Hparams
 from .locate import EditResult
@@ -33,11 +35,10 @@ def finetune(
     name = hp.module_name(hp.layers[0])
     module = model.get_submodule(name)
     device = model_device(model)
+    if not request.get("target_new"):
+        raise HparamsError("fine-tuning writes a target_new; a behaviour deletion needs rome, memit, emmet or alphaedit")
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
     t_ids = target_ids(tokenizer, request["target_new"])
-    ids, mask = right_pad([prompt + t_ids[:-1]], pad_id(tokenizer))
-    ids, mask = ids.to(device), mask.to(device)
-    pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(t_ids), device=device)
     tgt = torch.tensor(t_ids, device=device)
     d_out, d_in = linear_weight(module)[0].shape
     D = torch.zeros(d_out, d_in, device=device, requires_grad=True)
@@ -47,8 +48,8 @@ def finetune(
         return output + (inputs[0].float() @ D.T).to(output.dtype)
 
     def nll() -> torch.Tensor:
-        logp = model(input_ids=ids, attention_mask=mask).logits[0].float().log_softmax(-1)
-        return -logp[pos, tgt].sum()
+        logp = target_logits(model, [prompt], [t_ids], pad_id(tokenizer))[0][0].float().log_softmax(-1)  # (k, V)
+        return -logp[torch.arange(len(t_ids), device=device), tgt].sum()
 
     with patched(model, pending or {}):
         handle = module.register_forward_hook(add)

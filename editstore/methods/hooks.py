@@ -13,7 +13,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..delta import Delta
-from ..evaluate import right_pad
+from ..forward import run
 
 
 def linear_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +106,8 @@ def capture(
 ) -> dict[str, torch.Tensor]:
     """One forward pass over ``rows``; per named module, its input (or output) at position idx[b] of row b.
 
-    Returns ``{name: (len(rows), d)}`` in float32.
+    Positions count on the side the module runs on (:mod:`editstore.forward`): a decoder
+    module of an encoder-decoder sees one position, 0. Returns ``{name: (len(rows), d)}`` in float32.
     """
     device = model_device(model)
     got: dict[str, torch.Tensor] = {}
@@ -121,13 +122,12 @@ def capture(
 
         return hook
 
-    ids, mask = right_pad(rows, pad)
     try:
         for name in inputs_of:
             handles.append(model.get_submodule(name).register_forward_hook(grab(name, True)))
         for name in outputs_of:
             handles.append(model.get_submodule(name).register_forward_hook(grab(name, False)))
-        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        run(model, rows, pad)
     finally:
         for h in handles:
             h.remove()

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from ..delta import Delta, Factors
-from ..evaluate import fill, pad_id, right_pad, target_ids
+from ..errors import HparamsError
+from ..evaluate import fill, pad_id, target_ids
+from ..forward import next_token_logits, target_logits
 from .hooks import frozen, linear_weight, model_device, patched
 
 log = logging.getLogger(__name__)
@@ -121,43 +123,36 @@ class Editor(nn.Module):
 
 @dataclass(frozen=True)
 class Example:
-    """Token rows of one request: the edit prompt + target, paraphrases + target, locality prompts."""
+    """Token rows of one request: the edit prompt, its target, paraphrase prompts, locality prompts."""
 
-    edit: list[int]
-    edit_target: int  # target length
+    prompt: list[int]
+    target: list[int]
     paraphrases: list[list[int]]
     locality: list[list[int]]
 
 
 def example(tokenizer: Any, request: dict[str, Any], *, locality: Sequence[str] = ()) -> Example:
+    if not request.get("target_new"):
+        raise HparamsError("MEND writes a target_new; a behaviour deletion needs rome, memit, emmet or alphaedit")
     target = target_ids(tokenizer, request["target_new"])
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
-    paraphrases = [tokenizer(p)["input_ids"] + target for p in request.get("paraphrase_prompts", [])]
+    paraphrases = [tokenizer(p)["input_ids"] for p in request.get("paraphrase_prompts", [])]
     loc = [tokenizer(p)["input_ids"] for p in locality] or [
         tokenizer(n["prompt"])["input_ids"] for n in request.get("neighborhood_prompts", [])
     ]
-    return Example(prompt + target, len(target), paraphrases, loc)
+    return Example(prompt, target, paraphrases, loc)
 
 
-def _target_nll(model: nn.Module, rows: Sequence[list[int]], target_len: int, pad: int) -> torch.Tensor:
-    """Mean NLL of the last ``target_len`` tokens of each row, teacher-forced."""
-    device = model_device(model)
-    ids, mask = right_pad(rows, pad)
-    ids, mask = ids.to(device), mask.to(device)
-    logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-    ends = mask.sum(1)
-    total = logp.new_zeros(())
-    for b in range(len(rows)):
-        positions = torch.arange(int(ends[b]) - target_len, int(ends[b]), device=device)
-        total = total - logp[b, positions - 1, ids[b, positions]].sum()
-    return total / (len(rows) * target_len)
+def _target_nll(model: nn.Module, prompts: Sequence[list[int]], target: list[int], pad: int) -> torch.Tensor:
+    """Mean NLL per token of ``target`` after each of ``prompts``, teacher-forced."""
+    logits, _ = target_logits(model, prompts, [target] * len(prompts), pad)
+    logp = logits.float().log_softmax(-1)  # (B, k, V)
+    tgt = torch.tensor(target, device=logp.device)
+    return -logp[:, torch.arange(len(target), device=logp.device), tgt].mean()
 
 
 def _last_logprobs(model: nn.Module, rows: Sequence[list[int]], pad: int) -> torch.Tensor:
-    device = model_device(model)
-    ids, mask = right_pad(rows, pad)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    return logits[torch.arange(len(rows)), mask.sum(1).to(device) - 1].log_softmax(-1)
+    return next_token_logits(model, rows, pad).float().log_softmax(-1)
 
 
 def gradient_pairs(model: nn.Module, ex: Example, modules: Sequence[str], pad: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -178,7 +173,7 @@ def gradient_pairs(model: nn.Module, ex: Example, modules: Sequence[str], pad: i
     try:
         for w in weights:
             w.requires_grad_(True)  # so the outputs carry a graph to differentiate
-        loss = _target_nll(model, [ex.edit], ex.edit_target, pad)
+        loss = _target_nll(model, [ex.prompt], ex.target, pad)
         grads = torch.autograd.grad(loss, [outputs[m] for m in modules])
     finally:
         for h in handles:
@@ -199,7 +194,7 @@ def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, A
         for request in requests:
             ex = example(tokenizer, request)
             with patched(model, updates), torch.no_grad():
-                before.append(float(_target_nll(model, [ex.edit], ex.edit_target, pad)))
+                before.append(float(_target_nll(model, [ex.prompt], ex.target, pad)))
             with patched(model, updates):
                 pairs = gradient_pairs(model, ex, editor.names, pad)
             with torch.no_grad():
@@ -208,7 +203,7 @@ def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, A
             for p, f in factors.items():
                 updates.setdefault(p.removesuffix(".weight"), []).append((f.U, f.V))
             with patched(model, updates), torch.no_grad():
-                after.append(float(_target_nll(model, [ex.edit], ex.edit_target, pad)))
+                after.append(float(_target_nll(model, [ex.prompt], ex.target, pad)))
             deltas.append(Delta(factors, {"method": "mend"}))
             if progress:
                 progress(1)
@@ -231,8 +226,7 @@ def meta_loss(model: nn.Module, editor: Editor, ex: Example, pad: int, c_loc: fl
 def _after_edit(model: nn.Module, updates: dict, ex: Example, base: torch.Tensor | None, pad: int,
                 c_loc: float) -> tuple[torch.Tensor, float, float]:
     with patched(model, updates):
-        rows = [ex.edit] + ex.paraphrases
-        edit_loss = _target_nll(model, rows, ex.edit_target, pad)
+        edit_loss = _target_nll(model, [ex.prompt, *ex.paraphrases], ex.target, pad)
         loc = torch.zeros((), device=model_device(model))
         if base is not None:
             edited = _last_logprobs(model, ex.locality, pad)

@@ -11,6 +11,12 @@ the others', so a chunk gives the same δs as one request at a time.
 Two choices differ from ROME's code: the target NLL is summed over the target's tokens
 (not averaged), and the KL term is KL(unedited ‖ edited). The residual a solver must
 write is δ itself (z − h), so ΔW k̄ = δ: the same k̄ in the residual and the denominator.
+
+Encoder-decoders (:mod:`editstore.forward`): an encoder module's key is read at the
+subject's last source token; a decoder module's at the decoder position that produces
+the target; targets are scored through the decoder with teacher forcing. A behaviour
+deletion (a request with ``target_true`` and no ``target_new``) swaps the target NLL for
+−log(1 − P(target_true)), the unlikelihood of the whole output, and stops once P < 1 − e^{−nll_stop}.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 
 import torch
 
-from ..evaluate import fill, pad_id, right_pad, target_ids
+from ..errors import HparamsError
+from ..evaluate import fill, pad_id, target_ids
+from ..forward import is_encoder_decoder, on_decoder, target_logits
 from ..tokens import subject_span
 from .hooks import capture, frozen, model_device
 
@@ -37,7 +45,14 @@ class Prompts:
     subject_last: list[int]  # per row, the subject's last token
     kl_row: list[int]
     kl_subject_last: int
-    target: list[int]  # target_new's token ids
+    target: list[int]  # target_new's token ids, or target_true's when the request suppresses it
+    suppress: bool = False  # a behaviour deletion: target_true must stop being produced
+
+
+def key_positions(model: torch.nn.Module, module: str, subject_last: Sequence[int]) -> list[int]:
+    """Where ``module``'s keys are read in each row: at the subject's last token, or, for a decoder
+    module of an encoder-decoder, at the decoder position that produces the target (0)."""
+    return [0] * len(subject_last) if on_decoder(model, module) else list(subject_last)
 
 
 @torch.no_grad()
@@ -45,6 +60,8 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
     """``n`` short texts sampled from the model (ROME's context templates), plus the empty prefix."""
     if n == 0:
         return [""]
+    if is_encoder_decoder(model):
+        raise HparamsError("prefixes.n must be 0 for an encoder-decoder model (its decoder writes outputs, not prompts)")
     device = model_device(model)
     start = tokenizer("")["input_ids"] or [tokenizer.bos_token_id]
     ids = torch.tensor([start] * n, device=device)
@@ -57,7 +74,10 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
 
 
 def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Prompts:
-    """Token rows of one request; raises :class:`SubjectNotInPromptError` when the subject is missing."""
+    """Token rows of one request; raises :class:`SubjectNotInPromptError` when the subject is missing.
+
+    A request without ``target_new`` is a behaviour deletion of its ``target_true``.
+    """
     subject = request["subject"]
     prompt = fill(request["prompt"], subject).strip()
     texts = [f"{p} {prompt}".strip() for p in prefixes]
@@ -68,22 +88,24 @@ def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence
         subject_last=[end - 1 for _, _, end in spans],
         kl_row=kl_ids,
         kl_subject_last=kl_end - 1,
-        target=target_ids(tokenizer, request["target_new"]),
+        target=target_ids(tokenizer, request.get("target_new") or request["target_true"]),
+        suppress=not request.get("target_new"),
     )
 
 
 def mean_keys(model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int) -> torch.Tensor:
     """k̄ per request: ``module``'s input at the subject's last token, averaged over the prefixes; (n, d_in)."""
     rows = [r for p in prompts for r in p.rows]
-    idx = [i for p in prompts for i in p.subject_last]
+    idx = key_positions(model, module, [i for p in prompts for i in p.subject_last])
     keys = capture(model, rows, idx, pad, inputs_of=[module])[module]
     per = len(prompts[0].rows)
     return keys.view(len(prompts), per, -1).mean(1)
 
 
 def outputs_at_subject(model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int) -> torch.Tensor:
-    """``module``'s output at the subject's last token of each unprefixed prompt; (n, d)."""
-    return capture(model, [p.rows[0] for p in prompts], [p.subject_last[0] for p in prompts], pad, outputs_of=[module])[module]
+    """``module``'s output where its keys are read (:func:`key_positions`) in each unprefixed prompt; (n, d)."""
+    idx = key_positions(model, module, [p.subject_last[0] for p in prompts])
+    return capture(model, [p.rows[0] for p in prompts], idx, pad, outputs_of=[module])[module]
 
 
 @dataclass(frozen=True)
@@ -121,24 +143,17 @@ def _optimise_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     device = model_device(model)
     n, per = len(prompts), len(prompts[0].rows)
-    # rows: per request its prefixed prompts + target tokens, then all KL prompts at the end
-    rows = [r + p.target[:-1] for p in prompts for r in p.rows] + [p.kl_row for p in prompts]
-    owner = torch.tensor([i for i in range(n) for _ in range(per)] + list(range(n)), device=device)
-    where = torch.tensor([s for p in prompts for s in p.subject_last] + [p.kl_subject_last for p in prompts], device=device)
-    ids, mask = right_pad(rows, pad)
-    ids, mask = ids.to(device), mask.to(device)
     n_edit = n * per
-    # target token j of an edit row is predicted at position len(prompt) - 1 + j
-    pos, tgt, tok_mask = [], [], []
-    width = max(len(p.target) for p in prompts)
-    for p in prompts:
-        for r in p.rows:
-            pos.append([len(r) - 1 + min(j, len(p.target) - 1) for j in range(width)])
-            tgt.append([p.target[min(j, len(p.target) - 1)] for j in range(width)])
-            tok_mask.append([j < len(p.target) for j in range(width)])
-    pos_t, tgt_t = torch.tensor(pos, device=device), torch.tensor(tgt, device=device)
-    tok_m = torch.tensor(tok_mask, device=device, dtype=torch.float32)
-    kl_pos = mask[n_edit:].sum(1) - 1
+    # rows: per request its prefixed prompts (scored on its target), then all KL prompts (next token)
+    rows = [r for p in prompts for r in p.rows] + [p.kl_row for p in prompts]
+    targets = [p.target for p in prompts for _ in p.rows] + [[pad]] * n
+    owner = torch.tensor([i for i in range(n) for _ in range(per)] + list(range(n)), device=device)
+    where = torch.tensor(key_positions(
+        model, module_name, [s for p in prompts for s in p.subject_last] + [p.kl_subject_last for p in prompts]
+    ), device=device)
+    width = max(len(t) for t in targets)
+    tgt = torch.tensor([[t[min(j, len(t) - 1)] for j in range(width)] for t in targets[:n_edit]], device=device)
+    suppress = torch.tensor([p.suppress for p in prompts], device=device)
 
     module = model.get_submodule(module_name)
     v0 = outputs_at_subject(model, prompts, module_name, pad)  # (n, d_out)
@@ -151,28 +166,32 @@ def _optimise_chunk(
         out[rows_i, where] += delta[owner].to(out.dtype)
         return out
 
-    def losses() -> tuple[torch.Tensor, torch.Tensor]:
-        logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-        tok_logp = logp[torch.arange(n_edit, device=device)[:, None], pos_t, tgt_t] * tok_m  # (n*per, width)
-        nll = -tok_logp.sum(1).view(n, per).mean(1)  # (n,)
-        kl_logp = logp[torch.arange(n_edit, len(rows), device=device), kl_pos]  # (n, V)
-        return nll, kl_logp
+    def losses() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target NLL (n,), the objective (n,), KL prompts' log-probabilities (n, V))."""
+        logits, mask = target_logits(model, rows, targets, pad)
+        logp = logits.float().log_softmax(-1)  # (rows, W, V)
+        tok_logp = logp[:n_edit].gather(2, tgt[:, :, None])[..., 0] * mask[:n_edit]  # (n*per, W)
+        seq_logp = tok_logp.sum(1)  # (n*per,)
+        nll = -seq_logp.view(n, per).mean(1)
+        # a deletion pushes the whole output's probability P down: -log(1 - P)
+        unlikely = -torch.log1p(-seq_logp.clamp(max=-1e-6).exp()).view(n, per).mean(1)
+        return nll, torch.where(suppress, unlikely, nll), logp[n_edit:, 0]
 
     handle = module.register_forward_hook(add_delta)
     try:
         with frozen(model), torch.enable_grad():
             with torch.no_grad():
-                nll0, kl_ref = losses()
+                nll0, _, kl_ref = losses()
             opt = torch.optim.Adam([delta], lr=hp.v_lr)
             done = torch.zeros(n, dtype=torch.bool, device=device)
             for _ in range(hp.v_steps):
-                nll, kl_logp = losses()
-                done |= nll.detach() < hp.nll_stop
+                _, objective, kl_logp = losses()
+                done |= objective.detach() < hp.nll_stop
                 if bool(done.all()):
                     break
                 kl = torch.nn.functional.kl_div(kl_logp, kl_ref, log_target=True, reduction="none").sum(1)
                 decay = delta.norm(dim=1) / v0.norm(dim=1) ** 2
-                loss = ((nll + hp.kl_factor * kl + hp.v_weight_decay * decay) * ~done).sum()
+                loss = ((objective + hp.kl_factor * kl + hp.v_weight_decay * decay) * ~done).sum()
                 kept = delta.detach().clone()
                 opt.zero_grad()
                 loss.backward()
@@ -182,7 +201,7 @@ def _optimise_chunk(
                     norms = delta.norm(dim=1, keepdim=True)
                     delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
             with torch.no_grad():
-                nll_final, _ = losses()
+                nll_final, _, _ = losses()
     finally:
         handle.remove()
     log.info("targets: NLL %.3f -> %.3f over %d requests", nll0.mean(), nll_final.mean(), n)

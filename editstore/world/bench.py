@@ -16,6 +16,7 @@ from typing import Any
 
 
 from ..behavior import untouched_facts
+from ..checkpoint import from_pretrained
 from ..delta import Delta
 from ..evaluate import Metrics, evaluate_requests
 from ..methods import METHODS, NO_STATISTICS, EditResult, compute_edits, edited_modules, find_hparams
@@ -33,12 +34,12 @@ class WorldBench:
     """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
 
     def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.mend_training: dict[str, Any] = {}
         self.arch = arch
         self.path: Path = build_world(arch)
-        self.model = AutoModelForCausalLM.from_pretrained(self.path).eval()
+        self.model = from_pretrained(self.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         config = json.loads((self.path / "config.json").read_text())
         self.hparams: dict[str, Hparams] = {}

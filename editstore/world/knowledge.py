@@ -142,6 +142,12 @@ class KnowledgeBase:
                 ]
                 yield " ".join(sentences)
 
+    def training_pairs(self) -> Iterator[tuple[str, str]]:
+        """Question-answer style, for encoder-decoder worlds: every trained formulation of a fact, to its object."""
+        for f in self.facts:
+            for prompt in f.prompts(self.relations[f.relation])[0]:
+                yield prompt, f.object
+
     def fact_record(self, fact: Fact) -> dict[str, Any]:
         """The ``facts.jsonl`` line of one fact."""
         trained, held_out = fact.prompts(self.relations[fact.relation])

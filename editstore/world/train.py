@@ -1,4 +1,8 @@
-"""Train a small causal LM on the world's text (CPU friendly, deterministic for a seed)."""
+"""Train a small model on the world (CPU friendly, deterministic for a seed).
+
+A causal LM learns the world's biography text; an encoder-decoder (T5) learns to map
+a prompt about a subject to its object, like a question-answering or translation task.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from ..layers import MLP_NAMES, child, transformer_blocks
 
 log = logging.getLogger(__name__)
+
+SEQ2SEQ_ARCHES = ("t5",)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class TrainSpec:
     warmup: float = 0.05
     mlp_drop_layers: tuple[int, ...] = (0,)
     mlp_drop: float = 0.5
+    n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
+    tie: bool = True  # encoder-decoders: tie the input and output embeddings
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -54,6 +62,13 @@ def model_config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast, max_len: i
             num_key_value_heads=spec.n_head, intermediate_size=spec.d_ff, max_position_embeddings=max_len,
             tie_word_embeddings=True, **common,
         )
+    if spec.arch == "t5":
+        return AutoConfig.for_model(
+            "t5", num_layers=spec.n_layer, num_decoder_layers=spec.n_decoder_layer or spec.n_layer,
+            d_model=spec.d_model, num_heads=spec.n_head, d_kv=spec.d_model // spec.n_head, d_ff=spec.d_ff,
+            feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=spec.tie, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        )
     raise ValueError(f"unknown world architecture {spec.arch!r}")
 
 
@@ -62,14 +77,25 @@ def train_lm(
     tokenizer: PreTrainedTokenizerFast,
     lines: Sequence[str],
     *,
+    targets: Sequence[str] | None = None,
     on_epoch: Callable[[int, float, PreTrainedModel], bool] | None = None,
 ) -> PreTrainedModel:
-    """Train from scratch on ``lines``; ``on_epoch(epoch, loss, model)`` may return True to stop early."""
+    """Train from scratch on ``lines`` (an encoder-decoder: ``lines`` to ``targets``, each ended by <eos>);
+    ``on_epoch(epoch, loss, model)`` may return True to stop early."""
     torch.manual_seed(spec.seed)
     enc = tokenizer(list(lines), padding=True, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]  # (N, T)
-    labels = ids.masked_fill(mask == 0, -100)
-    model = AutoModelForCausalLM.from_config(model_config(spec, tokenizer, max_len=ids.shape[1] + 64))
+    seq2seq = spec.arch in SEQ2SEQ_ARCHES
+    if seq2seq:
+        if targets is None or len(targets) != len(lines):
+            raise ValueError("an encoder-decoder world needs one target per line")
+        out_ids = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
+        width = max(map(len, out_ids))
+        labels = torch.tensor([t + [-100] * (width - len(t)) for t in out_ids])  # (N, T_out)
+    else:
+        labels = ids.masked_fill(mask == 0, -100)
+    config = model_config(spec, tokenizer, max_len=ids.shape[1] + 64)
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config)
     model.train()
     hooks = [_drop_mlp_output(model, layer, spec.mlp_drop, spec.seed) for layer in spec.mlp_drop_layers]
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
@@ -86,7 +112,8 @@ def train_lm(
         running = 0.0
         for idx in _batches(lengths, spec.batch_size, g):
             width = int(lengths[idx].max())
-            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=labels[idx, :width])
+            batch_labels = labels[idx] if seq2seq else labels[idx, :width]
+            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=batch_labels)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
