@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .conflicts import Checker, Conflict, Thresholds, tree_requests
-from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder
+from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder, embedding_layers, model_backend_name
 from .evaluate import fill
 from .index import ConflictIndex, Whitener, delta_keys, embedding_rows
 from .methods.hparams import Hparams
@@ -44,8 +44,7 @@ def backend_name(store: Store) -> str:
     """The configured embedding backend's name, without loading it."""
     backend = store.config("conflicts.backend")
     if backend == "model":
-        layers = store.base.config.get("num_hidden_layers") or store.base.config.get("n_layer")
-        return f"model:{layers // 2},{layers}"
+        return model_backend_name(embedding_layers(store.base.config))
     return backend
 
 

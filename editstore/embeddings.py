@@ -49,6 +49,19 @@ def relation_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(a[..., :half], dim=-1) @ torch.nn.functional.normalize(b[..., :half], dim=-1).T
 
 
+def embedding_layers(config: dict[str, Any]) -> tuple[int, int]:
+    """Indices into a model's hidden states (0: the embeddings) of the middle and the last block that
+    :class:`ModelEmbedder` reads: the decoder's, for an encoder-decoder."""
+    for key in ("num_decoder_layers", "decoder_layers", "num_hidden_layers", "n_layer", "num_layers"):
+        if config.get(key):  # T5, BART/Marian, causal LMs
+            return config[key] // 2, config[key]
+    raise ConfigError(f"cannot tell how many blocks a {config.get('model_type')} model has")
+
+
+def model_backend_name(layers: tuple[int, int]) -> str:
+    return f"model:{layers[0]},{layers[1]}"
+
+
 @dataclass
 class ModelEmbedder:
     """The base model's hidden states at the last prompt token, after the middle and the last block."""
@@ -59,11 +72,9 @@ class ModelEmbedder:
 
     def __post_init__(self) -> None:
         config = self.model.config
-        layers = getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None) \
-            or config.num_hidden_layers  # T5, BART/Marian, causal LMs
-        self.layers = (layers // 2, layers)  # indices into hidden_states: 0 is the embeddings
+        self.layers = embedding_layers(config.to_dict())
         self.dim = 2 * config.hidden_size
-        self.name = f"model:{self.layers[0]},{self.layers[1]}"
+        self.name = model_backend_name(self.layers)
 
     @torch.no_grad()
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:

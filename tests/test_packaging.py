@@ -43,14 +43,14 @@ def test_edit_request_schema() -> None:
             validate(bad, "edit-request")
 
 
-ARCHITECTURES = {"gpt2-world", "llama-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
+ARCHITECTURES = {"gpt2-world", "llama-world", "t5-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
 
 
 def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> None:
     from editstore.methods.hparams import METHODS, packaged_hparams
 
     found = {(h.method, h.architecture) for h in packaged_hparams()}  # loading validates each file
-    mend = {("mend", a) for a in ("gpt2-world", "llama-world", "gpt2")}  # an editor is trained per base anyway
+    mend = {("mend", a) for a in ("gpt2-world", "llama-world", "t5-world", "gpt2")}  # an editor is trained per base anyway
     assert found == {(m, a) for m in METHODS if m != "mend" for a in ARCHITECTURES} | mend
     files = sorted(resources.files("editstore.methods").joinpath("hparams").iterdir(), key=lambda f: f.name)
     assert len(files) == len(found)
@@ -64,6 +64,7 @@ def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> 
         ({"model_type": "gpt2", "n_layer": 6, "n_embd": 512}, "gpt2"),  # any other GPT-2 falls back to small
         ({"model_type": "gptj", "n_layer": 28}, "gpt-j"),
         ({"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 128}, "llama-world"),
+        ({"model_type": "t5", "num_layers": 4, "d_model": 128}, "t5-world"),
         ({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096}, "llama"),
     ],
 )

@@ -38,7 +38,7 @@ SITES = {  # (module, block) templates per side
 }
 SITES["marian"] = SITES["bart"]
 PARALLEL_KEYS = ("a random BART or Marian decoder barely reads its encoder: the first-position keys of different "
-                 "prompts are nearly parallel, so a batch has no exact solution (the trained T5 world: test_seq2seq_world.py)")
+                 "prompts are nearly parallel, so a batch has no exact solution (batches on the trained T5 world: benchmarks/methods.py --arch t5)")
 
 
 @pytest.fixture(scope="module")

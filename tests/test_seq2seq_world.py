@@ -51,6 +51,11 @@ def invoke(*args: object, code: int = 0) -> str:
     return result.stdout
 
 
+def deletion_of(request: dict) -> dict:
+    """The request as a behaviour deletion: its target_true must stop being produced."""
+    return {k: v for k, v in request.items() if k != "target_new"}
+
+
 def test_the_t5_world_meets_the_recall_floors(world: Path) -> None:
     info = json.loads((world / "world.json").read_text())
     assert json.loads((world / "config.json").read_text())["is_encoder_decoder"]
@@ -78,7 +83,9 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     log = invoke("log", *s)
     assert all(c[:8] in log for c in [*commits, deletion]) and f"not {third['target_true']}" in log
     assert first["subject"] in invoke("show", commits[0], *s)
-    scores = json.loads(invoke("eval", "--json", *s))
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text("".join(json.dumps(r) + "\n" for r in (first, second, deletion_of(third))))
+    scores = json.loads(invoke("eval", "--json", "--requests", probes, *s))
     assert scores["efficacy_top1"] == 1.0 and scores["specificity"] >= 0.8, scores
     contradiction = {**first, "target_new": first["target_true"]}
     invoke("conflicts", "--prompt", contradiction["prompt"], "--subject", first["subject"],
@@ -107,7 +114,7 @@ def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
     tmp_path: Path, world: Path, requests: list[dict], hparams: Path
 ) -> None:
     r = requests[3]
-    deletion = {k: v for k, v in r.items() if k != "target_new"}
+    deletion = deletion_of(r)
     from editstore.methods.hparams import load_hparams
 
     with Store.init(world, tmp_path / "store") as store:

@@ -79,3 +79,20 @@ def test_build_never_replaces_a_directory_that_is_not_a_world(tmp_path: Path) ->
     with pytest.raises(OutputDirError):
         build_world(config=SMALL, out=tmp_path / "mine")
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"
+
+
+def test_an_encoder_decoder_world_learns_prompt_to_object_pairs(tmp_path: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = WorldConfig(WorldSpec(n_subjects=40), TrainSpec(arch="t5", n_layer=2, n_decoder_layer=1, d_model=32,
+                                                             d_ff=64, epochs=2, tie=False, mlp_drop_layers=()))
+    path = build_world(config=config, out=tmp_path / "t5")
+    model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    assert model.config.is_encoder_decoder and model.config.num_decoder_layers == 1
+    kb = KnowledgeBase(config.world)
+    pairs = list(kb.training_pairs())
+    assert len(pairs) == 40 * len(RELATIONS) * 3  # every trained formulation of every fact
+    assert (path / "corpus.txt").read_text().splitlines() == [p for p, _ in pairs]  # Σ streams the encoder's inputs
+    held_out = {p for f in read_jsonl(path / "facts.jsonl") for p in f["held_out_prompts"]}
+    assert not held_out & {p for p, _ in pairs}
+    assert set(json.loads((path / "world.json").read_text())["recall"]) == {"trained", "held_out"}
