@@ -1,9 +1,9 @@
 """Conflict detection: precision and recall per kind on the fact world, and the index's speed at scale.
 
-    python benchmarks/conflicts.py [--parts quality scale] [--stored 100] [--seed 0]
+    python benchmarks/conflicts.py [--parts quality scale] [--arch gpt2|llama|t5] [--stored 100] [--seed 0]
                                    [--scale 100000] [--queries 500] [--dims 256:512]
 
-quality: a store on the GPT-2 world with --stored MEMIT edits on distinct subjects, and
+quality: a store on the GPT-2 world (--arch: another) with --stored MEMIT edits on distinct subjects, and
          one labelled case of each kind per stored edit (editstore.world.conflict_cases):
          contradictions and duplicates in another formulation than the stored edit, near
          misses with the same relation and another subject, or the same subject and
@@ -43,14 +43,14 @@ from editstore.conflicts import Checker, Thresholds
 from editstore.editing import edit, resolve_hparams
 from editstore.index import ROWS, ConflictIndex
 from editstore.methods import find_hparams
-from editstore.world.build import build_world, read_jsonl
+from editstore.world.build import ARCHES, build_world, read_jsonl
 from editstore.world.conflict_cases import EXPECTED, KINDS, conflict_cases, distinct_subject_requests
 
 console = Console(width=130)
 
 
 def quality(a: argparse.Namespace) -> None:
-    world = build_world("gpt2")
+    world = build_world(a.arch)
     stored, free = distinct_subject_requests(read_jsonl(world / "requests.jsonl"), a.stored, seed=a.seed)
     cases = conflict_cases(stored, free, seed=a.seed)
     config = json.loads((world / "config.json").read_text())
@@ -77,7 +77,7 @@ def quality(a: argparse.Namespace) -> None:
                            | {f"wrong-{c.kind}" for c in found if c.kind in ("contradiction", "duplicate")
                               and c.other != right})
     table = Table("case", "n", "contradiction", "duplicate", "semantic", "interference",
-                  title=f"what each labelled case was flagged as ({a.stored} stored MEMIT edits, GPT-2 world)")
+                  title=f"what each labelled case was flagged as ({a.stored} stored MEMIT edits, {a.arch} world)")
     for label in KINDS:
         rows = [f for f, c in zip(flagged, cases) if c.label == label]
         table.add_row(label, str(len(rows)), *(f"{sum(k in f or f'wrong-{k}' in f for f in rows)}"
@@ -151,6 +151,7 @@ def scale(a: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", nargs="+", choices=["quality", "scale"], default=["quality", "scale"])
+    p.add_argument("--arch", choices=ARCHES, default="gpt2", help="The world of the quality part.")
     p.add_argument("--stored", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=100_000)

@@ -1,8 +1,8 @@
 """Edit quality and speed of every method on the fact worlds; prints one table per part.
 
-    python benchmarks/methods.py [--arch gpt2 llama] [--parts single batch sequential damage]
+    python benchmarks/methods.py [--arch gpt2 llama t5] [--parts single batch sequential damage deletion]
                                  [--single 100] [--batch 200] [--sequential 300] [--every 50] [--damage 20]
-                                 [--methods ...] [--set KEY=JSON ...]
+                                 [--deletion 100] [--methods ...] [--set KEY=JSON ...]
 
 single:     each request edited alone on the base (every method), on requests about the quarter of
             the subjects that MEND's editor is not meta-trained on (editstore/world/splits.py);
@@ -13,6 +13,13 @@ sequential: one edit per commit on top of all earlier ones (ROME, MEMIT, AlphaEd
             all edits so far and recall of untouched facts after every --every edits.
 damage:     single edits on the base; how many of the world's other facts change their
             greedy answer (and how many of those to the edit's target).
+deletion:   behaviour deletions (target_true suppressed, no target_new), each alone on the base,
+            on held-out subjects: efficacy = greedy decoding no longer yields target_true (its
+            probability fell below the best alternative's), on the edit and paraphrase prompts;
+            specificity = neighbours still yield their own object.
+
+t5 is the encoder-decoder world (prompt -> object); its methods edit the encoder MLP of
+block 0 at the subject's last source token (editstore/methods/hparams/*-t5-world.json).
 
 Requests are the world's counterfactuals on distinct subjects, spread over the world.
 Specificity counts neighbourhood prompts whose subject is not edited in the same run
@@ -39,7 +46,8 @@ from editstore.evaluate import next_tokens, target_ids
 from editstore.methods import METHODS
 from editstore.methods.hooks import as_updates, patched
 from editstore.world.bench import WorldBench
-from editstore.world.build import read_jsonl
+from editstore.requests import as_deletion
+from editstore.world.build import ARCHES, read_jsonl
 
 console = Console(width=130)
 RECALL_FACTS = 300
@@ -65,6 +73,17 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def each_alone(bench: Bench, method: str, requests: Sequence[dict]) -> list[str]:
+    """Mean efficacy, paraphrase and specificity of each request edited alone on the base, and seconds per edit."""
+    scores, seconds = [], 0.0
+    for r in requests:
+        deltas, s = bench.timed_edit(method, [r])
+        seconds += s
+        scores.append(bench.evaluate([r], deltas))
+    mean = lambda k: sum(getattr(m, k) for m in scores if getattr(m, k) is not None) / len(scores)  # noqa: E731
+    return [fmt(mean("efficacy")), fmt(mean("paraphrase")), fmt(mean("specificity")), f"{seconds / len(requests):.3f}"]
+
+
 def single(bench: Bench, n: int) -> None:
     requests = bench.held_out(n)
     if "mend" in bench.chosen(METHODS):
@@ -72,13 +91,7 @@ def single(bench: Bench, n: int) -> None:
     table = Table("method", "efficacy", "paraphrase", "specificity", "s / edit",
                   title=f"{bench.arch} world: {len(requests)} single edits, each on the base (held-out subjects)")
     for method in bench.chosen(METHODS):
-        scores, seconds = [], 0.0
-        for r in requests:
-            deltas, s = bench.timed_edit(method, [r])
-            seconds += s
-            scores.append(bench.evaluate([r], deltas))
-        mean = lambda k: sum(getattr(m, k) for m in scores if getattr(m, k) is not None) / len(scores)  # noqa: E731
-        table.add_row(method, fmt(mean("efficacy")), fmt(mean("paraphrase")), fmt(mean("specificity")), f"{seconds / len(requests):.3f}")
+        table.add_row(method, *each_alone(bench, method, requests))
     console.print(table)
     if bench.mend_training:
         t = bench.mend_training
@@ -142,16 +155,26 @@ def damage(bench: Bench, n: int) -> None:
     console.print(table)
 
 
+def deletion(bench: Bench, n: int) -> None:
+    requests = [as_deletion(r) for r in bench.held_out(n)]
+    table = Table("method", "efficacy (deleted)", "paraphrase", "specificity (kept)", "s / edit",
+                  title=f"{bench.arch} world: {len(requests)} behaviour deletions, each on the base (held-out subjects)")
+    for method in bench.chosen(("rome", "memit", "emmet", "alphaedit")):
+        table.add_row(method, *each_alone(bench, method, requests))
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", nargs="+", default=["gpt2", "llama"], choices=["gpt2", "llama"])
-    parts = ["single", "batch", "sequential", "damage"]
+    parser.add_argument("--arch", nargs="+", default=list(ARCHES), choices=ARCHES)
+    parts = ["single", "batch", "sequential", "damage", "deletion"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--single", type=int, default=100)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--sequential", type=int, default=300)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--damage", type=int, default=20, help="Edits whose side effects on all facts are counted.")
+    parser.add_argument("--deletion", type=int, default=100, help="Behaviour deletions, each alone on the base.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="Only these methods.")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                         help='Override hparams of every method, e.g. targets.nll_stop=0.3 "layers=[1]".')
@@ -169,6 +192,8 @@ def main() -> None:
             sequential(bench, args.sequential, args.every)
         if "damage" in args.parts:
             damage(bench, args.damage)
+        if "deletion" in args.parts:
+            deletion(bench, args.deletion)
 
 
 if __name__ == "__main__":

@@ -86,9 +86,10 @@ class ModelEmbedder:
             result = run(self.model, rows, pad, output_hidden_states=True)
             # a causal LM's last prompt token; an encoder-decoder's first decoder position, which reads the prompt
             states = result.decoder_hidden_states if seq2seq else result.hidden_states
-            last = torch.tensor([0 if seq2seq else len(r) - 1 for r in rows])
+            device = states[0].device
+            last = torch.tensor([0 if seq2seq else len(r) - 1 for r in rows], device=device)
             halves = [
-                torch.nn.functional.normalize(states[layer][torch.arange(len(rows)), last].float(), dim=-1)
+                torch.nn.functional.normalize(states[layer][torch.arange(len(rows), device=device), last].float(), dim=-1)
                 for layer in self.layers
             ]
             out.append(torch.cat(halves, dim=-1).cpu() / 2**0.5)

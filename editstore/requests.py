@@ -15,6 +15,11 @@ def is_deletion(request: dict[str, Any]) -> bool:
     return not request.get("target_new")
 
 
+def as_deletion(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as a behaviour deletion of its ``target_true`` (its ``target_new`` dropped)."""
+    return {k: v for k, v in request.items() if k != "target_new"}
+
+
 def edit_target(request: dict[str, Any]) -> tuple[str, str]:
     """("write", target_new) or ("suppress", target_true), case and spacing normalised."""
     kind, text = ("suppress", request.get("target_true")) if is_deletion(request) else ("write", request["target_new"])

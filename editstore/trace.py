@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .evaluate import target_ids
-from .forward import run
+from .forward import is_encoder_decoder, run
 from .layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
 from .tokens import subject_span
 
@@ -94,14 +94,13 @@ def causal_trace(
     device = next(model.parameters()).device
     ids, s0, s1 = subject_span(tokenizer, prompt, subject)
     x = torch.tensor([ids] * (samples + 1), device=device)  # row 0 clean, rows 1.. corrupted
-    embed = model.get_input_embeddings()
+    # an encoder-decoder's prompt goes through its encoder's embedding module
+    embed = model.get_encoder().embed_tokens if is_encoder_decoder(model) else model.get_input_embeddings()
     sigma = noise * float(embed.weight.float().std())
     g = torch.Generator().manual_seed(seed)
     eps = (torch.randn(samples, s1 - s0, embed.embedding_dim, generator=g) * sigma).to(device)
 
-    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
-        if out.shape[1] != len(ids):  # T5 embeds its decoder's start token with the same module
-            return None
+    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()
         out[1:, s0:s1] += eps.to(out.dtype)
         return out

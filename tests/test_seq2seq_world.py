@@ -19,6 +19,7 @@ from editstore import Store
 from editstore.editing import edit
 from editstore.evaluate import evaluate_requests, fill, score_pairs
 from editstore.methods import find_hparams
+from editstore.requests import as_deletion
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.splits import one_per_subject
 from editstore_cli.main import cli
@@ -51,11 +52,6 @@ def invoke(*args: object, code: int = 0) -> str:
     return result.stdout
 
 
-def deletion_of(request: dict) -> dict:
-    """The request as a behaviour deletion: its target_true must stop being produced."""
-    return {k: v for k, v in request.items() if k != "target_new"}
-
-
 def test_the_t5_world_meets_the_recall_floors(world: Path) -> None:
     info = json.loads((world / "world.json").read_text())
     assert json.loads((world / "config.json").read_text())["is_encoder_decoder"]
@@ -84,7 +80,7 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     assert all(c[:8] in log for c in [*commits, deletion]) and f"not {third['target_true']}" in log
     assert first["subject"] in invoke("show", commits[0], *s)
     probes = tmp_path / "probes.jsonl"
-    probes.write_text("".join(json.dumps(r) + "\n" for r in (first, second, deletion_of(third))))
+    probes.write_text("".join(json.dumps(r) + "\n" for r in (first, second, as_deletion(third))))
     scores = json.loads(invoke("eval", "--json", "--requests", probes, *s))
     assert scores["efficacy_top1"] == 1.0 and scores["specificity"] >= 0.8, scores
     contradiction = {**first, "target_new": first["target_true"]}
@@ -108,13 +104,14 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     trace = json.loads(invoke("trace", "--model", world, "--prompt", fill(first["prompt"], first["subject"]),
                               "--subject", first["subject"], "--json"))
     assert trace["answer"] == first["target_true"] and len(trace["recovery"]["mlp"]) == 4  # the encoder's blocks
+    assert trace["p_corrupted"] < trace["p_clean"] - 0.1  # the noise reaches the encoder's embeddings
 
 
 def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
     tmp_path: Path, world: Path, requests: list[dict], hparams: Path
 ) -> None:
     r = requests[3]
-    deletion = deletion_of(r)
+    deletion = as_deletion(r)
     from editstore.methods.hparams import load_hparams
 
     with Store.init(world, tmp_path / "store") as store:

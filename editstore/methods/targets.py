@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..errors import HparamsError
+from ..errors import HparamsError, SchemaError
 from ..evaluate import fill, pad_id, target_ids
 from ..forward import is_encoder_decoder, on_decoder, target_logits
 from ..tokens import subject_span
@@ -78,6 +78,8 @@ def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence
 
     A request without ``target_new`` is a behaviour deletion of its ``target_true``.
     """
+    if not (request.get("target_new") or request.get("target_true")):
+        raise SchemaError("an edit request needs a target_new to write or a target_true to suppress")
     subject = request["subject"]
     prompt = fill(request["prompt"], subject).strip()
     texts = [f"{p} {prompt}".strip() for p in prefixes]

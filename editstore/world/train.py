@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerFast
 
+from ..evaluate import target_ids
 from ..layers import MLP_NAMES, child, transformer_blocks
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ def model_config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast, max_len: i
         return AutoConfig.for_model(
             "t5", num_layers=spec.n_layer, num_decoder_layers=spec.n_decoder_layer or spec.n_layer,
             d_model=spec.d_model, num_heads=spec.n_head, d_kv=spec.d_model // spec.n_head, d_ff=spec.d_ff,
-            feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=spec.tie, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+            feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=spec.tie, vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
         )
     raise ValueError(f"unknown world architecture {spec.arch!r}")
 
@@ -89,7 +91,7 @@ def train_lm(
     if seq2seq:
         if targets is None or len(targets) != len(lines):
             raise ValueError("an encoder-decoder world needs one target per line")
-        out_ids = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
+        out_ids = [target_ids(tokenizer, t) + [tokenizer.eos_token_id] for t in targets]
         width = max(map(len, out_ids))
         labels = torch.tensor([t + [-100] * (width - len(t)) for t in out_ids])  # (N, T_out)
     else:
