@@ -38,7 +38,7 @@ from rich.table import Table
 from editstore import Store
 from editstore.behavior import load_tokenizer
 from editstore.checkout import load_model
-from editstore.checks import make_embedder, prompts_of, prospective_keys, version_checker
+from editstore.checks import make_embedder, prospective_keys, version_checker
 from editstore.conflicts import Checker, Thresholds
 from editstore.editing import edit, resolve_hparams
 from editstore.index import ROWS, ConflictIndex
@@ -63,7 +63,7 @@ def quality(a: argparse.Namespace) -> None:
         embedder = make_embedder(store, base_model)
         requests = [c.request for c in cases]
         start = time.perf_counter()
-        vectors = embedder.embed(prompts_of(requests))
+        vectors = embedder.embed(requests)
         embed_s = (time.perf_counter() - start) / len(cases)
         start = time.perf_counter()
         keys = prospective_keys(store, model, load_tokenizer(store), requests, resolve_hparams(store, "memit", hp))

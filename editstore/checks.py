@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from .conflicts import Checker, Conflict, Thresholds, tree_requests
-from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder, embedding_layers, model_backend_name
-from .evaluate import fill
+from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder, model_backend_name
 from .index import ConflictIndex, Whitener, delta_keys, embedding_rows
 from .methods.hparams import Hparams
 from .records import embedding_row
@@ -44,7 +43,7 @@ def backend_name(store: Store) -> str:
     """The configured embedding backend's name, without loading it."""
     backend = store.config("conflicts.backend")
     if backend == "model":
-        return model_backend_name(embedding_layers(store.base.config))
+        return model_backend_name(store.base.config)
     return backend
 
 
@@ -61,11 +60,6 @@ def make_embedder(store: Store, model: torch.nn.Module | None = None, *, device:
     return ModelEmbedder(model, load_tokenizer(store))
 
 
-def prompts_of(requests: Sequence[dict[str, Any]]) -> list[str]:
-    """The filled prompts that embeddings are computed on."""
-    return [fill(r["prompt"], r["subject"]) for r in requests]
-
-
 def semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None) -> Callable[[list[str]], dict[str, np.ndarray]]:
     """Stored embeddings of edits; the missing ones computed (and stored) when ``embed`` is given."""
 
@@ -74,7 +68,7 @@ def semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None) 
         requests = tree_requests(store, [e for e in edits if e not in found])
         if requests and embed is not None:
             ids = list(requests)
-            computed = embed().embed(prompts_of([requests[e] for e in ids]))
+            computed = embed().embed([requests[e] for e in ids])
             with store.db.atomic():  # derived data: safe to write outside a user operation
                 store.db["embeddings"].insert_all(
                     [embedding_row(e, backend, v) for e, v in zip(ids, computed)], replace=True
@@ -204,7 +198,7 @@ def precheck(store: Store, requests: Sequence[dict[str, Any]], tree: Sequence[st
     model = load_model(store.base, {}, device=device, base_hashes={})
     embedder = make_embedder(store, model)
     checker = version_checker(store, tree, embed=lambda: embedder, head=True)
-    vectors = embedder.embed(prompts_of(requests))
+    vectors = embedder.embed(requests)
     return Precheck(model, checker, vectors, checker.check(requests, vectors))
 
 

@@ -13,6 +13,7 @@ from editstore import Store
 from editstore.checkpoint import CONV1D, Checkpoint
 from editstore.synthetic import tiny_model
 
+SAMPLES = 300  # corpus lines for Σ in tests that edit a fact world (the packaged default streams the whole corpus)
 GPT2_PARAMS = ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.attn.c_attn.weight"]
 LLAMA_PARAMS = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"]
 
@@ -67,3 +68,26 @@ def snapshot(store_root: Path) -> dict:
         return {"tables": tables, "objects": sorted(store.objects)}
     finally:
         store.close()
+
+
+def invoke(*args: object, code: int = 0) -> str:
+    """Run the CLI; assert its exit code and that no traceback reached the user; return stdout."""
+    from click.testing import CliRunner
+
+    from editstore_cli.main import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result.stdout
+
+
+def hparams_file(tmp_path: Path, world: Path, method: str, samples: int = SAMPLES, **changes: object) -> Path:
+    """The packaged ``method`` hparams of the world, statistics over ``samples`` corpus lines, written to a file."""
+    from editstore.methods import find_hparams
+
+    config = json.loads((world / "config.json").read_text())
+    hp = find_hparams(method, config).replace(**{"stats.samples": samples, **changes})
+    path = tmp_path / f"{method}.json"
+    path.write_text(json.dumps(hp.to_json()))
+    return path

@@ -15,7 +15,7 @@ from editstore.methods.hparams import Hparams
 from editstore.resolve import batched_factors, plan
 from editstore.world.build import build_world, read_jsonl
 
-from .test_edit import SAMPLES, invoke
+from .conftest import SAMPLES, invoke
 
 N = 5
 

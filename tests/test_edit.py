@@ -20,9 +20,8 @@ from editstore.moments import find_stats, load_sigma, stats_rows
 from editstore.world.build import build_world, read_jsonl
 from editstore_cli.main import cli
 
-from .conftest import snapshot
+from .conftest import SAMPLES, hparams_file, invoke, snapshot
 
-SAMPLES = 300  # corpus lines for Σ in these tests (the packaged default streams the whole corpus)
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +32,6 @@ def world() -> Path:
 @pytest.fixture(scope="module")
 def requests(world: Path) -> list[dict]:
     return read_jsonl(world / "requests.jsonl")[::40]
-
-
-def hparams_file(tmp_path: Path, world: Path, method: str, **changes: object) -> Path:
-    config = json.loads((world / "config.json").read_text())
-    hp = find_hparams(method, config).replace(**{"stats.samples": SAMPLES, **changes})
-    path = tmp_path / f"{method}.json"
-    path.write_text(json.dumps(hp.to_json()))
-    return path
-
-
-def invoke(*args: object, code: int = 0) -> str:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result.stdout
 
 
 @pytest.fixture

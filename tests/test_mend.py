@@ -18,7 +18,7 @@ from editstore.methods.mend import Editor, MendHparams, example, meta_loss, mend
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.splits import held_out, held_out_requests, training_requests
 
-from .test_edit import invoke
+from .conftest import invoke
 
 MODULES = [f"transformer.h.{layer}.mlp.c_proj" for layer in (1, 2, 3)]
 

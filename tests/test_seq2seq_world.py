@@ -12,20 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from editstore import Store
 from editstore.editing import edit
 from editstore.evaluate import evaluate_requests, fill, score_pairs
-from editstore.methods import find_hparams
+from editstore.methods.hparams import load_hparams
 from editstore.requests import as_deletion
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.splits import one_per_subject
-from editstore_cli.main import cli
 
-SAMPLES = 2000  # corpus lines for Σ in these tests
-
+from .conftest import hparams_file, invoke
 
 @pytest.fixture(scope="module")
 def world() -> Path:
@@ -39,17 +36,7 @@ def requests(world: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def hparams(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    hp = find_hparams("rome", json.loads((world / "config.json").read_text())).replace(**{"stats.samples": SAMPLES})
-    path = tmp_path_factory.mktemp("hp") / "rome.json"
-    path.write_text(json.dumps(hp.to_json()))
-    return path
-
-
-def invoke(*args: object, code: int = 0) -> str:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result.stdout
+    return hparams_file(tmp_path_factory.mktemp("hp"), world, "rome", samples=2000)
 
 
 def test_the_t5_world_meets_the_recall_floors(world: Path) -> None:
@@ -86,6 +73,10 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     contradiction = {**first, "target_new": first["target_true"]}
     invoke("conflicts", "--prompt", contradiction["prompt"], "--subject", first["subject"],
            "--target", contradiction["target_new"], *s, code=3)
+    other = next(r for r in read_jsonl(world / "requests.jsonl")  # the same subject, another relation
+                 if r["subject"] == first["subject"] and r["relation"] != first["relation"])
+    assert "contradiction" not in invoke("conflicts", "--prompt", other["prompt"], "--subject", other["subject"],
+                                         "--target", other["target_new"], *s)
     assert first["subject"] in invoke("diff", "--behavior", commits[0] + "~1", "HEAD", *s)
     invoke("revert", commits[0], *s)
     out = tmp_path / "out"
@@ -112,8 +103,6 @@ def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
 ) -> None:
     r = requests[3]
     deletion = as_deletion(r)
-    from editstore.methods.hparams import load_hparams
-
     with Store.init(world, tmp_path / "store") as store:
         before = store.checkout(device="cpu")
         tok = AutoTokenizer.from_pretrained(world)
