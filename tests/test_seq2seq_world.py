@@ -92,6 +92,14 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     invoke("export", "--peft", tmp_path / "lora", *s)
     assert (tmp_path / "lora" / "adapter_config.json").is_file()
     invoke("fsck", *s)
+    invoke("branch", "side", *s)  # merge: an edit made on a branch joins main
+    invoke("switch", "side", *s)
+    fourth = requests[3]
+    invoke("edit", "--prompt", fourth["prompt"], "--subject", fourth["subject"], "--target", fourth["target_new"],
+           "--hparams", hparams, *s)
+    invoke("switch", "main", *s)
+    invoke("merge", "side", *s)
+    assert fourth["subject"] in invoke("log", *s) and len(json.loads(invoke("log", "-n", "1", "--json", *s))[0]["parents"]) == 2
     trace = json.loads(invoke("trace", "--model", world, "--prompt", fill(first["prompt"], first["subject"]),
                               "--subject", first["subject"], "--json"))
     assert trace["answer"] == first["target_true"] and len(trace["recovery"]["mlp"]) == 4  # the encoder's blocks
