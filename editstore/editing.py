@@ -26,7 +26,7 @@ from .conflicts import ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .editors import load_editor
 from .evaluate import fill
-from .requests import describe_target
+from .requests import describe_target, require_writes
 from .index import Whitener, whitened_keys
 from .methods import NO_STATISTICS, compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
@@ -147,6 +147,7 @@ def edit(
         hp = Hparams.from_json(about["hparams"])
     else:
         hp = resolve_hparams(store, method, hparams)
+    require_writes(method, requests)  # before anything is loaded
     dev = resolve_device(device)
     tokenizer = load_tokenizer(store)
     head = store.head()

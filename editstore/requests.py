@@ -7,7 +7,12 @@ model must stop producing ``target_true`` for the prompt, whatever it produces i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from .errors import HparamsError
+
+DELETING_METHODS = ("rome", "memit", "emmet", "alphaedit")  # the ones whose value optimisation can suppress
 
 
 def is_deletion(request: dict[str, Any]) -> bool:
@@ -18,6 +23,12 @@ def is_deletion(request: dict[str, Any]) -> bool:
 def as_deletion(request: dict[str, Any]) -> dict[str, Any]:
     """The request as a behaviour deletion of its ``target_true`` (its ``target_new`` dropped)."""
     return {k: v for k, v in request.items() if k != "target_new"}
+
+
+def require_writes(method: str, requests: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`HparamsError` when ``method`` cannot do one of ``requests`` (a deletion)."""
+    if method not in DELETING_METHODS and any(is_deletion(r) for r in requests):
+        raise HparamsError(f"{method} writes a target_new; a behaviour deletion needs {', '.join(DELETING_METHODS)}")
 
 
 def edit_target(request: dict[str, Any]) -> tuple[str, str]:

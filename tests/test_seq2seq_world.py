@@ -63,6 +63,8 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
                               "--target-true", r["target_true"], "--hparams", hparams, *s).strip())
     deletion = invoke("edit", "--prompt", third["prompt"], "--subject", third["subject"], "--suppress",
                       third["target_true"], "--hparams", hparams, *s).strip()
+    invoke("edit", "--prompt", third["prompt"], "--subject", third["subject"], "--suppress", third["target_true"],
+           "--method", "ft", *s, code=2)  # FT writes targets: refused before anything is computed
     log = invoke("log", *s)
     assert all(c[:8] in log for c in [*commits, deletion]) and f"not {third['target_true']}" in log
     assert first["subject"] in invoke("show", commits[0], *s)

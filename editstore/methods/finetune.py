@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from ..delta import Delta, Factors
-from ..errors import HparamsError
 from ..evaluate import fill, pad_id, target_ids
 from ..forward import target_logits
+from ..requests import require_writes
 from .hooks import frozen, linear_weight, model_device, patched
 from .hparams import Hparams
 from .locate import EditResult
@@ -35,8 +35,7 @@ def finetune(
     name = hp.module_name(hp.layers[0])
     module = model.get_submodule(name)
     device = model_device(model)
-    if not request.get("target_new"):
-        raise HparamsError("fine-tuning writes a target_new; a behaviour deletion needs rome, memit, emmet or alphaedit")
+    require_writes("ft", [request])
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
     t_ids = target_ids(tokenizer, request["target_new"])
     tgt = torch.tensor(t_ids, device=device)

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from ..delta import Delta, Factors
-from ..errors import HparamsError
 from ..evaluate import fill, pad_id, target_ids
 from ..forward import next_token_logits, target_logits
+from ..requests import require_writes
 from .hooks import frozen, linear_weight, model_device, patched
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ class Example:
 
 
 def example(tokenizer: Any, request: dict[str, Any], *, locality: Sequence[str] = ()) -> Example:
-    if not request.get("target_new"):
-        raise HparamsError("MEND writes a target_new; a behaviour deletion needs rome, memit, emmet or alphaedit")
+    require_writes("mend", [request])
     target = target_ids(tokenizer, request["target_new"])
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
     paraphrases = [tokenizer(p)["input_ids"] for p in request.get("paraphrase_prompts", [])]
