@@ -37,8 +37,8 @@ def conflict_table(conflicts: Sequence[Conflict], title: str) -> Table:
 @store_option
 @click.pass_context
 def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: str | None, target: str | None,
-              suppress: str | None, target_true: str | None, requests_file: Path | None, method: str, device: str, as_json: bool,
-              store_dir: Path | None) -> None:
+              suppress: str | None, target_true: str | None, requests_file: Path | None, method: str, device: str,
+              as_json: bool, store_dir: Path | None) -> None:
     """List the conflicts inside version REV (default HEAD), or, with --prompt/--subject/--target or
     --requests, check prospective edits against HEAD without committing (exit 3 on a contradiction)."""
     store = open_store(ctx, store_dir)

@@ -49,10 +49,11 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
 @store_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: str | None, suppress: str | None,
-         target_true: str | None, requests_file: Path | None, method: str, hparams_file: Path | None, message: str | None, force: bool,
-         device: str, store_dir: Path | None) -> None:
+         target_true: str | None, requests_file: Path | None, method: str, hparams_file: Path | None,
+         message: str | None, force: bool, device: str, store_dir: Path | None) -> None:
     """Compute an edit on the current version and commit it (one commit for a --requests batch); prints the
-    commit id. --suppress makes it a behaviour deletion (rome, memit, emmet, alphaedit). An edit that contradicts the current version is refused with exit code 3 unless --force."""
+    commit id. --suppress makes it a behaviour deletion (rome, memit, emmet, alphaedit). An edit that
+    contradicts the current version is refused with exit code 3 unless --force."""
     requests = read_requests(prompt, subject, target, suppress, target_true, requests_file)
     hparams = load_hparams(hparams_file) if hparams_file else None
     store = open_store(ctx, store_dir)
