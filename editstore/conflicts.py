@@ -3,7 +3,10 @@
 Four kinds, each with its evidence (the other edit, a score):
 
 - ``contradiction``: the same subject (case- and space-insensitive) and the same
-  relation with a different target; ``duplicate``: the same with the same target.
+  relation with a different target, or with the target the other suppresses (a behaviour
+  deletion); ``duplicate``: the same with the same target, or the same output suppressed
+  (:func:`fact_conflict`: two deletions of different outputs, or a target and the deletion
+  of another output, are compatible).
   The relation is recognised across formulations by the cosine of the relation half
   of the prompt embeddings (:func:`editstore.embeddings.relation_similarity`), at
   least ``conflicts.relation_threshold``.
@@ -101,6 +104,16 @@ def same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return edit_target(a) == edit_target(b)
 
 
+def fact_conflict(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """What two requests about the same fact are to each other: "duplicate" (the same target, or the
+    same output suppressed), "contradiction" (two targets, or a target the other suppresses), or None
+    (compatible: two outputs suppressed, or a target other than the suppressed one)."""
+    (kind_a, text_a), (kind_b, text_b) = edit_target(a), edit_target(b)
+    if text_a == text_b:
+        return "duplicate" if kind_a == kind_b else "contradiction"
+    return "contradiction" if kind_a == kind_b == "write" else None
+
+
 def tree_requests(store: Store, tree: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The requests of ``tree``'s edits that have one, by edit id."""
     return {e: r.request for e, r in store.edits(tree).items() if r.request}
@@ -166,11 +179,8 @@ class Checker:
         if not candidates:
             return []
         sims = relation_similarity(vector[None], torch.from_numpy(np.stack([stored[e] for e in candidates])))[0]
-        return [
-            ("duplicate" if same_target(request, self.requests[e]) else "contradiction", e, float(s))
-            for e, s in zip(candidates, sims.tolist())
-            if s >= self.thresholds.relation
-        ]
+        kinds = [fact_conflict(request, self.requests[e]) for e in candidates]
+        return [(k, e, float(s)) for k, e, s in zip(kinds, candidates, sims.tolist()) if k and s >= self.thresholds.relation]
 
     def _semantic(self, request: dict[str, Any], vector: torch.Tensor, seen: set, edit: str | None) -> list[Conflict]:
         [near] = self.index.neighbours(vector[None].numpy(), NEIGHBOURS)
@@ -197,9 +207,9 @@ class Checker:
             for j in range(i):
                 if normalise_subject(requests[i]["subject"]) != normalise_subject(requests[j]["subject"]):
                     continue
+                kind = fact_conflict(requests[i], requests[j])
                 s = float(relation_similarity(vectors[i][None], vectors[j][None])[0, 0])
-                if s >= self.thresholds.relation:
-                    kind = "duplicate" if same_target(requests[i], requests[j]) else "contradiction"
+                if kind and s >= self.thresholds.relation:
                     out.append(Conflict(kind, requests[i], None, requests[j], s))
         return out
 

@@ -147,7 +147,7 @@ def edit(
         hp = Hparams.from_json(about["hparams"])
     else:
         hp = resolve_hparams(store, method, hparams)
-    require_writes(method, requests)  # before anything is loaded
+    require_writes(method, requests)  # before a model is loaded
     dev = resolve_device(device)
     tokenizer = load_tokenizer(store)
     head = store.head()

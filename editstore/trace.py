@@ -78,6 +78,21 @@ def _hook(module: torch.nn.Module, fn: Any) -> Iterator[None]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def _flag_while_running(module: torch.nn.Module | None, flag: list[bool]) -> Iterator[None]:
+    """``flag[0]`` is True while ``module`` runs (nothing to do without a module)."""
+    if module is None:
+        yield
+        return
+    handles = [module.register_forward_pre_hook(lambda *_: flag.__setitem__(0, True)),
+               module.register_forward_hook(lambda *_: flag.__setitem__(0, False))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def causal_trace(
     model: torch.nn.Module,
@@ -94,13 +109,18 @@ def causal_trace(
     device = next(model.parameters()).device
     ids, s0, s1 = subject_span(tokenizer, prompt, subject)
     x = torch.tensor([ids] * (samples + 1), device=device)  # row 0 clean, rows 1.. corrupted
-    # an encoder-decoder's prompt goes through its encoder's embedding module
-    embed = model.get_encoder().embed_tokens if is_encoder_decoder(model) else model.get_input_embeddings()
+    # an encoder-decoder's prompt goes through its encoder's embedding module, which some versions of
+    # transformers share with the decoder: the noise is added only while the encoder runs
+    seq2seq = is_encoder_decoder(model)
+    embed = model.get_encoder().embed_tokens if seq2seq else model.get_input_embeddings()
+    encoding = [not seq2seq]
     sigma = noise * float(embed.weight.float().std())
     g = torch.Generator().manual_seed(seed)
     eps = (torch.randn(samples, s1 - s0, embed.embedding_dim, generator=g) * sigma).to(device)
 
-    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor:
+    def corrupt(_m: Any, _i: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if not encoding[0]:
+            return None
         out = out.clone()
         out[1:, s0:s1] += eps.to(out.dtype)
         return out
@@ -115,7 +135,7 @@ def causal_trace(
     def prob() -> float:
         return float(logits(x)[1:].float().softmax(-1)[:, answer_id].mean())
 
-    with _hook(embed, corrupt):
+    with _hook(embed, corrupt), _flag_while_running(model.get_encoder() if seq2seq else None, encoding):
         p_corrupted = prob()
         blocks = transformer_blocks(model)
         modules = {"block": list(blocks), "mlp": [child(b, MLP_NAMES) for b in blocks],

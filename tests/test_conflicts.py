@@ -175,3 +175,16 @@ def test_merge_with_and_without_conflicts(store: Store, stored_and_cases: tuple)
     out = json.loads(invoke("--store", root, "merge", "side", "--force", "--json"))
     assert {ours, theirs} <= set(store.tree()) and any(c["kind"] == "contradiction" for c in out["conflicts"])
     assert any(r["kind"] == "contradiction" for r in store.db["conflicts"].rows_where("commit_id = ?", [store.head()]))
+
+
+def test_deletions_conflict_only_with_the_target_they_suppress() -> None:
+    from editstore.conflicts import fact_conflict
+
+    write = lambda t: {"prompt": "{} was born in", "subject": "Ada", "target_new": t}  # noqa: E731
+    delete = lambda t: {"prompt": "{} was born in", "subject": "Ada", "target_true": t}  # noqa: E731
+    assert fact_conflict(write("Paris"), write(" paris ")) == "duplicate"
+    assert fact_conflict(write("Paris"), write("Rome")) == "contradiction"
+    assert fact_conflict(delete("Paris"), delete("Paris")) == "duplicate"
+    assert fact_conflict(delete("Paris"), write("Paris")) == "contradiction" == fact_conflict(write("Paris"), delete("Paris"))
+    assert fact_conflict(delete("Paris"), write("Berlin")) is None  # Berlin already is "not Paris"
+    assert fact_conflict(delete("Paris"), delete("London")) is None

@@ -127,3 +127,34 @@ def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
         metrics = evaluate_requests(after, tok, [deletion])
         assert metrics.efficacy == 1.0 and metrics.specificity_top1 == 1.0, metrics
         assert [s.top1 for s in score_pairs(after, tok, neighbours)] == [s.top1 for s in kept_before[0]]
+
+
+def test_a_deletion_moves_even_when_the_output_is_certain(world: Path) -> None:
+    """P(target_true) can round to 1 (log P = 0 in float32): the unlikelihood still has a gradient."""
+    from editstore.methods.targets import TargetHparams, optimise_deltas, tokenize_request
+
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(world).eval(), AutoTokenizer.from_pretrained(world)
+    facts = read_jsonl(world / "facts.jsonl")[:300]
+    scores = score_pairs(model, tok, [(f["trained_prompts"][0], f["object"]) for f in facts])
+    fact, score = max(zip(facts, scores), key=lambda fs: fs[1].logprob)
+    assert score.logprob > -1e-6  # the world model is that sure of it
+    request = {"prompt": fact["trained_prompts"][0].replace(fact["subject"], "{}", 1), "subject": fact["subject"],
+               "target_true": fact["object"]}
+    prompts = [tokenize_request(tok, request, [""])]
+    delta, before, after = optimise_deltas(model, tok, prompts, "encoder.block.0.layer.1.DenseReluDense.wo",
+                                           TargetHparams(v_steps=40, clamp_norm_factor=8.0, kl_factor=0.0))
+    assert delta.norm() > 0 and after[0] > before[0] + 1.0
+
+
+def test_tracing_corrupts_the_encoder_pass_only_even_with_one_shared_embedding(world: Path) -> None:
+    """transformers 4.x gives T5's encoder and decoder one embedding module; the decoder's start token stays clean."""
+    from editstore.trace import causal_trace
+
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(world).eval(), AutoTokenizer.from_pretrained(world)
+    fact = read_jsonl(world / "facts.jsonl")[0]
+    args = (tok, fact["trained_prompts"][0], fact["subject"])
+    separate = causal_trace(model, *args, answer=fact["object"], samples=4)
+    model.encoder.embed_tokens = model.decoder.embed_tokens = model.shared
+    shared = causal_trace(model, *args, answer=fact["object"], samples=4)
+    assert separate.p_corrupted < separate.p_clean - 0.1
+    assert shared.p_corrupted == pytest.approx(separate.p_corrupted, abs=1e-6)

@@ -175,8 +175,10 @@ def _optimise_chunk(
         tok_logp = logp[:n_edit].gather(2, tgt[:, :, None])[..., 0] * mask[:n_edit]  # (n*per, W)
         seq_logp = tok_logp.sum(1)  # (n*per,)
         nll = -seq_logp.view(n, per).mean(1)
-        # a deletion pushes the whole output's probability P down: -log(1 - P)
-        unlikely = -torch.log1p(-seq_logp.clamp(max=-1e-6).exp()).view(n, per).mean(1)
+        # a deletion pushes the whole output's probability P down: -log(1 - P) = -log(-expm1(log P)).
+        # log P is clamped below 0 (P can round to 1) in the forward pass only: the gradient passes through
+        capped = seq_logp - (seq_logp - seq_logp.clamp(max=-1e-6)).detach()
+        unlikely = -torch.log(-torch.expm1(capped)).view(n, per).mean(1)
         return nll, torch.where(suppress, unlikely, nll), logp[n_edit:, 0]
 
     handle = module.register_forward_hook(add_delta)

@@ -41,7 +41,7 @@ class TrainSpec:
     mlp_drop_layers: tuple[int, ...] = (0,)
     mlp_drop: float = 0.5
     n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
-    tie: bool = True  # encoder-decoders: tie the input and output embeddings
+    tie: bool = True  # T5: transformers 5 always ties its embeddings; False turns off the d_model^-0.5 output scaling
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
