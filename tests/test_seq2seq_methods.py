@@ -18,7 +18,6 @@ from editstore.forward import on_decoder
 from editstore.methods import compute_edits
 from editstore.methods.hooks import as_updates, linear_weight, patched
 from editstore.methods.hparams import Hparams
-from editstore.methods.mend import example as mend_example
 from editstore.methods.targets import mean_keys, sample_prefixes, tokenize_request
 from editstore.stats import second_moment
 from editstore.synthetic import tiny_model
@@ -142,7 +141,7 @@ def test_finetune_and_mend_refuse_a_deletion(tiny, tok) -> None:
     with pytest.raises(HparamsError, match="deletion"):
         compute_edits(model, tok, [deletion], _hparams(arch, "encoder", "ft"), sigmas={})
     with pytest.raises(HparamsError, match="deletion"):
-        mend_example(tok, deletion)
+        compute_edits(model, tok, [deletion], _hparams(arch, "encoder", "mend"), sigmas={})
 
 
 def test_decoder_statistics_read_the_position_that_produces_the_target(tmp_path: Path, tok) -> None:

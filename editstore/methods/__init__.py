@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..requests import require_writes
 from .finetune import finetune
 from .hooks import as_updates
 from .hparams import METHODS, Hparams, find_hparams, load_hparams
@@ -40,7 +41,11 @@ def compute_edits(
     editor: Editor | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EditResult:
-    """One delta per request, by ``hp.method``; ``model`` is left unchanged. MEND needs its trained ``editor``."""
+    """One delta per request, by ``hp.method``; ``model`` is left unchanged. MEND needs its trained ``editor``.
+
+    Raises :class:`HparamsError` for a behaviour deletion that ``hp.method`` cannot do (FT, MEND).
+    """
+    require_writes(hp.method, requests)
     if hp.method == "mend":
         if editor is None:
             raise ValueError("MEND needs a trained editor")

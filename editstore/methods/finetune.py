@@ -15,7 +15,6 @@ import torch
 from ..delta import Delta, Factors
 from ..evaluate import fill, pad_id, target_ids
 from ..forward import target_logits
-from ..requests import require_writes
 from .hooks import frozen, linear_weight, model_device, patched
 from .hparams import Hparams
 from .locate import EditResult
@@ -35,7 +34,6 @@ def finetune(
     name = hp.module_name(hp.layers[0])
     module = model.get_submodule(name)
     device = model_device(model)
-    require_writes("ft", [request])
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
     t_ids = target_ids(tokenizer, request["target_new"])
     tgt = torch.tensor(t_ids, device=device)

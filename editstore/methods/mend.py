@@ -34,7 +34,6 @@ from torch import nn
 from ..delta import Delta, Factors
 from ..evaluate import fill, pad_id, target_ids
 from ..forward import next_token_logits, target_logits
-from ..requests import require_writes
 from .hooks import frozen, linear_weight, model_device, patched
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,6 @@ class Example:
 
 
 def example(tokenizer: Any, request: dict[str, Any], *, locality: Sequence[str] = ()) -> Example:
-    require_writes("mend", [request])
     target = target_ids(tokenizer, request["target_new"])
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
     paraphrases = [tokenizer(p)["input_ids"] for p in request.get("paraphrase_prompts", [])]

@@ -31,6 +31,7 @@ import torch
 from ..errors import HparamsError, SchemaError
 from ..evaluate import fill, pad_id, target_ids
 from ..forward import is_encoder_decoder, on_decoder, target_logits
+from ..requests import is_deletion
 from ..tokens import subject_span
 from .hooks import capture, frozen, model_device
 
@@ -90,8 +91,8 @@ def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence
         subject_last=[end - 1 for _, _, end in spans],
         kl_row=kl_ids,
         kl_subject_last=kl_end - 1,
-        target=target_ids(tokenizer, request.get("target_new") or request["target_true"]),
-        suppress=not request.get("target_new"),
+        target=target_ids(tokenizer, request["target_true"] if is_deletion(request) else request["target_new"]),
+        suppress=is_deletion(request),
     )
 
 
