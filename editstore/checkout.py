@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from .cache import ComposedCache, tensor_bytes
-from .checkpoint import INDEX_FILE, Checkpoint, model_class, resolve_module_name
+from .checkpoint import INDEX_FILE, Checkpoint, from_pretrained, resolve_module_name
 from .compose import apply_factors
 from .delta import Factors
 from .errors import BaseModelError, OutputDirError
@@ -227,15 +227,10 @@ def load_model(
 
     ``into``: a base model already loaded (and not edited) to compose into instead.
     """
-    from transformers import AutoConfig
-
     if not isinstance(composition, Composition):
         composition = Composition.of(composition)
     composition.start()
-    model = into
-    if model is None:
-        config = AutoConfig.from_pretrained(base.path)
-        model = model_class(config).from_pretrained(base.path, config=config, dtype="auto").to(device)
+    model = into if into is not None else from_pretrained(base.path, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():
         for param in sorted(composition.params):

@@ -197,7 +197,7 @@ def from_pretrained(path: str | Path, **kwargs: Any) -> Any:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path)
-    return model_class(config).from_pretrained(path, **kwargs).eval()
+    return model_class(config).from_pretrained(path, config=config, **kwargs).eval()
 
 
 def model_class(config: Any) -> type:
