@@ -22,15 +22,18 @@ compose: one (6400 x 1600) parameter (GPT-2 XL's mlp.c_proj: d_in 6400, d_out 16
 
 Every case runs in a fresh subprocess (so its peak resident memory is its own) --repeat
 times, with Python imports done before its clock starts; the table shows the median
-seconds and the largest peak RSS, also above that of a process that only imported. Opening the store and checking the base are part of
-a checkout's time. The page cache is warmed once before timing, so disk reads are from
-memory for every case alike.
+seconds and the largest peak RSS, also above that of a process that only imported.
+Opening the store and checking the base are part of a checkout's time. The cases take
+turns, one run of each per round, each after an `os.sync()`, so that all of them see the
+same machine and none pays for writing back another's output. The page cache is warmed
+once before timing, so disk reads are from memory for every case alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,26 +111,29 @@ def case_load_save(a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start}
 
 
-def _store(a: argparse.Namespace, cold: bool) -> Any:
+def _open_store(a: argparse.Namespace) -> Any:
+    """Open the store (inside the clock: a user's checkout opens it too)."""
     from editstore import Store
 
-    store = Store.open(a.store)
-    if cold:
-        shutil.rmtree(store.root / "cache", ignore_errors=True)
-    return store
+    return Store.open(a.store)
+
+
+def _clear_cache(a: argparse.Namespace) -> None:
+    if not a.warm:
+        shutil.rmtree(Path(a.store) / "cache", ignore_errors=True)
 
 
 def case_checkout(a: argparse.Namespace) -> dict[str, Any]:
-    store = _store(a, cold=not a.warm)
+    _clear_cache(a)
     start = time.perf_counter()
-    store.checkout_to("HEAD", a.out, device=a.device, link=a.link)
+    _open_store(a).checkout_to("HEAD", a.out, device=a.device, link=a.link)
     return {"seconds": time.perf_counter() - start}
 
 
 def case_in_memory(a: argparse.Namespace) -> dict[str, Any]:
-    store = _store(a, cold=not a.warm)
+    _clear_cache(a)
     start = time.perf_counter()
-    store.checkout("HEAD", device=a.device)
+    _open_store(a).checkout("HEAD", device=a.device)
     return {"seconds": time.perf_counter() - start}
 
 
@@ -238,28 +245,47 @@ def peak_rss() -> int:
 
 # ----------------------------------------------------------------- the parent
 
-def run(case: str, repeat: int, out: Path | None = None, **options: Any) -> dict[str, Any]:
-    """Run ``case`` ``repeat`` times in fresh processes: median seconds, largest peak RSS, last extras."""
-    runs = []
-    for _ in range(repeat):
-        if out is not None:
-            shutil.rmtree(out, ignore_errors=True)
-        args = [sys.executable, __file__, "--child", case] + (["--out", str(out)] if out else [])
-        for key, value in options.items():
+@dataclass
+class Case:
+    """One row of a table: a child case and its options."""
+
+    case: str
+    out: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def once(self) -> None:
+        """Run in a fresh process, with no dirty pages of earlier cases left to write back."""
+        if self.out is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+        os.sync()
+        args = [sys.executable, __file__, "--child", self.case] + (["--out", str(self.out)] if self.out else [])
+        for key, value in self.options.items():
             if value is True:
                 args.append(f"--{key.replace('_', '-')}")
             elif value is not None and value is not False:
                 args += [f"--{key.replace('_', '-')}", str(value)]
         proc = subprocess.run(args, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"{case} failed:\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    if out is not None:
-        shutil.rmtree(out, ignore_errors=True)
-    result = dict(runs[-1])
-    result["seconds"] = statistics.median(r["seconds"] for r in runs)
-    result["peak_rss"] = max(r["peak_rss"] for r in runs)
-    return result
+            raise SystemExit(f"{self.case} failed:\n{proc.stderr[-3000:]}")
+        self.runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if self.out is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """Median seconds, largest peak RSS, the last run's extras."""
+        result = dict(self.runs[-1])
+        result["seconds"] = statistics.median(r["seconds"] for r in self.runs)
+        result["peak_rss"] = max(r["peak_rss"] for r in self.runs)
+        return result
+
+
+def run(cases: list[Case], repeat: int) -> None:
+    """Run every case ``repeat`` times, taking turns, so that all of them see the same machine."""
+    for _ in range(repeat):
+        for case in cases:
+            case.once()
 
 
 def mib(n: float) -> str:
@@ -273,28 +299,35 @@ def store_part(a: argparse.Namespace, work: Path) -> None:
         f.read_bytes()
     out = work / "out"
     size = model_bytes(base)
-    common = {"repeat": a.repeat, "device": a.device}
-    idle = run("imports", 1)["peak_rss"]
-    load = run("load", a.repeat, base=base)
-    load_save = run("load_save", a.repeat, out, base=base)
+    common = {"device": a.device}
+    load = Case("load", options={"base": base})
+    load_save = Case("load_save", out, {"base": base})
+    # (name, case, reference, bar); a warm case follows the cold one that fills the cache
     rows = [
         ("from_pretrained", load, None, ""),
         ("from_pretrained + save_pretrained", load_save, None, ""),
-        ("checkout --out (cold cache)", run("checkout", out=out, store=store, **common), load_save, "≤ 0.50"),
-        ("checkout --out (warm cache)", run("checkout", out=out, store=store, warm=True, **common), load_save, "≤ 0.50"),
-        ("checkout --out --link (cold cache)", run("checkout", out=out, store=store, link=True, **common), load_save, "≤ 0.50"),
-        ("in-memory store.checkout() (cold cache)", run("in_memory", store=store, **common), load, ""),
-        ("in-memory store.checkout() (warm cache)", run("in_memory", store=store, warm=True, **common), load, "≤ 1.20"),
+        ("checkout --out, cold cache", Case("checkout", out, {"store": store, **common}), load_save, "≤ 0.50"),
+        ("checkout --out, warm cache", Case("checkout", out, {"store": store, "warm": True, **common}), load_save, "≤ 0.50"),
+        ("checkout --out --link, cold cache", Case("checkout", out, {"store": store, "link": True, **common}), load_save,
+         "≤ 0.50"),
+        ("in-memory store.checkout(), cold cache", Case("in_memory", options={"store": store, **common}), load, ""),
+        ("in-memory store.checkout(), warm cache", Case("in_memory", options={"store": store, "warm": True, **common}),
+         load, "≤ 1.20"),
     ]
+    idle = Case("imports")
+    run([idle], 1)
+    run([case for _, case, _, _ in rows], a.repeat)
+    idle_rss = idle.result["peak_rss"]
     n_shards = len(list(base.glob("*.safetensors")))
     table = Table("case", "seconds", "ratio", "bar", "peak RSS MiB", "above imports",
                   title=f"checkout of a 124M-parameter GPT-2 ({mib(size)} MiB, {n_shards} shards), "
                         f"{a.edits} rank-one edits on layers {LAYERS[0]} and {LAYERS[1]}, device {a.device}")
-    for name, r, ref, bar in rows:
-        ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
-        table.add_row(name, f"{r['seconds']:.3f}", ratio, bar, mib(r["peak_rss"]), mib(r["peak_rss"] - idle))
+    for name, case, ref, bar in rows:
+        r = case.result
+        ratio = f"{r['seconds'] / ref.result['seconds']:.2f}" if ref else ""
+        table.add_row(name, f"{r['seconds']:.3f}", ratio, bar, mib(r["peak_rss"]), mib(r["peak_rss"] - idle_rss))
     console.print(table)
-    console.print(f"peak RSS of a process that has only imported torch, transformers and editstore: {mib(idle)} MiB")
+    console.print(f"peak RSS of a process that has only imported torch, transformers and editstore: {mib(idle_rss)} MiB")
 
 
 def compose_part(a: argparse.Namespace) -> None:
@@ -302,10 +335,13 @@ def compose_part(a: argparse.Namespace) -> None:
     table = Table("composition", "seconds", "finite", "‖ΔK − R‖/‖R‖", "pseudo-inverse", "peak RSS MiB",
                   title=f"{n:,} rank-one edits onto one (6400 x 1600) parameter "
                         f"({mib(6400 * 1600 * 4)} MiB in float32), device {a.device}")
-    r = run("compose_sequential", a.compose_repeat, device=a.device, n=n)
+    sequential = Case("compose_sequential", options={"device": a.device, "n": n})
+    batched = [Case("compose_batched", options={"device": a.device, "n": n, "lambda_e": lambda_e}) for lambda_e in (0.1, 0.0)]
+    run([sequential, *batched], a.compose_repeat)
+    r = sequential.result
     table.add_row("sequential: W₀ + U Vᵀ (one GEMM, R = n)", f"{r['seconds']:.3f}", str(r["finite"]), "", "", mib(r["peak_rss"]))
-    for lambda_e, label in ((0.1, "batched: EMMET re-solve, w 1000, λ_e 0.1"), (0.0, "batched: ROME re-solve, λ_e 0")):
-        r = run("compose_batched", a.compose_repeat, device=a.device, n=n, lambda_e=lambda_e)
+    for case, label in zip(batched, ("batched: EMMET re-solve, w 1000, λ_e 0.1", "batched: ROME re-solve, λ_e 0")):
+        r = case.result
         table.add_row(label, f"{r['seconds']:.3f}", str(r["finite"]), f"{r['residual']:.3f}", str(r["pseudo_inverse"]),
                       mib(r["peak_rss"]))
     console.print(table)

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as st_save
+from safetensors import SafetensorError
+from safetensors.torch import save_file as st_save_file
 
-from .checkpoint import DTYPES, safetensors_header
+from .checkpoint import DTYPES, raw_view, safetensors_header
 from .hashing import sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,6 @@ class TrimReport:
     removed: int
     freed_bytes: int
     kept_bytes: int
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    """The raw little-endian bytes of a CPU tensor, as safetensors stores them."""
-    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 class ComposedCache:
@@ -63,19 +60,22 @@ class ComposedCache:
         return self.root / key[:2] / f"{key[2:]}.safetensors"
 
     def get(self, key: str) -> torch.Tensor | None:
-        """The cached tensor for ``key``, or None when absent or failing its hash (then it is removed)."""
+        """The cached tensor for ``key``, or None when absent or failing its hash (then it is removed).
+
+        The tensor is a private (copy-on-write) memory map of the entry: nothing is copied,
+        and writing to it never changes the file.
+        """
         path = self.path(key)
         if not self.enabled or not path.is_file():
             return None
         try:
             with open(path, "rb") as fh:
-                data = bytearray(os.fstat(fh.fileno()).st_size)  # one copy: the tensor is a view of it
-                fh.readinto(data)
+                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
             header, start = safetensors_header(data)
             entry = header[TENSOR]
             begin, end = (start + offset for offset in entry["data_offsets"])
             want = (header.get("__metadata__") or {}).get("sha256")
-            ok = want == sha256_bytes(memoryview(data)[begin:end])
+            ok = end <= len(data) and want == sha256_bytes(memoryview(data)[begin:end])
             dtype = DTYPES[entry["dtype"]]
             count = (end - begin) // dtype.itemsize
             shape = [int(n) for n in entry["shape"]]
@@ -98,14 +98,18 @@ class ComposedCache:
             return
         path = self.path(key)
         tensor = tensor.detach().cpu().contiguous()
-        data = st_save({TENSOR: tensor}, metadata={"sha256": sha256_bytes(tensor_bytes(tensor))})
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            os.close(fd)
         except OSError as exc:
+            log.warning("could not cache a composed parameter (%s)", exc)
+            return
+        try:
+            st_save_file({TENSOR: tensor}, tmp, metadata={"sha256": sha256_bytes(raw_view(tensor))})
+            os.replace(tmp, path)
+        except (OSError, SafetensorError) as exc:
+            Path(tmp).unlink(missing_ok=True)
             log.warning("could not cache a composed parameter (%s)", exc)
 
     def entries(self) -> list[Path]:

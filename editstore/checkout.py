@@ -5,8 +5,9 @@ copy-on-write reflink, where the filesystem has them: instant and independent),
 else copied; with ``link`` it is hard-linked to the base instead where reflinks are
 missing (instant, but the checkout then shares that file with the base: a
 ``save_pretrained`` into it would overwrite the base; ``editstore.json`` lists such
-shards). A touched shard is copied and only the byte ranges of its edited tensors
-are rewritten, one tensor at a time. Like ``save_pretrained``, the output is not
+shards). A touched shard is cloned or copied, never linked, and only the byte
+ranges of its edited tensors are rewritten, one tensor at a time, while another
+thread places the other shards. Like ``save_pretrained``, the output is not
 fsynced: a killed process leaves no partial directory, a power loss may, and the
 checkout can always be written again. The safetensors header is kept
 byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
@@ -21,11 +22,11 @@ composed-parameter cache, so a parameter already composed is read back, not redo
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ from typing import Any
 
 import torch
 
-from .cache import ComposedCache, tensor_bytes
-from .checkpoint import INDEX_FILE, Checkpoint, from_pretrained, resolve_module_name
+from .cache import ComposedCache
+from .checkpoint import INDEX_FILE, Checkpoint, from_pretrained, raw_view, resolve_module_name
 from .compose import apply_factors
 from .delta import Factors
 from .errors import BaseModelError, OutputDirError
@@ -74,7 +75,7 @@ def staged_output(out: Path) -> Iterator[Path]:
         raise
 
 
-def _verify(raw: bytes, name: str, expected: Mapping[str, str]) -> None:
+def _verify(raw: bytes | memoryview, name: str, expected: Mapping[str, str]) -> None:
     want = expected.get(name)
     if want is not None and sha256_bytes(raw) != want:
         raise BaseModelError(
@@ -86,8 +87,32 @@ def _verify(raw: bytes, name: str, expected: Mapping[str, str]) -> None:
 FICLONE = 0x40049409  # Linux ioctl: make dst a copy-on-write clone of src
 
 
-def _link_or_copy(src: Path, dst: Path, link: bool) -> str:
-    """Place ``src`` at ``dst``: reflink, else (with ``link``) a hard link, else a copy; say which."""
+def _copy(src: Path, dst: Path, skip: Sequence[tuple[int, int]] = ()) -> None:
+    """Copy ``src`` to ``dst`` inside the kernel, leaving the byte ranges ``skip`` (sorted, disjoint) unwritten
+    for the caller to fill; a plain copy where ``copy_file_range`` is not available."""
+    size = src.stat().st_size
+    keep, at = [], 0
+    for begin, end in [*skip, (size, size)]:
+        if begin > at:
+            keep.append((at, begin))
+        at = end
+    try:
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            os.truncate(d.fileno(), size)
+            for begin, end in keep:
+                while begin < end:
+                    n = os.copy_file_range(s.fileno(), d.fileno(), end - begin, begin, begin)
+                    if n == 0:
+                        raise OSError(f"{src} shrank while it was copied")
+                    begin += n
+    except (OSError, AttributeError) as exc:  # no copy_file_range here (another OS, an old kernel, some filesystems)
+        log.debug("copy_file_range failed for %s (%s); copying it plainly", src.name, exc)
+        shutil.copyfile(src, dst)
+
+
+def _place(src: Path, dst: Path, *, link: bool, skip: Sequence[tuple[int, int]] = ()) -> str:
+    """Put ``src`` at ``dst``: a reflink, else (with ``link``) a hard link, else a copy without the ranges
+    ``skip``; say which."""
     with contextlib.suppress(OSError, ImportError):
         import fcntl
 
@@ -99,7 +124,7 @@ def _link_or_copy(src: Path, dst: Path, link: bool) -> str:
         with contextlib.suppress(OSError):
             os.link(src, dst)
             return "link"
-    shutil.copyfile(src, dst)
+    _copy(src, dst, skip)
     return "copy"
 
 
@@ -109,9 +134,9 @@ class Composition:
 
     ``factors`` is called at most once, when the cache misses a parameter; it returns
     every parameter's factors in nn.Linear orientation. :meth:`start` reads the cache
-    hits (and, when ``factors_in_background`` and some parameter misses, the factors) in
-    a background thread, so that loading or copying the base overlaps with it: file
-    reads and hashing release the GIL.
+    hits, and then (when ``factors_in_background`` and some parameter misses) the
+    factors, in a background thread, so that loading or copying the base overlaps with
+    them: file reads and hashing release the GIL.
     """
 
     params: Sequence[str]
@@ -119,56 +144,88 @@ class Composition:
     keys: Mapping[str, str] = field(default_factory=dict)
     cache: ComposedCache | None = None
     factors_in_background: bool = False  # only for a ``factors`` that touches no SQLite connection
-    _future: Future[dict[str, torch.Tensor | None]] | None = field(default=None, init=False, repr=False)
+    _hits: Future[dict[str, torch.Tensor | None]] | None = field(default=None, init=False, repr=False)
+    _loaded: Future[Mapping[str, Sequence[Factors]] | None] | None = field(default=None, init=False, repr=False)
+    _factors: Mapping[str, Sequence[Factors]] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def of(cls, factors: Mapping[str, Sequence[Factors]]) -> Composition:
         """A composition of factors already in hand, without a cache."""
         return cls(sorted(factors), lambda: factors)
 
-    @functools.cached_property
-    def _factors(self) -> Mapping[str, Sequence[Factors]]:
-        return self.factors()
-
-    def start(self) -> None:
-        """Begin reading what the cache holds (and maybe the factors) in the background."""
-        if self._future is None:
+    def start(self, *, factors: bool = True) -> None:
+        """Begin reading what the cache holds (and, with ``factors``, maybe the factors) in the background."""
+        if self._hits is None:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="editstore-prefetch")
-            self._future = pool.submit(self._fetch)
+            self._hits = pool.submit(self._read_hits)
+            if factors and self.factors_in_background:
+                self._loaded = pool.submit(self._factors_if_missed)  # after the hits, in the same thread
             pool.shutdown(wait=False)
 
-    def _fetch(self) -> dict[str, torch.Tensor | None]:
-        hits = {p: self.cache.get(self.keys[p]) if self.cache is not None and p in self.keys else None for p in self.params}
-        if self.factors_in_background and any(hit is None for hit in hits.values()):
-            self._factors  # noqa: B018 (loads the cached property)
-        return hits
+    def _read_hits(self) -> dict[str, torch.Tensor | None]:
+        return {p: self.cache.get(self.keys[p]) if self.cache is not None and p in self.keys else None for p in self.params}
+
+    def _factors_if_missed(self) -> Mapping[str, Sequence[Factors]] | None:
+        assert self._hits is not None and self._hits.done()
+        return self.factors() if any(hit is None for hit in self._hits.result().values()) else None
 
     def cached(self, param: str) -> torch.Tensor | None:
         """The composed parameter from the cache, or None."""
         self.start()
-        assert self._future is not None
-        return self._future.result().get(param)
+        assert self._hits is not None
+        return self._hits.result().get(param)
 
-    def compose(self, param: str, weight: torch.Tensor, *, orientation: str, device: torch.device) -> torch.Tensor:
-        """``weight`` plus the parameter's factors (and remember the result in the cache)."""
-        new = apply_factors(weight, self._factors.get(param, ()), orientation=orientation, device=device)
+    def all_factors(self) -> Mapping[str, Sequence[Factors]]:
+        """Every parameter's factors: from the background read when it ran, else read now."""
+        with self._lock:
+            if self._factors is None:
+                loaded = self._loaded.result() if self._loaded is not None else None
+                self._factors = loaded if loaded is not None else self.factors()
+            return self._factors
+
+    def compose(self, param: str, weight: torch.Tensor, *, orientation: str, device: torch.device,
+                consume: bool = False) -> torch.Tensor:
+        """``weight`` plus the parameter's factors.
+
+        ``consume``: ``weight`` may be updated in place (see :func:`apply_factors`).
+        """
+        return apply_factors(weight, self.all_factors().get(param, ()), orientation=orientation, device=device,
+                             consume=consume)
+
+    def remember(self, param: str, new: torch.Tensor) -> None:
+        """Keep a freshly composed parameter in the cache (when there is one)."""
         key = self.keys.get(param)
         if self.cache is not None and key:
             self.cache.put(key, new.cpu())
-        return new
 
 
-def _composed(base: Checkpoint, composition: Composition, param: str, *, base_hashes: Mapping[str, str],
-              device: torch.device) -> torch.Tensor:
-    """The new value of ``param``: from the cache, or the verified base weight plus its factors."""
-    info = base.info(param)
-    hit = composition.cached(param)
-    if hit is not None and tuple(hit.shape) == info.shape and hit.dtype == info.torch_dtype:
-        return hit
-    raw = base.read_bytes(param)
-    _verify(raw, param, base_hashes)
-    weight = torch.frombuffer(bytearray(raw), dtype=info.torch_dtype).reshape(info.shape)
-    return composition.compose(param, weight, orientation=base.orientations[param], device=device)
+def _base_weight(base: Checkpoint, param: str, base_hashes: Mapping[str, str]) -> torch.Tensor:
+    """The base's tensor ``param``, read on its own and checked against the hash the store registered."""
+    weight = base.read_tensor(param)
+    _verify(raw_view(weight), param, base_hashes)
+    return weight
+
+
+def composed_params(base: Checkpoint, composition: Composition, *, base_hashes: Mapping[str, str],
+                    device: torch.device) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """Each edited parameter's new value, in order, and whether it was composed now (else it came from the cache)."""
+    for param in sorted(composition.params):
+        info = base.info(param)
+        hit = composition.cached(param)
+        if hit is not None and tuple(hit.shape) == info.shape and hit.dtype == info.torch_dtype:
+            yield param, hit, False
+            continue
+        weight = _base_weight(base, param, base_hashes)
+        new = composition.compose(param, weight, orientation=base.orientations[param], device=device, consume=True)
+        yield param, new, True
+
+
+def _write_at(path: Path, offset: int, tensor: torch.Tensor) -> None:
+    """Overwrite the bytes of ``path`` at ``offset`` with those of ``tensor``."""
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(raw_view(tensor.cpu().contiguous()))
 
 
 def write_checkout(
@@ -182,33 +239,53 @@ def write_checkout(
     link: bool = False,
     progress: Progress | None = None,
 ) -> Path:
-    """Write the composed version as a Hugging Face directory at ``out``; return ``out``."""
+    """Write the composed version as a Hugging Face directory at ``out``; return ``out``.
+
+    One thread places the shards, those holding edited tensors first, while this one
+    composes; another writes each composed tensor into its shard once that is in place,
+    and into the cache.
+    """
     out = Path(out).resolve()
     with staged_output(out) as staging:
-        composition.start()
+        composition.start(factors=False)  # this thread reads them: it has nothing else to do meanwhile
         for f in base.non_weight_files():
             shutil.copyfile(f, staging / f.name)
         if base.sharded:
             shutil.copyfile(base.path / INDEX_FILE, staging / INDEX_FILE)
-        linked: list[str] = []
         by_file: dict[str, list[str]] = {}
-        for param in composition.params:
+        for param in sorted(composition.params):
             by_file.setdefault(base.info(param).file, []).append(param)
-        for file in base.weight_files:
-            touched = sorted(by_file.get(file, []))
-            if not touched:
-                if _link_or_copy(base.path / file, staging / file, link) == "link":
-                    linked.append(file)
-                continue
-            shutil.copyfile(base.path / file, staging / file)
-            with open(staging / file, "r+b") as fh:
-                for param in touched:
-                    new = _composed(base, composition, param, base_hashes=base_hashes, device=device)
-                    fh.seek(base.info(param).begin)
-                    fh.write(tensor_bytes(new.cpu()))
+        order = sorted(base.weight_files, key=lambda f: f not in by_file)  # touched shards first
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="editstore-copy") as copier, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="editstore-write") as writer:
+            # a touched shard is never hard-linked, and its edited tensors are not copied: they are written
+            placed = {f: copier.submit(_place, base.path / f, staging / f, link=link and f not in by_file,
+                                       skip=sorted((base.info(p).begin, base.info(p).end) for p in by_file.get(f, [])))
+                      for f in order}
+
+            def place(param: str, new: torch.Tensor, fresh: bool) -> None:
+                info = base.info(param)
+                placed[info.file].result()
+                _write_at(staging / info.file, info.begin, new)
+                if fresh:
+                    composition.remember(param, new)
+
+            written: Future[None] | None = None
+            try:
+                for param, new, fresh in composed_params(base, composition, base_hashes=base_hashes, device=device):
+                    if written is not None:
+                        written.result()  # one composed weight in flight at a time
+                    written = writer.submit(place, param, new, fresh)
                     if progress:
                         progress(param)
-        provenance = {**provenance, "hard_linked_to_base": linked}
+                if written is not None:
+                    written.result()
+            except BaseException:
+                for future in placed.values():
+                    future.cancel()
+                raise
+        linked = [f for f, future in placed.items() if future.result() == "link"]
+        provenance = {**provenance, "hard_linked_to_base": sorted(linked)}
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     log.info("checked out %d edited parameter(s) into %s", len(composition.params), out)
     return out
@@ -233,14 +310,14 @@ def load_model(
     model = into if into is not None else from_pretrained(base.path, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():
-        for param in sorted(composition.params):
+        for param, new, fresh in composed_params(base, composition, base_hashes=base_hashes, device=device):
             name = resolve_module_name(model, param)
             if name is None:
                 raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
             p = model.get_parameter(name)
-            new = _composed(base, composition, param, base_hashes=base_hashes, device=device)
             p.data = new.to(device=p.device, dtype=p.dtype)
+            if fresh:
+                composition.remember(param, new)
             if progress:
                 progress(param)
     return model
-

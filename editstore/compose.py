@@ -35,20 +35,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def concat_factors(factors: Sequence[Factors]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack the factors of several edits of one parameter: U (d_out, R), V (d_in, R)."""
+    if len(factors) == 1:
+        return factors[0].U.float(), factors[0].V.float()
     U = torch.cat([f.U.float() for f in factors], dim=1)  # (d_out, R)
     V = torch.cat([f.V.float() for f in factors], dim=1)  # (d_in, R)
     return U, V
 
 
 def apply_factors(
-    weight: torch.Tensor, factors: Sequence[Factors], *, orientation: str, device: torch.device
+    weight: torch.Tensor,
+    factors: Sequence[Factors],
+    *,
+    orientation: str,
+    device: torch.device,
+    consume: bool = False,
 ) -> torch.Tensor:
-    """``weight`` plus the sum of the factors' U Vᵀ, in the weight's own layout, dtype and device."""
+    """``weight`` plus the sum of the factors' U Vᵀ, in the weight's own layout, dtype and device.
+
+    ``consume``: ``weight`` is the caller's to give away, so a float32 weight on ``device``
+    is updated in place instead of copied.
+    """
     if not factors:
         return weight
     U, V = concat_factors(factors)
     w = weight.to(device=device, dtype=torch.float32)  # copies when dtype or device change
-    if w.data_ptr() == weight.data_ptr():
+    if w.data_ptr() == weight.data_ptr() and not consume:
         w = w.clone()
     U, V = U.to(device), V.to(device)
     if orientation == CONV1D:

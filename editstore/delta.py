@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -156,22 +157,114 @@ class Delta:
                     raise InvalidDeltaError(f"{param}.{part} has {t.shape[0]} rows, expected d_out = {d_out}")
 
 
-def low_rank_factors(data: bytes) -> dict[str, Factors]:
-    """Only the U and V of each parameter of verified delta bytes, without building the other tensors.
+class _RowStack:
+    """Blocks of rows appended to one float32 (capacity, width) array, grown by doubling."""
 
-    The fast path of composition, which reads every delta of a version: the header is
-    parsed once and U, V are copied straight out of ``data`` (keys and targets are skipped).
+    def __init__(self, width: int, capacity: int) -> None:
+        self.rows = np.empty((capacity, width), dtype=np.float32)  # pages are touched only when written
+        self.n = 0
+
+    def append(self, block: np.ndarray) -> None:
+        r = block.shape[0]
+        if self.n + r > len(self.rows):
+            grown = np.empty((max(2 * len(self.rows), self.n + r), self.rows.shape[1]), dtype=np.float32)
+            grown[: self.n] = self.rows[: self.n]
+            self.rows = grown
+        self.rows[self.n : self.n + r] = block
+        self.n += r
+
+
+def _float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Rows of little-endian bytes (B, n) of a float dtype as float32 values (B, n / itemsize)."""
+    if dtype == "BF16":  # the upper half of a float32
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return raw.view({"F32": "<f4", "F16": "<f2", "F64": "<f8"}[dtype]).astype(np.float32, copy=False)
+
+
+@dataclass
+class _Layout:
+    """The deltas of one header (one method usually writes the same header): their bytes are gathered
+    into ``batch`` and their factors moved to the stacks many at a time."""
+
+    size: int
+    slots: list[tuple[str, str, int, int, str, int, int]]  # param, part, byte range, dtype, d, r
+    batch: np.ndarray
+    filled: int = 0
+
+
+class FactorStacks:
+    """The U and V of many deltas, per parameter, concatenated in the order they are added.
+
+    The fast path of composition, which reads every delta of a version: a delta's bytes
+    are copied into a batch of deltas with the same header, and each factor of a full
+    batch is moved into one float32 (R, d) array per parameter and part in one step;
+    keys and targets are skipped. So the bytes may live in a reused buffer
+    (:meth:`ObjectStore.stream`). ``expected`` (how many deltas) sizes the arrays.
     """
-    header, start = safetensors_header(data)
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for name, entry in header.items():
-        param, _, part = name.rpartition(".")
-        if part not in ("U", "V"):
-            continue
-        begin, end = entry["data_offsets"]
-        t = torch.frombuffer(bytearray(memoryview(data)[start + begin : start + end]), dtype=DTYPES[entry["dtype"]])
-        parts.setdefault(param, {})[part] = t.reshape(entry["shape"])
-    return {param: Factors(p["U"], p["V"]) for param, p in sorted(parts.items())}
+
+    BATCH = 64
+
+    def __init__(self, expected: int = 1) -> None:
+        self.expected = max(expected, 1)
+        self.stacks: dict[tuple[str, str], _RowStack] = {}
+        self._layouts: dict[bytes, _Layout] = {}
+        self._order: list[_Layout] = []  # flushed in the order deltas arrived
+
+    def _layout(self, data: memoryview) -> _Layout:
+        n = int.from_bytes(data[:8], "little")
+        raw = bytes(data[8 : 8 + n])
+        layout = self._layouts.get(raw)
+        if layout is None or layout.size != len(data):
+            slots = []
+            for name, entry in sorted(json.loads(raw).items()):
+                param, _, part = name.rpartition(".")
+                if part in ("U", "V"):
+                    begin, end = entry["data_offsets"]
+                    d, r = entry["shape"]
+                    slots.append((param, part, 8 + n + begin, 8 + n + end, entry["dtype"], d, r))
+            layout = self._layouts[raw] = _Layout(len(data), slots, np.empty((self.BATCH, len(data)), np.uint8))
+        return layout
+
+    def add(self, data: memoryview) -> None:
+        """Append the factors of one delta's bytes."""
+        layout = self._layout(data)
+        if not self._order or self._order[-1] is not layout:
+            self._flush()  # keep the order of deltas across headers
+            self._order = [layout]
+        layout.batch[layout.filled] = np.frombuffer(data, np.uint8)
+        layout.filled += 1
+        if layout.filled == self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        for layout in self._order:
+            b = layout.filled
+            for param, part, begin, end, dtype, d, r in layout.slots:
+                block = _float32(layout.batch[:b, begin:end], dtype).reshape(b, d, r).transpose(0, 2, 1)
+                stack = self.stacks.get((param, part))
+                if stack is None:
+                    stack = self.stacks[(param, part)] = _RowStack(d, self.expected * r)
+                stack.append(block.reshape(b * r, d))
+            layout.filled = 0
+
+    def extend(self, other: FactorStacks) -> None:
+        """Append everything ``other`` holds (the deltas that come after these)."""
+        self._flush()
+        other._flush()
+        for key, theirs in other.stacks.items():
+            if key in self.stacks:
+                self.stacks[key].append(theirs.rows[: theirs.n])
+            else:
+                self.stacks[key] = theirs
+
+    def factors(self) -> dict[str, Factors]:
+        """Per parameter, U (d_out, R) and V (d_in, R): transposed views of contiguous (R, d) arrays."""
+        self._flush()
+        out = {}
+        for param in sorted({param for param, _ in self.stacks}):
+            U, V = (self.stacks[(param, part)] for part in "UV")
+            out[param] = Factors(torch.from_numpy(U.rows[: U.n]).T, torch.from_numpy(V.rows[: V.n]).T)
+        return out
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import CorruptObjectError
@@ -74,6 +74,33 @@ class ObjectStore:
         if verify and sha256_bytes(data) != oid:
             raise CorruptObjectError(f"object {oid} is corrupt: its content hash does not match its name")
         return data
+
+    def stream(self, oids: Iterable[str]) -> Iterator[memoryview]:
+        """The hash-verified bytes of each object in turn, read into one reused buffer.
+
+        For reading many objects fast (a checkout reads every delta of a version): no
+        allocation per object. Each view is valid only until the next one is yielded.
+        """
+        buffer = bytearray(1 << 20)
+        root = str(self.root)
+        for oid in oids:
+            try:
+                fd = os.open(f"{root}/{oid[:2]}/{oid[2:]}", os.O_RDONLY)  # not self.path(): pathlib is slow here
+            except FileNotFoundError:
+                raise CorruptObjectError(f"object {oid} is missing from {self.root}") from None
+            try:
+                size = os.fstat(fd).st_size
+                if size > len(buffer):
+                    buffer = bytearray(size)
+                view = memoryview(buffer)[:size]
+                got = 0
+                while got < size and (n := os.readv(fd, [view[got:]])):
+                    got += n
+            finally:
+                os.close(fd)
+            if got != size or sha256_bytes(view) != oid:
+                raise CorruptObjectError(f"object {oid} is corrupt: its content hash does not match its name")
+            yield view
 
     def delete(self, oid: str) -> None:
         """Remove an object (used by ``gc``)."""

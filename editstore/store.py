@@ -25,7 +25,7 @@ from .checkout import Composition, Progress, load_model, write_checkout
 from .checkpoint import Checkpoint
 from .compose import resolve_device
 from .config import check_setting, default
-from .delta import Delta, Factors, low_rank_factors
+from .delta import Delta, FactorStacks, Factors
 from .diff import ParamDiff, param_diff
 from .errors import (
     AmbiguousRevisionError,
@@ -579,12 +579,27 @@ class Store:
         return self._read_factors([rows[eid]["delta"] for eid in edit_ids])
 
     def _read_factors(self, objects: Sequence[str]) -> dict[str, list[Factors]]:
-        """Per parameter, U and V of the delta objects in order (objects only: safe in another thread)."""
-        grouped: dict[str, list[Factors]] = {}
-        for oid in objects:
-            for param, f in low_rank_factors(self.objects.read(oid)).items():
-                grouped.setdefault(param, []).append(f)
-        return grouped
+        """Per parameter, U and V of the delta objects in order, concatenated into one :class:`Factors`
+        (objects only: safe in another thread)."""
+        stacks = FactorStacks(expected=len(objects))
+        for data in self.objects.stream(objects):
+            stacks.add(data)
+        return {param: [f] for param, f in stacks.factors().items()}
+
+    def _tree_deltas(self, tree: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+        """The delta objects of ``tree`` in order, and per parameter those touching it (one query)."""
+        query = (
+            "SELECT t.key, e.delta, p.value FROM json_each(?) AS t JOIN edits AS e ON e.id = t.value "
+            "JOIN json_each(e.params) AS p ORDER BY t.key, p.key"
+        )
+        objects: dict[int, str] = {}
+        sources: dict[str, list[str]] = {}
+        for index, delta, param in self.db.execute(query, [json.dumps(list(tree))]):
+            objects[index] = delta
+            sources.setdefault(param, []).append(delta)
+        if len(objects) != len(tree):
+            self._edit_rows(tree, "id")  # names the missing edit
+        return list(objects.values()), sources
 
     def composition(self, tree: Sequence[str], *, compose: str | None = None, device: torch.device) -> Composition:
         """How the edited parameters of ``tree`` are composed in mode ``compose`` (default: the store's setting).
@@ -595,11 +610,7 @@ class Store:
         """
         mode = self.compose_mode(compose)
         hashes = self.base_hashes()
-        sources: dict[str, list[str]] = {}
-        rows = self._edit_rows(tree, "id, delta, params")
-        for eid in tree:
-            for param in json.loads(rows[eid]["params"]):
-                sources.setdefault(param, []).append(rows[eid]["delta"])
+        objects, sources = self._tree_deltas(tree)
         whole = [tree_id(list(tree))]
         if mode == "batched":  # the solve also depends on Σ: any change of the stored statistics is a new key
             modules = sorted({p.removesuffix(".weight") for p in sources})
@@ -611,7 +622,6 @@ class Store:
             for param, deltas in sources.items()
         }
         if mode == "sequential":
-            objects = [rows[eid]["delta"] for eid in tree]
             return Composition(sorted(sources), lambda: self._read_factors(objects), keys, self.cache,
                                factors_in_background=True)
         from .resolve import batched_factors  # resolve → editing → store

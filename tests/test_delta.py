@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from editstore import Delta, Factors
+from editstore.delta import FactorStacks
 from editstore.checkpoint import Checkpoint
 from editstore.errors import InvalidDeltaError
 from editstore.synthetic import random_delta
@@ -105,3 +106,39 @@ def test_square_conv1d_is_not_guessed_from_shape(gpt2_dir: Path) -> None:
     gpt2 = Checkpoint(gpt2_dir)
     assert gpt2.info("transformer.h.0.attn.c_proj.weight").shape == (32, 32)
     assert gpt2.orientations["transformer.h.0.attn.c_proj.weight"] == "conv1d"
+
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([("a.weight",), ("b.weight",), ("a.weight", "b.weight")]),
+                          st.integers(1, 3), st.sampled_from(DTYPES), st.booleans()), min_size=1, max_size=150),
+       st.integers(1, 200))
+def test_factor_stacks_concatenate_in_order(specs: list, expected: int) -> None:
+    """Any mix of parameters, ranks, stored dtypes and headers (more deltas than a batch): the stacks
+    equal each delta's factors concatenated in order, in float32."""
+    shapes = {"a.weight": (5, 7), "b.weight": (3, 4)}
+    deltas = []
+    for i, (params, r, dtype, with_keys) in enumerate(specs):
+        g = torch.Generator().manual_seed(i)
+        factors = {
+            p: Factors(torch.randn(shapes[p][0], r, generator=g).to(dtype), torch.randn(shapes[p][1], r, generator=g).to(dtype),
+                       torch.randn(shapes[p][1], 1, generator=g) if with_keys else None,
+                       torch.randn(shapes[p][0], 1, generator=g) if with_keys else None)
+            for p in params
+        }
+        deltas.append(Delta(factors, {"method": "test"}))
+    stacks = FactorStacks(expected=expected)
+    buffer = bytearray(max(len(d.to_bytes()) for d in deltas))
+    for d in deltas:  # one buffer, overwritten by each delta, as ObjectStore.stream does
+        data = d.to_bytes()
+        buffer[: len(data)] = data
+        stacks.add(memoryview(buffer)[: len(data)])
+    got = stacks.factors()
+    assert sorted(got) == sorted({p for d in deltas for p in d.factors})
+    for p, f in got.items():
+        U = torch.cat([d.factors[p].U.float() for d in deltas if p in d.factors], dim=1)
+        V = torch.cat([d.factors[p].V.float() for d in deltas if p in d.factors], dim=1)
+        assert f.U.dtype == f.V.dtype == torch.float32
+        assert torch.equal(f.U, U) and torch.equal(f.V, V)

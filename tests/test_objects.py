@@ -36,3 +36,19 @@ def test_canonical_json_ignores_key_order(d: dict) -> None:
     reordered = dict(reversed(list(d.items())))
     assert canonical_json(d) == canonical_json(reordered)
     assert sha256_json(d) == sha256_json(reordered)
+
+
+def test_stream_yields_each_object_verified(tmp_path: Path) -> None:
+    objects = ObjectStore(tmp_path)
+    blobs = [b"a" * 10, b"", b"b" * (3 << 20), b"c" * 100]  # one larger than the first buffer
+    oids = [objects.write(blob) for blob in blobs]
+    assert [bytes(view) for view in objects.stream(oids + oids[:1])] == blobs + blobs[:1]
+
+    objects.path(oids[3]).write_bytes(b"d" * 100)
+    seen = []
+    with pytest.raises(CorruptObjectError, match="corrupt"):
+        for view in objects.stream(oids):
+            seen.append(bytes(view))
+    assert seen == blobs[:3]
+    with pytest.raises(CorruptObjectError, match="missing"):
+        list(objects.stream(["0" * 64]))
