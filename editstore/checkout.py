@@ -6,8 +6,8 @@ else copied; with ``link`` it is hard-linked to the base instead where reflinks 
 missing (instant, but the checkout then shares that file with the base: a
 ``save_pretrained`` into it would overwrite the base; ``editstore.json`` lists such
 shards). A touched shard is cloned or copied, never linked, and only the byte
-ranges of its edited tensors are rewritten, one tensor at a time, while another
-thread places the other shards. Like ``save_pretrained``, the output is not
+ranges of its edited tensors are rewritten, one tensor at a time, while other
+threads place the shards and write. Like ``save_pretrained``, the output is not
 fsynced: a killed process leaves no partial directory, a power loss may, and the
 checkout can always be written again. The safetensors header is kept
 byte-for-byte (shapes and dtypes do not change), so untouched tensors stay
@@ -87,32 +87,8 @@ def _verify(raw: bytes | memoryview, name: str, expected: Mapping[str, str]) -> 
 FICLONE = 0x40049409  # Linux ioctl: make dst a copy-on-write clone of src
 
 
-def _copy(src: Path, dst: Path, skip: Sequence[tuple[int, int]] = ()) -> None:
-    """Copy ``src`` to ``dst`` inside the kernel, leaving the byte ranges ``skip`` (sorted, disjoint) unwritten
-    for the caller to fill; a plain copy where ``copy_file_range`` is not available."""
-    size = src.stat().st_size
-    keep, at = [], 0
-    for begin, end in [*skip, (size, size)]:
-        if begin > at:
-            keep.append((at, begin))
-        at = end
-    try:
-        with open(src, "rb") as s, open(dst, "wb") as d:
-            os.truncate(d.fileno(), size)
-            for begin, end in keep:
-                while begin < end:
-                    n = os.copy_file_range(s.fileno(), d.fileno(), end - begin, begin, begin)
-                    if n == 0:
-                        raise OSError(f"{src} shrank while it was copied")
-                    begin += n
-    except (OSError, AttributeError) as exc:  # no copy_file_range here (another OS, an old kernel, some filesystems)
-        log.debug("copy_file_range failed for %s (%s); copying it plainly", src.name, exc)
-        shutil.copyfile(src, dst)
-
-
-def _place(src: Path, dst: Path, *, link: bool, skip: Sequence[tuple[int, int]] = ()) -> str:
-    """Put ``src`` at ``dst``: a reflink, else (with ``link``) a hard link, else a copy without the ranges
-    ``skip``; say which."""
+def _place(src: Path, dst: Path, *, link: bool) -> str:
+    """Put ``src`` at ``dst``: a reflink, else (with ``link``) a hard link, else a copy; say which."""
     with contextlib.suppress(OSError, ImportError):
         import fcntl
 
@@ -124,7 +100,7 @@ def _place(src: Path, dst: Path, *, link: bool, skip: Sequence[tuple[int, int]] 
         with contextlib.suppress(OSError):
             os.link(src, dst)
             return "link"
-    _copy(src, dst, skip)
+    shutil.copyfile(src, dst)  # sendfile: inside the kernel
     return "copy"
 
 
@@ -242,7 +218,7 @@ def write_checkout(
     """Write the composed version as a Hugging Face directory at ``out``; return ``out``.
 
     One thread places the shards, those holding edited tensors first, while this one
-    composes; another writes each composed tensor into its shard once that is in place,
+    composes; two more write each composed tensor into its shard (once that is in place)
     and into the cache.
     """
     out = Path(out).resolve()
@@ -257,29 +233,27 @@ def write_checkout(
             by_file.setdefault(base.info(param).file, []).append(param)
         order = sorted(base.weight_files, key=lambda f: f not in by_file)  # touched shards first
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="editstore-copy") as copier, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="editstore-write") as writer:
-            # a touched shard is never hard-linked, and its edited tensors are not copied: they are written
-            placed = {f: copier.submit(_place, base.path / f, staging / f, link=link and f not in by_file,
-                                       skip=sorted((base.info(p).begin, base.info(p).end) for p in by_file.get(f, [])))
-                      for f in order}
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="editstore-write") as writer:
+            # a touched shard is never hard-linked: its edited tensors are written into it
+            placed = {f: copier.submit(_place, base.path / f, staging / f, link=link and f not in by_file) for f in order}
 
-            def place(param: str, new: torch.Tensor, fresh: bool) -> None:
+            def write(param: str, new: torch.Tensor) -> None:
                 info = base.info(param)
                 placed[info.file].result()
                 _write_at(staging / info.file, info.begin, new)
-                if fresh:
-                    composition.remember(param, new)
 
-            written: Future[None] | None = None
+            in_flight: list[Future[None]] = []
             try:
                 for param, new, fresh in composed_params(base, composition, base_hashes=base_hashes, device=device):
-                    if written is not None:
-                        written.result()  # one composed weight in flight at a time
-                    written = writer.submit(place, param, new, fresh)
+                    for future in in_flight:  # one composed weight in flight at a time
+                        future.result()
+                    in_flight = [writer.submit(write, param, new)]
+                    if fresh:
+                        in_flight.append(writer.submit(composition.remember, param, new))
                     if progress:
                         progress(param)
-                if written is not None:
-                    written.result()
+                for future in in_flight:
+                    future.result()
             except BaseException:
                 for future in placed.values():
                     future.cancel()

@@ -157,15 +157,3 @@ def test_device_choice(gpt2_store: Store, tmp_path: Path) -> None:
     with pytest.raises(DeviceError):
         gpt2_store.checkout("HEAD", device="tpu")
 
-
-def test_checkout_without_copy_file_range(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpt2_dir: Path) -> None:
-    """Where the kernel cannot copy ranges (another OS, some filesystems), shards are copied plainly."""
-
-    def unsupported(*args: object) -> int:
-        raise OSError(95, "Operation not supported")
-
-    monkeypatch.setattr("os.copy_file_range", unsupported)
-    store = Store.init(gpt2_dir, tmp_path / "store")
-    deltas = commit_deltas(store, GPT2_PARAMS)
-    check_weights(store, store.checkout_to("HEAD", tmp_path / "out"), deltas)
-    store.close()
