@@ -185,16 +185,36 @@ def _base_weight(base: Checkpoint, param: str, base_hashes: Mapping[str, str]) -
 
 def composed_params(base: Checkpoint, composition: Composition, *, base_hashes: Mapping[str, str],
                     device: torch.device) -> Iterator[tuple[str, torch.Tensor, bool]]:
-    """Each edited parameter's new value, in order, and whether it was composed now (else it came from the cache)."""
-    for param in sorted(composition.params):
+    """Each edited parameter's new value, in order, and whether it was composed now (else it came from the cache).
+
+    The base weight of the next parameter to compose is read before this one is composed, so that
+    the products run back to back while the results are written.
+    """
+
+    def hit(param: str) -> torch.Tensor | None:
         info = base.info(param)
-        hit = composition.cached(param)
-        if hit is not None and tuple(hit.shape) == info.shape and hit.dtype == info.torch_dtype:
-            yield param, hit, False
+        cached = composition.cached(param)
+        ok = cached is not None and tuple(cached.shape) == info.shape and cached.dtype == info.torch_dtype
+        return cached if ok else None
+
+    params = sorted(composition.params)
+    misses = iter([p for p in params if hit(p) is None])
+    weights: dict[str, torch.Tensor] = {}
+
+    def read_next() -> None:
+        param = next(misses, None)
+        if param is not None:
+            weights[param] = _base_weight(base, param, base_hashes)
+
+    read_next()
+    for param in params:
+        if param not in weights:
+            yield param, hit(param), False
             continue
-        weight = _base_weight(base, param, base_hashes)
-        new = composition.compose(param, weight, orientation=base.orientations[param], device=device, consume=True)
-        yield param, new, True
+        read_next()
+        weight = weights.pop(param)
+        yield param, composition.compose(param, weight, orientation=base.orientations[param], device=device,
+                                         consume=True), True
 
 
 def _write_at(path: Path, offset: int, tensor: torch.Tensor) -> None:
