@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import mmap
 import os
 import tempfile
 from dataclasses import dataclass
@@ -63,25 +62,28 @@ class ComposedCache:
         """The cached tensor for ``key``, or None when absent or failing its hash (then it is removed).
 
         The tensor is a private (copy-on-write) memory map of the entry: nothing is copied,
-        and writing to it never changes the file.
+        no file descriptor stays open, and writing to it never changes the file.
         """
         path = self.path(key)
         if not self.enabled or not path.is_file():
             return None
         try:
-            with open(path, "rb") as fh:
-                data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
-            header, start = safetensors_header(data)
+            data = torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
+        except (OSError, RuntimeError) as exc:  # unreadable now (permissions, no memory): not proof of corruption
+            log.warning("cannot read cache entry %s (%s)", path.name, exc)
+            return None
+        try:
+            raw = raw_view(data)
+            header, start = safetensors_header(raw)
             entry = header[TENSOR]
             begin, end = (start + offset for offset in entry["data_offsets"])
             want = (header.get("__metadata__") or {}).get("sha256")
-            ok = end <= len(data) and want == sha256_bytes(memoryview(data)[begin:end])
             dtype = DTYPES[entry["dtype"]]
-            count = (end - begin) // dtype.itemsize
             shape = [int(n) for n in entry["shape"]]
-            ok = ok and math.prod(shape) == count
-            tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape) if ok else None
-        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            ok = end <= len(raw) and (end - begin) == math.prod(shape) * dtype.itemsize
+            ok = ok and want == sha256_bytes(raw[begin:end])
+            tensor = data[begin:end].view(dtype).reshape(shape) if ok else None
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             log.warning("dropping unreadable cache entry %s (%s)", path.name, exc)
             path.unlink(missing_ok=True)
             return None

@@ -263,17 +263,22 @@ def write_checkout(
                 _write_at(staging / info.file, info.begin, new)
 
             in_flight: list[Future[None]] = []
+            done: str | None = None
+
+            def wait() -> None:  # for the weight in flight: then it is written, and counts as done
+                for future in in_flight:
+                    future.result()
+                if done is not None and progress:
+                    progress(done)
+
             try:
                 for param, new, fresh in composed_params(base, composition, base_hashes=base_hashes, device=device):
-                    for future in in_flight:  # one composed weight in flight at a time
-                        future.result()
+                    wait()  # one composed weight in flight at a time
                     in_flight = [writer.submit(write, param, new)]
                     if fresh:
                         in_flight.append(writer.submit(composition.remember, param, new))
-                    if progress:
-                        progress(param)
-                for future in in_flight:
-                    future.result()
+                    done = param
+                wait()
             except BaseException:
                 for future in placed.values():
                     future.cancel()

@@ -70,13 +70,13 @@ def raw_view(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-def safetensors_header(data: bytes | bytearray) -> tuple[dict[str, Any], int]:
+def safetensors_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
     """The parsed JSON header of safetensors bytes in memory and the offset where their data starts.
 
     Raises ``ValueError`` (a ``json.JSONDecodeError``) when the header is not JSON.
     """
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + n]), 8 + n
+    return json.loads(bytes(data[8 : 8 + n])), 8 + n
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -175,6 +175,9 @@ class Checkpoint:
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor, loaded on its own (read straight into memory it owns)."""
         t = self.info(name)
+        if t.end - t.begin != math.prod(t.shape) * t.torch_dtype.itemsize:
+            raise BaseModelError(f"{self.path / t.file}: the header gives tensor {name} a byte range that does "
+                                 f"not fit its shape {list(t.shape)} and dtype {t.dtype}")
         # numpy's allocation: it asks the kernel for transparent huge pages on large buffers, which makes
         # first touching them (reading into them) about twice as fast as torch.empty's pages
         nbytes = math.prod(t.shape) * t.torch_dtype.itemsize
@@ -187,7 +190,7 @@ class Checkpoint:
             got = 0
             while got < len(view) and (n := fh.readinto(view[got:])):
                 got += n
-        if got != t.end - t.begin or got != len(view):
+        if got != len(view):
             raise BaseModelError(f"{self.path / t.file} is truncated: tensor {name} is incomplete")
         return tensor
 

@@ -186,6 +186,7 @@ class _Layout:
     """The deltas of one header (one method usually writes the same header): their bytes are gathered
     into ``batch`` and their factors moved to the stacks many at a time."""
 
+    header: bytes
     size: int
     slots: list[tuple[str, str, int, int, str, int, int]]  # param, part, byte range, dtype, d, r
     batch: np.ndarray
@@ -195,67 +196,62 @@ class _Layout:
 class FactorStacks:
     """The U and V of many deltas, per parameter, concatenated in the order they are added.
 
-    The fast path of composition, which reads every delta of a version: a delta's bytes
-    are copied into a batch of deltas with the same header, and each factor of a full
-    batch is moved into one float32 (R, d) array per parameter and part in one step;
-    keys and targets are skipped. So the bytes may live in a reused buffer
-    (:meth:`ObjectStore.stream`). ``expected`` (how many deltas) sizes the arrays.
+    The fast path of composition, which reads every delta of a version: small deltas'
+    bytes are gathered into a batch of deltas with the same header (up to ``BATCH_BYTES``),
+    and each factor of a full batch is moved into one float32 (R, d) array per parameter
+    and part in one step; keys and targets are skipped. So the bytes may live in a reused
+    buffer (:meth:`ObjectStore.stream`). ``expected`` (how many deltas) sizes the arrays.
     """
 
-    BATCH = 64
+    BATCH_BYTES = 4 << 20
 
     def __init__(self, expected: int = 1) -> None:
         self.expected = max(expected, 1)
         self.stacks: dict[tuple[str, str], _RowStack] = {}
-        self._layouts: dict[bytes, _Layout] = {}
-        self._order: list[_Layout] = []  # flushed in the order deltas arrived
+        self._layout: _Layout | None = None  # the header being gathered: one at a time keeps the order
 
-    def _layout(self, data: memoryview) -> _Layout:
+    def _layout_of(self, data: memoryview) -> _Layout:
         n = int.from_bytes(data[:8], "little")
-        raw = bytes(data[8 : 8 + n])
-        layout = self._layouts.get(raw)
-        if layout is None or layout.size != len(data):
+        header = bytes(data[8 : 8 + n])
+        layout = self._layout
+        if layout is None or layout.header != header or layout.size != len(data):
+            self._flush()
             slots = []
-            for name, entry in sorted(json.loads(raw).items()):
+            for name, entry in sorted(json.loads(header).items()):
                 param, _, part = name.rpartition(".")
                 if part in ("U", "V"):
                     begin, end = entry["data_offsets"]
                     d, r = entry["shape"]
                     slots.append((param, part, 8 + n + begin, 8 + n + end, entry["dtype"], d, r))
-            layout = self._layouts[raw] = _Layout(len(data), slots, np.empty((self.BATCH, len(data)), np.uint8))
+            rows = max(1, min(64, self.BATCH_BYTES // max(len(data), 1)))
+            layout = self._layout = _Layout(header, len(data), slots, np.empty((rows, len(data)), np.uint8))
         return layout
 
     def add(self, data: memoryview) -> None:
         """Append the factors of one delta's bytes."""
-        layout = self._layout(data)
-        if not self._order or self._order[-1] is not layout:
-            self._flush()  # keep the order of deltas across headers
-            self._order = [layout]
+        layout = self._layout_of(data)
+        if len(layout.batch) == 1:  # a large delta: its factors are moved straight from its bytes
+            self._move(layout, np.frombuffer(data, np.uint8)[None, :])
+            return
         layout.batch[layout.filled] = np.frombuffer(data, np.uint8)
         layout.filled += 1
-        if layout.filled == self.BATCH:
+        if layout.filled == len(layout.batch):
             self._flush()
 
     def _flush(self) -> None:
-        for layout in self._order:
-            b = layout.filled
-            for param, part, begin, end, dtype, d, r in layout.slots:
-                block = _float32(layout.batch[:b, begin:end], dtype).reshape(b, d, r).transpose(0, 2, 1)
-                stack = self.stacks.get((param, part))
-                if stack is None:
-                    stack = self.stacks[(param, part)] = _RowStack(d, self.expected * r)
-                stack.append(block.reshape(b * r, d))
-            layout.filled = 0
+        if self._layout is not None and self._layout.filled:
+            self._move(self._layout, self._layout.batch[: self._layout.filled])
+            self._layout.filled = 0
 
-    def extend(self, other: FactorStacks) -> None:
-        """Append everything ``other`` holds (the deltas that come after these)."""
-        self._flush()
-        other._flush()
-        for key, theirs in other.stacks.items():
-            if key in self.stacks:
-                self.stacks[key].append(theirs.rows[: theirs.n])
-            else:
-                self.stacks[key] = theirs
+    def _move(self, layout: _Layout, deltas: np.ndarray) -> None:
+        """Append the factors of ``deltas`` (one delta's bytes a row) to the stacks."""
+        b = len(deltas)
+        for param, part, begin, end, dtype, d, r in layout.slots:
+            block = _float32(deltas[:, begin:end], dtype).reshape(b, d, r).transpose(0, 2, 1)
+            stack = self.stacks.get((param, part))
+            if stack is None:
+                stack = self.stacks[(param, part)] = _RowStack(d, self.expected * r)
+            stack.append(block.reshape(b * r, d))
 
     def factors(self) -> dict[str, Factors]:
         """Per parameter, U (d_out, R) and V (d_in, R): transposed views of contiguous (R, d) arrays."""

@@ -574,7 +574,8 @@ class Store:
     # ----------------------------------------------------------------- checkout and diff
 
     def factors(self, edit_ids: Sequence[str]) -> dict[str, list[Factors]]:
-        """Per parameter, the factors U, V of the given edits in tree order (hash-verified; no keys)."""
+        """Per parameter, the factors U, V of the given edits in tree order, concatenated into one float32
+        :class:`Factors` (hash-verified; no keys)."""
         rows = self._edit_rows(edit_ids, "id, delta")
         return self._read_factors([rows[eid]["delta"] for eid in edit_ids])
 
@@ -590,13 +591,14 @@ class Store:
         """The delta objects of ``tree`` in order, and per parameter those touching it (one query)."""
         query = (
             "SELECT t.key, e.delta, p.value FROM json_each(?) AS t JOIN edits AS e ON e.id = t.value "
-            "JOIN json_each(e.params) AS p ORDER BY t.key, p.key"
+            "LEFT JOIN json_each(e.params) AS p ORDER BY t.key, p.key"
         )
         objects: dict[int, str] = {}
         sources: dict[str, list[str]] = {}
         for index, delta, param in self.db.execute(query, [json.dumps(list(tree))]):
             objects[index] = delta
-            sources.setdefault(param, []).append(delta)
+            if param is not None:
+                sources.setdefault(param, []).append(delta)
         if len(objects) != len(tree):
             self._edit_rows(tree, "id")  # names the missing edit
         return list(objects.values()), sources

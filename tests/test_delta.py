@@ -114,10 +114,10 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([("a.weight",), ("b.weight",), ("a.weight", "b.weight")]),
                           st.integers(1, 3), st.sampled_from(DTYPES), st.booleans()), min_size=1, max_size=150),
-       st.integers(1, 200))
-def test_factor_stacks_concatenate_in_order(specs: list, expected: int) -> None:
-    """Any mix of parameters, ranks, stored dtypes and headers (more deltas than a batch): the stacks
-    equal each delta's factors concatenated in order, in float32."""
+       st.integers(1, 200), st.booleans())
+def test_factor_stacks_concatenate_in_order(specs: list, expected: int, large: bool) -> None:
+    """Any mix of parameters, ranks, stored dtypes and headers (more deltas than a batch, or deltas too
+    large to batch): the stacks equal each delta's factors concatenated in order, in float32."""
     shapes = {"a.weight": (5, 7), "b.weight": (3, 4)}
     deltas = []
     for i, (params, r, dtype, with_keys) in enumerate(specs):
@@ -130,6 +130,8 @@ def test_factor_stacks_concatenate_in_order(specs: list, expected: int) -> None:
         }
         deltas.append(Delta(factors, {"method": "test"}))
     stacks = FactorStacks(expected=expected)
+    if large:
+        stacks.BATCH_BYTES = 1  # every delta counts as large: moved straight from its bytes
     buffer = bytearray(max(len(d.to_bytes()) for d in deltas))
     for d in deltas:  # one buffer, overwritten by each delta, as ObjectStore.stream does
         data = d.to_bytes()
