@@ -175,12 +175,12 @@ class Checkpoint:
     def read_tensor(self, name: str) -> torch.Tensor:
         """One tensor, loaded on its own (read straight into memory it owns)."""
         t = self.info(name)
-        if t.end - t.begin != math.prod(t.shape) * t.torch_dtype.itemsize:
+        nbytes = math.prod(t.shape) * t.torch_dtype.itemsize
+        if t.end - t.begin != nbytes:
             raise BaseModelError(f"{self.path / t.file}: the header gives tensor {name} a byte range that does "
                                  f"not fit its shape {list(t.shape)} and dtype {t.dtype}")
         # numpy's allocation: it asks the kernel for transparent huge pages on large buffers, which makes
         # first touching them (reading into them) about twice as fast as torch.empty's pages
-        nbytes = math.prod(t.shape) * t.torch_dtype.itemsize
         if not nbytes:
             return torch.empty(t.shape, dtype=t.torch_dtype)
         tensor = torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(t.torch_dtype).reshape(t.shape)
