@@ -1,11 +1,15 @@
 """Checkout speed and memory; prints one table per part.
 
-    python benchmarks/checkout.py [--parts store compose] [--edits 1000] [--shards 4] [--repeat 5]
-                                  [--compose-edits 10000] [--compose-repeat 1] [--device auto] [--workdir DIR]
+    python benchmarks/checkout.py [--parts store compose] [--edits 1000] [--layers-per-edit 1]
+                                  [--shards 4] [--repeat 5] [--compose-edits 10000]
+                                  [--compose-repeat 1] [--device auto] [--workdir DIR]
 
 store:   a GPT-2-small-sized model (GPT2Config(), 124M parameters, random weights, float32)
-         saved in --shards shards; a store with --edits rank-one edits, each on the MLP
-         down-projections of layers 5 and 6 (with keys and targets, as real edits have).
+         saved in --shards shards; a store with --edits edits on the MLP down-projections
+         of layers 5 and 6, with keys and targets, as real edits have. With
+         --layers-per-edit 1 (the default) each edit is rank one (ROME's shape), on layer 5
+         or 6 in turn, so each layer takes half of them; with 2 each edit is rank one on
+         both layers (MEMIT's shape: rank two in all), so each layer takes all of them.
          Times, against the same base in the same run: from_pretrained; from_pretrained +
          save_pretrained; `editstore checkout --out` (cold and warm composed-parameter
          cache; the default reflinks or copies unedited shards, --link hard-links them); in-memory
@@ -71,20 +75,26 @@ def build_base(work: Path, shards: int) -> Path:
     return base
 
 
-def build_store(work: Path, base: Path, edits: int) -> Path:
-    """A store whose HEAD holds ``edits`` rank-one edits on layers 5 and 6 (one commit)."""
+def build_store(work: Path, base: Path, edits: int, layers_per_edit: int) -> Path:
+    """A store whose HEAD holds ``edits`` edits on layers 5 and 6 (one commit): each rank one on one of
+    them in turn, or (``layers_per_edit`` 2) rank one on both."""
     from editstore import NewEdit, Store
     from editstore.synthetic import random_delta
 
-    root = work / f"store-{edits}"
+    root = work / f"store-{edits}x{layers_per_edit}"
     if (root / "store.db").is_file():
         return root
+    params = [PARAM.format(layer) for layer in LAYERS]
     with Store.init(base, root) as store:
-        params = [PARAM.format(layer) for layer in LAYERS]
-        new = [NewEdit(random_delta(store.base, params, rank=1, scale=0.02, seed=i, with_keys=True), "import")
+        new = [NewEdit(random_delta(store.base, _edited(params, i, layers_per_edit), rank=1, scale=0.02, seed=i,
+                                    with_keys=True), "import")
                for i in range(edits)]
-        store.record_edits(new, message=f"{edits} rank-one edits")
+        store.record_edits(new, message=f"{edits} edits, rank one on {layers_per_edit} layer(s) each")
     return root
+
+
+def _edited(params: list[str], i: int, layers_per_edit: int) -> list[str]:
+    return params if layers_per_edit == len(params) else [params[i % len(params)]]
 
 
 def model_bytes(path: Path) -> int:
@@ -294,7 +304,7 @@ def mib(n: float) -> str:
 
 def store_part(a: argparse.Namespace, work: Path) -> None:
     base = build_base(work, a.shards)
-    store = build_store(work, base, a.edits)
+    store = build_store(work, base, a.edits, a.layers_per_edit)
     for f in base.glob("*.safetensors"):  # warm the page cache
         f.read_bytes()
     out = work / "out"
@@ -321,13 +331,20 @@ def store_part(a: argparse.Namespace, work: Path) -> None:
     n_shards = len(list(base.glob("*.safetensors")))
     table = Table("case", "seconds", "ratio", "bar", "peak RSS MiB", "above imports",
                   title=f"checkout of a 124M-parameter GPT-2 ({mib(size)} MiB, {n_shards} shards), "
-                        f"{a.edits} rank-one edits on layers {LAYERS[0]} and {LAYERS[1]}, device {a.device}")
+                        f"{a.edits} edits on layers {LAYERS[0]} and {LAYERS[1]}, {_shape(a.layers_per_edit)}, "
+                        f"device {a.device}")
     for name, case, ref, bar in rows:
         r = case.result
         ratio = f"{r['seconds'] / ref.result['seconds']:.2f}" if ref else ""
         table.add_row(name, f"{r['seconds']:.3f}", ratio, bar, mib(r["peak_rss"]), mib(r["peak_rss"] - idle_rss))
     console.print(table)
     console.print(f"peak RSS of a process that has only imported torch, transformers and editstore: {mib(idle_rss)} MiB")
+
+
+def _shape(layers_per_edit: int) -> str:
+    if layers_per_edit == 1:
+        return "each rank one on one layer (half on each)"
+    return f"each rank one on {layers_per_edit} layers (all on each)"
 
 
 def compose_part(a: argparse.Namespace) -> None:
@@ -354,6 +371,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", nargs="+", choices=["store", "compose"], default=["store", "compose"])
     p.add_argument("--edits", type=int, default=1000)
+    p.add_argument("--layers-per-edit", type=int, default=1, choices=[1, len(LAYERS)],
+                   help="1: each edit rank one on layer 5 or 6 in turn; 2: rank one on both")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--compose-edits", type=int, default=10_000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
