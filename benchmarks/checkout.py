@@ -26,13 +26,15 @@ compose: one (6400 x 1600) parameter (GPT-2 XL's mlp.c_proj: d_in 6400, d_out 16
 
 Every case runs in a fresh subprocess (so its peak resident memory is its own) --repeat
 times, with Python imports done before its clock starts; the table shows the median
-seconds and the largest peak RSS, also above that of a process that only imported.
-Opening the store and checking the base are part of a checkout's time. The cases take
-turns, one run of each per round, each after an `os.sync()`, so that all of them see the
-same machine and none pays for writing back another's output. Before each run the base
-and the store are read through once, so that their disk reads come from memory for every
-case alike (a machine that reclaims cold page cache proactively, as this virtual machine
-does, would otherwise make some runs read from disk).
+seconds, the fastest and the slowest run, and the largest peak RSS, also above that of a
+process that only imported. Opening the store and checking the base are part of a
+checkout's time. The cases take turns, one run of each per round, so that all of them see
+the same machine. Before each run: the previous output is deleted and `os.sync()` run, so
+none pays for writing back another's output; then SETTLE seconds pass (right after 475 MiB
+were deleted, a copy on this virtual machine measured up to twice as slow; it has a
+memory balloon and DAMON reclaim, which hand freed and cold memory back to the host);
+then the base and the store are read through, so that their reads come from memory for
+every case alike (proactive reclaim would otherwise make some runs read from disk).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from rich.table import Table
 
 console = Console(width=130)
 LAYERS = (5, 6)
+SETTLE = 1.0  # seconds between deleting the last output and the next run (see the docstring)
 PARAM = "transformer.h.{}.mlp.c_proj.weight"
 
 
@@ -272,6 +275,7 @@ class Case:
         if self.out is not None:
             shutil.rmtree(self.out, ignore_errors=True)
         os.sync()
+        time.sleep(SETTLE)
         for root in self.read_first:
             for f in sorted(root.rglob("*")):
                 if f.is_file():
@@ -295,6 +299,7 @@ class Case:
         result = dict(self.runs[-1])
         result["seconds"] = statistics.median(r["seconds"] for r in self.runs)
         result["peak_rss"] = max(r["peak_rss"] for r in self.runs)
+        result["spread"] = f"{min(r['seconds'] for r in self.runs):.3f}–{max(r['seconds'] for r in self.runs):.3f}"
         return result
 
 
@@ -336,14 +341,14 @@ def store_part(a: argparse.Namespace, work: Path) -> None:
     run([case for _, case, _, _ in rows], a.repeat)
     idle_rss = idle.result["peak_rss"]
     n_shards = len(list(base.glob("*.safetensors")))
-    table = Table("case", "seconds", "ratio", "bar", "peak RSS MiB", "above imports",
+    table = Table("case", "seconds", "min–max", "ratio", "bar", "peak RSS MiB", "above imports",
                   title=f"checkout of a 124M-parameter GPT-2 ({mib(size)} MiB, {n_shards} shards), "
                         f"{a.edits} edits on layers {LAYERS[0]} and {LAYERS[1]}, {_shape(a.layers_per_edit)}, "
                         f"device {a.device}")
     for name, case, ref, bar in rows:
         r = case.result
         ratio = f"{r['seconds'] / ref.result['seconds']:.2f}" if ref else ""
-        table.add_row(name, f"{r['seconds']:.3f}", ratio, bar, mib(r["peak_rss"]), mib(r["peak_rss"] - idle_rss))
+        table.add_row(name, f"{r['seconds']:.3f}", r["spread"], ratio, bar, mib(r["peak_rss"]), mib(r["peak_rss"] - idle_rss))
     console.print(table)
     console.print(f"peak RSS of a process that has only imported torch, transformers and editstore: {mib(idle_rss)} MiB")
 
