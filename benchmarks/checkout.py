@@ -276,10 +276,13 @@ class Case:
             shutil.rmtree(self.out, ignore_errors=True)
         os.sync()
         time.sleep(SETTLE)
+        buffer = bytearray(1 << 20)  # reused: freeing a large read right before the run would disturb it too
         for root in self.read_first:
             for f in sorted(root.rglob("*")):
                 if f.is_file():
-                    f.read_bytes()
+                    with open(f, "rb", buffering=0) as fh:
+                        while fh.readinto(buffer):
+                            pass
         args = [sys.executable, __file__, "--child", self.case] + (["--out", str(self.out)] if self.out else [])
         for key, value in self.options.items():
             if value is True:
