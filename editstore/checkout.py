@@ -146,6 +146,14 @@ class Composition:
         assert self._hits is not None and self._hits.done()
         return self.factors() if any(hit is None for hit in self._hits.result().values()) else None
 
+    def prepare(self) -> None:
+        """Compute the factors now if a parameter misses the cache (and they are not being read in the
+        background), so that whatever computing them loads (a re-solve's own model) is let go before the
+        caller loads more."""
+        self.start()
+        if self._loaded is None and any(self.cached(p) is None for p in self.params):
+            self.all_factors()
+
     def cached(self, param: str) -> torch.Tensor | None:
         """The composed parameter from the cache, or None."""
         self.start()
@@ -306,6 +314,8 @@ def load_model(
     if not isinstance(composition, Composition):
         composition = Composition.of(composition)
     composition.start()
+    if into is None:
+        composition.prepare()  # so that a re-solve's own model and the base are not in memory together
     model = into if into is not None else from_pretrained(base.path, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from editstore import Store
 from editstore.editing import edit
@@ -65,6 +67,27 @@ def test_after_revert_batched_checkout_equals_a_batch_edit_of_the_rest(
         edit(b, requests[:2] + requests[3:], method=method, hparams=hp, device="cpu")
         fresh = edited(b, "sequential")
         assert_weights_close(reverted, fresh, b)
+
+
+def test_in_memory_batched_checkout_holds_one_model_at_a_time(
+    tmp_path: Path, world: Path, requests: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-layer re-solve loads a model for its forward passes: it is let go before the version's is loaded."""
+    import editstore.checkout
+
+    live: list[int] = []
+    real = editstore.checkout.from_pretrained
+
+    def counting(*args: object, **kwargs: object) -> torch.nn.Module:
+        gc.collect()
+        live.append(sum(isinstance(o, PreTrainedModel) for o in gc.get_objects()))
+        return real(*args, **kwargs)
+
+    with Store.init(world, tmp_path / "s") as store:
+        edit(store, requests[:2], method="memit", hparams=hparams(world, "memit", layers=[0, 1]), device="cpu")
+        monkeypatch.setattr(editstore.checkout, "from_pretrained", counting)
+        assert store.checkout(device="cpu", compose="batched") is not None
+    assert len(live) == 2 and live[1] == live[0], live  # the re-solve's model, then the version's
 
 
 def test_batched_composition_does_not_depend_on_the_order_of_edits(tmp_path: Path, world: Path, requests: list[dict]) -> None:
