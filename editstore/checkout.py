@@ -142,16 +142,20 @@ class Composition:
     def _read_hits(self) -> dict[str, torch.Tensor | None]:
         return {p: self.cache.get(self.keys[p]) if self.cache is not None and p in self.keys else None for p in self.params}
 
+    def _missed(self) -> bool:
+        """Whether some parameter is not in the cache (waits for the cache to be read)."""
+        self.start()
+        assert self._hits is not None
+        return any(hit is None for hit in self._hits.result().values())
+
     def _factors_if_missed(self) -> Mapping[str, Sequence[Factors]] | None:
-        assert self._hits is not None and self._hits.done()
-        return self.factors() if any(hit is None for hit in self._hits.result().values()) else None
+        return self.factors() if self._missed() else None
 
     def prepare(self) -> None:
         """Compute the factors now if a parameter misses the cache (and they are not being read in the
         background), so that whatever computing them loads (a re-solve's own model) is let go before the
         caller loads more."""
-        self.start()
-        if self._loaded is None and any(self.cached(p) is None for p in self.params):
+        if self._missed() and self._loaded is None:
             self.all_factors()
 
     def cached(self, param: str) -> torch.Tensor | None:
@@ -206,7 +210,8 @@ def composed_params(base: Checkpoint, composition: Composition, *, base_hashes: 
         return cached if ok else None
 
     params = sorted(composition.params)
-    misses = iter([p for p in params if hit(p) is None])
+    hits = {p: hit(p) for p in params}
+    misses = iter([p for p in params if hits[p] is None])
     weights: dict[str, torch.Tensor] = {}
 
     def read_next() -> None:
@@ -217,7 +222,7 @@ def composed_params(base: Checkpoint, composition: Composition, *, base_hashes: 
     read_next()
     for param in params:
         if param not in weights:
-            yield param, hit(param), False
+            yield param, hits.pop(param), False
             continue
         read_next()
         weight = weights.pop(param)
