@@ -155,7 +155,8 @@ class Composition:
         """Compute the factors now if a parameter misses the cache (and they are not being read in the
         background), so that whatever computing them loads (a re-solve's own model) is let go before the
         caller loads more."""
-        if self._missed() and self._loaded is None:
+        self.start()
+        if self._loaded is None and self._missed():  # (the factors read in the background need no wait)
             self.all_factors()
 
     def cached(self, param: str) -> torch.Tensor | None:

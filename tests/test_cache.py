@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from editstore import Store
+from editstore.cache import ComposedCache
 from editstore.errors import ConfigError
 from editstore.fsck import gc
 from editstore.synthetic import random_delta
@@ -36,6 +38,33 @@ def test_a_second_checkout_reads_the_cache_and_writes_the_same_bytes(
         assert torch.equal(first[name], second[name]), name
     for name in GPT2_PARAMS[:2]:
         assert torch.equal(in_memory[name], first[name]), name
+
+
+def test_a_sequential_checkout_does_not_wait_for_the_cache_before_loading_the_base(
+    tmp_path: Path, gpt2_store: Store
+) -> None:
+    """Reading and hash-checking the cached weights overlaps with ``from_pretrained`` (only a
+    re-solve, which loads its own model, needs to know beforehand whether the cache misses)."""
+    commit(gpt2_store, GPT2_PARAMS[:2], 1)
+    gpt2_store.checkout_to("HEAD", tmp_path / "one")
+    gate = threading.Event()
+
+    class GatedCache(ComposedCache):
+        def get(self, key: str) -> torch.Tensor | None:
+            gate.wait()
+            return super().get(key)
+
+    composition = gpt2_store.composition(gpt2_store.tree(), compose="sequential", device=torch.device("cpu"))
+    composition.cache = GatedCache(gpt2_store.cache.root, gpt2_store.cache.max_bytes)
+    composition.start()
+    prepared = threading.Thread(target=composition.prepare)
+    prepared.start()
+    prepared.join(timeout=10)
+    waited = prepared.is_alive()
+    gate.set()
+    prepared.join()
+    assert not waited, "prepare() waited for the cache to be read"
+    assert all(composition.cached(p) is not None for p in GPT2_PARAMS[:2])
 
 
 def test_a_neighbouring_version_reuses_the_parameters_it_shares(tmp_path: Path, gpt2_store: Store) -> None:
