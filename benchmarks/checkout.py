@@ -35,11 +35,12 @@ case always follows the same one, and here what runs before matters (a cold chec
 `from_pretrained`, 8 runs each). A checkout fills the composed-parameter cache, and one
 untimed checkout runs before the first round, so a warm case always finds it filled; a cold
 case empties it first. Before each run: the previous output is deleted and `os.sync()` run, so
-none pays for writing back another's output; then SETTLE seconds pass (right after 475 MiB
-were deleted, a copy on this virtual machine measured up to twice as slow; it has a
-memory balloon and DAMON reclaim, which hand freed and cold memory back to the host);
-then the base and the store are read through, so that their reads come from memory for
+none pays for writing back another's output; then SETTLE seconds pass; then the base and the store are read through, so that their reads come from memory for
 every case alike (proactive reclaim would otherwise make some runs read from disk).
+On the virtual machine the README's table was made on, memory the guest frees goes back
+to the host within about a second (free page reporting) and writing into it again costs
+several times a normal page-cache write, so a run's time still depends on how long ago
+the one before freed its memory: the spread the table shows.
 """
 
 from __future__ import annotations
