@@ -35,8 +35,9 @@ case always follows the same one, and here what runs before matters (a cold chec
 `from_pretrained`, 8 runs each). A checkout fills the composed-parameter cache, and one
 untimed checkout runs before the first round, so a warm case always finds it filled; a cold
 case empties it first. Before each run: the previous output is deleted and `os.sync()` run, so
-none pays for writing back another's output; then SETTLE seconds pass; then the base and the store are read through, so that their reads come from memory for
-every case alike (proactive reclaim would otherwise make some runs read from disk).
+none pays for writing back another's output; then SETTLE seconds pass; then the base and the
+store are read through, so that their reads come from memory for every case alike
+(proactive reclaim would otherwise make some runs read from disk).
 On the virtual machine the README's table was made on, memory the guest frees goes back
 to the host within about a second (free page reporting) and writing into it again costs
 several times a normal page-cache write, so a run's time still depends on how long ago
