@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import BaseModelError, SchemaError
+from .errors import BaseModelError
+from .inputs import iter_jsonl
 from .evaluate import Metrics, evaluate_requests, fill, next_tokens
 from .hashing import sha256_json
 from .records import now
@@ -30,16 +31,12 @@ FACTS_FILE = "facts.jsonl"
 
 
 def load_requests(path: str | Path) -> list[dict[str, Any]]:
-    """Edit requests from a JSONL file, each validated against ``edit-request.schema.json``."""
+    """Edit requests from a UTF-8 JSON Lines file, each validated against ``edit-request.schema.json``;
+    errors name the line (:class:`InputError` for what is not JSON, :class:`SchemaError` for what is not a request)."""
     rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SchemaError(f"{path}:{n} is not JSON: {exc}") from None
-            validate(row, "edit-request", what=f"{path}:{n}")
-            rows.append(row)
+    for where, row in iter_jsonl(path, what="requests file"):
+        validate(row, "edit-request", what=where)
+        rows.append(row)
     return rows
 
 

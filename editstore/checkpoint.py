@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BaseModelError
+from .errors import BaseModelError, InputError
 from .hashing import sha256_bytes, sha256_json
+from .inputs import loads, read_json
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +83,46 @@ def safetensors_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     """The parsed JSON header of a safetensors file and the offset where its data starts."""
-    with open(path, "rb") as fh:
-        raw_len = fh.read(8)
-        if len(raw_len) != 8:
-            raise BaseModelError(f"{path} is not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", raw_len)
-        if n > 100_000_000:
-            raise BaseModelError(f"{path} is not a safetensors file (header length {n})")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BaseModelError(f"{path} is not a safetensors file ({exc})") from None
+    try:
+        with open(path, "rb") as fh:
+            raw_len = fh.read(8)
+            if len(raw_len) != 8:
+                raise BaseModelError(f"{path} is not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > 100_000_000:
+                raise BaseModelError(f"{path} is not a safetensors file (header length {n})")
+            header = loads(fh.read(n), source=f"{path} header")
+            size = os.fstat(fh.fileno()).st_size
+    except (OSError, InputError) as exc:
+        raise BaseModelError(f"{path} is not a readable safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise BaseModelError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    for name, entry in header.items():
+        if name != "__metadata__" and not (_valid_entry(entry) and 8 + n + entry["data_offsets"][1] <= size):
+            raise BaseModelError(f"{path}: the header entry of {name!r} is not a tensor within the file")
     return header, 8 + n
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = read_json(path, what=what)
+    except InputError as exc:
+        raise BaseModelError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise BaseModelError(f"{path} is not a JSON object")
+    return value
+
+
+def _valid_entry(entry: Any) -> bool:
+    """A safetensors header entry: a dtype name, a shape of sizes and a (begin, end) byte range."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    return (
+        isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
+        and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    )
 
 
 class Checkpoint:
@@ -105,20 +135,19 @@ class Checkpoint:
         config_path = self.path / "config.json"
         if not config_path.is_file():
             raise BaseModelError(f"{path} is not a Hugging Face model directory: no config.json")
-        try:
-            self.config: dict[str, Any] = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BaseModelError(f"{config_path} is not valid JSON: {exc}") from None
+        self.config: dict[str, Any] = _read_json_object(config_path, "model config")
         self.weight_files = self._weight_files()
         self.tensors = self._locate_tensors()
 
     def _weight_files(self) -> list[str]:
         index = self.path / INDEX_FILE
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise BaseModelError(f"{index} is not a valid safetensors index ({exc!r})") from None
+            weight_map = _read_json_object(index, "safetensors index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(f, str) and f.endswith(".safetensors") and Path(f).name == f for f in weight_map.values()
+            ):
+                raise BaseModelError(f"{index} is not a valid safetensors index: its weight_map must map tensor "
+                                     "names to shard file names in the same directory")
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (self.path / f).is_file()]
             if missing:

@@ -25,15 +25,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import DTYPES, FLOAT_DTYPES, Checkpoint, safetensors_header
-from .errors import InvalidDeltaError, SchemaError
+from .checkpoint import FLOAT_DTYPES, Checkpoint, safetensors_header
+from .errors import InputError, InvalidDeltaError, SchemaError
 from .hashing import canonical_json
+from .inputs import loads, read_bytes
 from .schema import validate
 
 FORMAT = "editstore-delta"
 FORMAT_VERSION = 2  # 2: the optional <param>.hidden part
 METADATA_KEY = "editstore"
+MAX_METADATA_BYTES = 1 << 20  # the JSON header; requests and hparams are a few KiB
 PARTS = ("U", "V", "keys", "targets", "hidden")
+# What composition reads (FactorStacks converts each to float32); any other dtype is refused on the way in.
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -104,17 +108,18 @@ class Delta:
         try:
             tensors = st_load(data)
             metadata = _read_metadata(data)
-        except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        except (SafetensorError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
             raise InvalidDeltaError(f"{source} is not a valid safetensors file: {exc}") from None
         return cls(_group_factors(tensors, source, values=not trusted), _parse_header(metadata, source, schema=not trusted))
 
     @classmethod
     def load(cls, path: str | Path) -> Delta:
         """Read a delta file."""
-        path = Path(path)
-        if not path.is_file():
-            raise InvalidDeltaError(f"delta file {path} does not exist")
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        try:
+            data = read_bytes(path, what="delta file")
+        except InputError as exc:
+            raise InvalidDeltaError(str(exc)) from None
+        return cls.from_bytes(data, source=str(path))
 
     def check(self, source: str = "delta") -> None:
         """Structural checks that need no base: non-empty, 2-D float factors, equal r ≥ 1, all finite."""
@@ -149,12 +154,26 @@ class Delta:
                     f"{param}: U Vᵀ is {f.shape[0]} x {f.shape[1]} but the weight is {d_out} x {d_in} (out x in, "
                     f"{base.orientations[param]} module)"
                 )
+            limit = min(torch.finfo(torch.float32).max, torch.finfo(info.torch_dtype).max) / 2
+            if _max_abs_product(f.U, f.V, limit) >= limit:
+                raise InvalidDeltaError(f"{param}: U Vᵀ has entries beyond ±{limit:.3g}, more than a {info.dtype} weight "
+                                        "composed in float32 can hold")
             if f.keys is not None and f.keys.shape[0] != d_in:
                 raise InvalidDeltaError(f"{param}.keys has {f.keys.shape[0]} rows, expected d_in = {d_in}")
             for part in ("targets", "hidden"):
                 t = getattr(f, part)
                 if t is not None and t.shape[0] != d_out:
                     raise InvalidDeltaError(f"{param}.{part} has {t.shape[0]} rows, expected d_out = {d_out}")
+
+
+def _max_abs_product(U: torch.Tensor, V: torch.Tensor, limit: float) -> float:
+    """max |U Vᵀ| in float64, or a bound on it below ``limit`` (which spares forming the product)."""
+    U, V = U.double(), V.double()  # (d_out, r), (d_in, r)
+    bound = float((U.abs().amax(0) * V.abs().amax(0)).sum())
+    if bound < limit:
+        return bound
+    rows = max(1, (1 << 24) // max(V.shape[0], 1))  # ~128 MiB of float64 a block
+    return max(float((U[i : i + rows] @ V.T).abs().max()) for i in range(0, U.shape[0], rows))
 
 
 class _RowStack:
@@ -174,11 +193,16 @@ class _RowStack:
         self.n += r
 
 
+_NUMPY_FLOATS = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
+
+
 def _float32(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Rows of little-endian bytes (B, n) of a float dtype as float32 values (B, n / itemsize)."""
     if dtype == "BF16":  # the upper half of a float32
         return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
-    return raw.view({"F32": "<f4", "F16": "<f2", "F64": "<f8"}[dtype]).astype(np.float32, copy=False)
+    if dtype not in _NUMPY_FLOATS:  # only an object written before dtypes were checked (fsck names it)
+        raise InvalidDeltaError(f"a delta object holds {dtype} factors, which composition cannot read; run `editstore fsck`")
+    return raw.view(_NUMPY_FLOATS[dtype]).astype(np.float32, copy=False)
 
 
 @dataclass
@@ -270,14 +294,15 @@ def _read_metadata(data: bytes) -> dict[str, str]:
 def _parse_header(metadata: dict[str, str], source: str, *, schema: bool = True) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
         return {}
+    text = metadata[METADATA_KEY]
+    if schema and len(text) > MAX_METADATA_BYTES:
+        raise InvalidDeltaError(f"{source}: metadata key {METADATA_KEY!r} has {len(text)} characters; at most "
+                                f"{MAX_METADATA_BYTES} are read")
     try:
-        header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise InvalidDeltaError(f"{source}: metadata key {METADATA_KEY!r} is not JSON: {exc}") from None
-    try:
+        header = loads(text, source=f"{source}: metadata key {METADATA_KEY!r}")
         if schema:
             validate(header, "delta-metadata", what=f"{source} header")
-    except SchemaError as exc:
+    except (InputError, SchemaError) as exc:
         raise InvalidDeltaError(str(exc)) from None
     if header["version"] > FORMAT_VERSION:
         raise InvalidDeltaError(f"{source} uses delta format version {header['version']}; this editstore reads ≤ {FORMAT_VERSION}")
@@ -302,8 +327,9 @@ def _check_factors(param: str, p: dict[str, torch.Tensor], source: str, *, value
     for part, t in p.items():
         if t.ndim != 2:
             raise InvalidDeltaError(f"{source}: {param}.{part} must be 2-D, got shape {list(t.shape)}")
-        if not t.is_floating_point():
-            raise InvalidDeltaError(f"{source}: {param}.{part} must be floating point, got {t.dtype}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise InvalidDeltaError(f"{source}: {param}.{part} is {t.dtype}; delta factors must be float16, bfloat16, "
+                                    "float32 or float64")
         if values and not torch.isfinite(t).all():
             raise InvalidDeltaError(f"{source}: {param}.{part} contains NaN or Inf")
     U, V = p["U"], p["V"]

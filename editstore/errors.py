@@ -91,3 +91,7 @@ class MissingStatsError(EditStoreError):
 
 class ConfigError(EditStoreError):
     """An unknown configuration key or a value it does not take."""
+
+
+class InputError(EditStoreError):
+    """An input file or argument that cannot be read or parsed (see :mod:`editstore.inputs`)."""

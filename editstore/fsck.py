@@ -13,12 +13,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from .delta import Delta
-from .errors import CorruptObjectError, InvalidDeltaError
-from .hashing import sha256_bytes
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
 from .cache import TrimReport
+from .delta import SUPPORTED_DTYPES, Delta
+from .errors import BaseModelError, CorruptObjectError, InvalidDeltaError
+from .hashing import sha256_bytes
+from .moments import stats_rows
 from .records import Commit, Edit, tree_id
-from .store import Store
+from .revisions import ref_name_problem
+from .store import HEADS, TAGS, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,7 @@ def _fsck(store: Store) -> FsckReport:
         if sha256_bytes(store.objects.path(oid).read_bytes()) != oid:
             report.errors.append(f"object {oid} is corrupt (content hash mismatch)")
     _check_edits(store, report, on_disk)
+    _check_stats(store, report, on_disk)
     _check_commits(store, report)
     _check_refs(store, report)
     for oid in sorted(on_disk - referenced_objects(store)):
@@ -98,13 +105,31 @@ def _check_edits(store: Store, report: FsckReport, on_disk: set[str]) -> None:
         if edit.delta not in on_disk:
             report.errors.append(f"edit {row['id'][:12]}: delta object {edit.delta} is missing")
             continue
-        try:
+        try:  # parsed as an untrusted file: an object an older editstore accepted must still be usable
             delta = Delta.from_bytes(store.objects.read(edit.delta, verify=False), source=f"object {edit.delta}")
+            delta.check_fits(store.base)
         except (CorruptObjectError, InvalidDeltaError) as exc:
             report.errors.append(f"edit {row['id'][:12]}: {exc}")
             continue
         if delta.params != list(edit.params):
             report.errors.append(f"edit {row['id'][:12]}: its delta touches {delta.params}, the record says {list(edit.params)}")
+
+
+def _check_stats(store: Store, report: FsckReport, on_disk: set[str]) -> None:
+    """Each statistics object holds one finite, square float Σ of its module's input width."""
+    for row in stats_rows(store):
+        if row.object not in on_disk:
+            report.errors.append(f"stats of {row.module}: object {row.object} is missing")
+            continue
+        try:
+            sigma = st_load(store.objects.read(row.object, verify=False)).get("sigma")
+            d_in = store.base.linear_shape(f"{row.module}.weight")[1]
+        except (CorruptObjectError, SafetensorError, BaseModelError) as exc:
+            report.errors.append(f"stats of {row.module}: object {row.object[:12]} cannot be used: {exc}")
+            continue
+        usable = sigma is not None and sigma.dtype in SUPPORTED_DTYPES and tuple(sigma.shape) == (d_in, d_in)
+        if not usable or not torch.isfinite(sigma).all():
+            report.errors.append(f"stats of {row.module}: object {row.object[:12]} is not a finite ({d_in}, {d_in}) float Σ")
 
 
 def _check_commits(store: Store, report: FsckReport) -> None:
@@ -140,6 +165,11 @@ def _check_refs(store: Store, report: FsckReport) -> None:
     for name, row in refs.items():
         if row["target"] is not None and row["target"] not in commit_ids:
             report.errors.append(f"ref {name} points at missing commit {row['target'][:12]}")
+        short = name.removeprefix(HEADS).removeprefix(TAGS)
+        problem = "not a branch or tag" if short == name else ref_name_problem(short)
+        if name != "HEAD" and problem:
+            report.warnings.append(f"ref {name!r} has a name editstore no longer accepts ({problem}); "
+                                   "give its commit a valid name and delete this ref")
 
 
 def reachable_commits(store: Store) -> set[str]:

@@ -9,9 +9,10 @@ keeps them.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from safetensors.torch import save as st_save
 
 from .errors import BaseModelError, EditStoreError
 from .hashing import sha256_bytes
+from .inputs import loads, read_bytes
 from .records import now
 from .stats import second_moment
 
@@ -65,10 +67,10 @@ class Corpus:
             if not line.strip():
                 continue
             if self.path.suffix == ".jsonl":
-                try:
-                    line = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise StatsError(f'{self.path}:{n}: a JSONL corpus needs one object with a "text" field per line') from None
+                row = loads(line, source=f"{self.path}:{n}")
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise StatsError(f'{self.path}:{n}: a JSONL corpus needs one object with a "text" string per line')
+                line = row["text"]
             texts.append(line)
             if len(texts) >= samples:
                 break
@@ -80,10 +82,7 @@ class Corpus:
 def read_corpus(path: str | Path) -> Corpus:
     """Read a text file (one text per line) or JSONL (a "text" field per line) as a :class:`Corpus`."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StatsError(f"cannot read corpus {path}: {exc}") from None
+    data = read_bytes(path, what="corpus")
     return Corpus(path, data, sha256_bytes(data))
 
 
@@ -148,17 +147,43 @@ def compute_stats(
 def import_npz(store: Store, module: str, path: str | Path) -> StatsRow:
     """Import an original ROME/MEMIT stats file (``mom2.mom2``: Σ k kᵀ, ``mom2.count``) for ``module``."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-        with np.load(path, allow_pickle=False) as npz:
-            mom2, count = npz["mom2.mom2"], int(npz["mom2.count"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
-        raise StatsError(f"{path} is not a ROME stats .npz with mom2.mom2 and mom2.count: {exc}") from None
     d_in = _module_input_dim(store, module)
-    if mom2.shape != (d_in, d_in) or count <= 0:
-        raise StatsError(f"{path}: mom2.mom2 is {mom2.shape} with count {count}; {module} needs ({d_in}, {d_in})")
+    data = read_bytes(path, what="statistics file")
+    mom2 = _npz_member(path, data, "mom2.mom2", max_bytes=d_in * d_in * 16 + 65536)
+    count = _npz_member(path, data, "mom2.count", max_bytes=65536)
+    if mom2.shape != (d_in, d_in) or mom2.dtype.kind not in "fiu":
+        raise StatsError(f"{path}: mom2.mom2 is {mom2.dtype} of shape {mom2.shape}; {module} needs real ({d_in}, {d_in})")
+    if count.size != 1 or count.dtype.kind not in "iu" or not 0 < int(count.reshape(())) < 1 << 63:
+        raise StatsError(f"{path}: mom2.count must be one positive whole number, got {count.dtype} {count.tolist()!r:.60}")
+    if not np.isfinite(mom2).all():
+        raise StatsError(f"{path}: mom2.mom2 contains NaN or Inf")
+    count = int(count.reshape(()))
     sigma = torch.from_numpy(mom2.astype(np.float64)) / count
     return save_stats(store, module, sigma, count, corpus=IMPORTED + sha256_bytes(data), samples=count, source=path.name)
+
+
+def _npz_member(path: Path, data: bytes, name: str, *, max_bytes: int) -> np.ndarray:
+    """The array ``name`` of the ``.npz`` bytes ``data``, read without pickle and only when its
+    uncompressed size is at most ``max_bytes`` (a zip bomb is refused before it is inflated)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            try:
+                info = archive.getinfo(f"{name}.npy")
+            except KeyError:
+                found = ", ".join(sorted(archive.namelist())[:8]) or "nothing"
+                raise StatsError(f"{path} is not a ROME stats .npz: no array {name!r} (it holds {found})") from None
+            if info.file_size > max_bytes:
+                raise StatsError(f"{path}: {name} is {info.file_size} bytes uncompressed, more than the module needs")
+            member = archive.read(info)
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as exc:
+        raise StatsError(f"{path} is not a ROME stats .npz with mom2.mom2 and mom2.count: {exc}") from None
+    try:
+        array = np.load(io.BytesIO(member), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        array = exc
+    if not isinstance(array, np.ndarray):  # an error, or another archive: never unpickled
+        raise StatsError(f"{path}: {name}.npy is not a .npy array of numbers")
+    return array
 
 
 def _module_input_dim(store: Store, module: str) -> int:

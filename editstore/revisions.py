@@ -1,15 +1,26 @@
-"""Revision syntax: ``HEAD``, branch and tag names, full ids, hex prefixes (≥ 4), ``REV~N`` and ``REV^``."""
+"""Revision syntax: ``HEAD``, branch and tag names, full ids, hex prefixes (≥ 4), ``REV~N`` and ``REV^``.
+
+Also the rules a new branch or tag name must follow, those of ``git check-ref-format``
+with a narrower alphabet: ASCII letters, digits and ``. _ - /`` (so no whitespace,
+control characters, ``~ ^ : ? * [`` or backslashes, nor the ``@{`` of git's reflog syntax); no
+empty component, no component that starts with ``.`` or ends with ``.lock``, no ``..``,
+no leading ``-``, no trailing ``/`` or ``.``, not ``HEAD``, at most ``MAX_REF_NAME``
+characters.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from .errors import RefError, UnknownRevisionError
+from .errors import RefError, RevisionError, UnknownRevisionError
 
 MIN_PREFIX = 4
+MAX_REF_NAME = 255  # characters, as a file name (git keeps a ref as a file)
+MAX_REVISION = 1024  # characters of a whole revision, suffixes included
+MAX_BACK = 10**9  # first-parent steps one revision may go back
 _SUFFIX = re.compile(r"(~\d*|\^+)$")
-_REF_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
+_REF_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
 
 
 @dataclass(frozen=True)
@@ -21,28 +32,55 @@ class Revision:
 
 
 def parse_revision(text: str) -> Revision:
-    """Split ``main~2^`` into ``Revision("main", 3)``."""
-    text = text.strip()
-    back = 0
-    while (m := _SUFFIX.search(text)) is not None:
-        suffix = m.group(1)
-        if suffix.startswith("~"):
-            back += int(suffix[1:]) if len(suffix) > 1 else 1
-        else:
-            back += len(suffix)
-        text = text[: m.start()]
+    """Split ``main~2^`` into ``Revision("main", 3)``; :class:`RevisionError` for text that cannot be one."""
     if not text:
-        raise UnknownRevisionError("empty revision")
-    return Revision(text, back)
+        raise UnknownRevisionError("empty revision (name a branch, tag, id or HEAD)")
+    if len(text) > MAX_REVISION:
+        raise RevisionError(f"a revision has at most {MAX_REVISION} characters, not {len(text)}")
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise RevisionError(f"revision {text!r} holds whitespace or control characters")
+    name, back = text, 0
+    while (m := _SUFFIX.search(name)) is not None:
+        suffix = m.group(1)
+        if suffix.startswith("~") and len(suffix) > 10:
+            raise RevisionError(f"{text}: ~N takes at most {MAX_BACK} steps")
+        back += (int(suffix[1:]) if len(suffix) > 1 else 1) if suffix.startswith("~") else len(suffix)
+        if back > MAX_BACK:
+            raise RevisionError(f"{text} goes back more than {MAX_BACK} commits")
+        name = name[: m.start()]
+    if not name:
+        raise UnknownRevisionError(f"{text}: ~ and ^ need a revision before them, like HEAD~1")
+    return Revision(name, back)
 
 
 def check_ref_name(name: str) -> None:
-    """Raise :class:`RefError` unless ``name`` is a usable branch or tag name."""
-    if (
-        not _REF_NAME.match(name)
-        or name == "HEAD"
-        or ".." in name
-        or "//" in name
-        or name.endswith(("/", ".", ".lock"))
-    ):
-        raise RefError(f"{name!r} is not a valid branch or tag name")
+    """Raise :class:`RefError` unless ``name`` is a usable branch or tag name (rules in the module docstring)."""
+    problem = ref_name_problem(name)
+    if problem:
+        raise RefError(f"{name!r} is not a valid branch or tag name: {problem}")
+
+
+def ref_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a branch or tag name, or None when it can."""
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_REF_NAME:
+        return f"it has {len(name)} characters, at most {MAX_REF_NAME} are allowed"
+    if not _REF_CHARS.fullmatch(name):
+        return "use ASCII letters, digits and . _ - / only"
+    if name == "HEAD":
+        return "HEAD is reserved"
+    if name.startswith("-"):
+        return "it must not start with '-'"
+    if ".." in name:
+        return "it must not contain '..'"
+    if name.endswith(("/", ".")):
+        return "it must not end with '/' or '.'"
+    for component in name.split("/"):
+        if not component:
+            return "it must not contain '//' or start with '/'"
+        if component.startswith("."):
+            return "no part between slashes may start with '.'"
+        if component.endswith(".lock"):
+            return "no part between slashes may end with '.lock'"
+    return None

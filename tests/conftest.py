@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from safetensors import safe_open
 
 from editstore import Store
 from editstore.checkpoint import CONV1D, Checkpoint
 from editstore.synthetic import tiny_model
+
+# Hypothesis profiles: "ci" (the default: bounded and derandomized, so a CI run is repeatable) and "long"
+# (python -m pytest tests/test_fuzz.py --hypothesis-profile=long: many more random examples).
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile("ci")
 
 SAMPLES = 300  # corpus lines for Σ in tests that edit a fact world (the packaged default streams the whole corpus)
 GPT2_PARAMS = ["transformer.h.0.mlp.c_proj.weight", "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.attn.c_attn.weight"]

@@ -54,7 +54,9 @@ def _bad(tmp_path: Path, tensors: dict, metadata: dict | None = None) -> Path:
         ({"w.U": torch.tensor([[float("inf")]]), "w.V": torch.ones(1, 1)}, "NaN or Inf"),
         ({"w.U": torch.ones(3, 1), "w.V": torch.ones(2, 1), "w.X": torch.ones(1, 1)}, "is not <param>"),
         ({"w.U": torch.ones(3), "w.V": torch.ones(2, 1)}, "2-D"),
-        ({"w.U": torch.ones(3, 1, dtype=torch.int64), "w.V": torch.ones(2, 1)}, "floating point"),
+        ({"w.U": torch.ones(3, 1, dtype=torch.int64), "w.V": torch.ones(2, 1)}, "must be float16, bfloat16"),
+        ({"w.U": torch.ones(3, 1).to(torch.float8_e4m3fn), "w.V": torch.ones(2, 1)}, "float8_e4m3fn; delta factors"),
+        ({"w.U": torch.ones(3, 1).to(torch.float8_e5m2), "w.V": torch.ones(2, 1)}, "float8_e5m2; delta factors"),
         ({"w.U": torch.ones(3, 1), "w.V": torch.ones(2, 1), "w.keys": torch.ones(2, 3)}, "together"),
     ],
 )

@@ -39,6 +39,14 @@ from .world import trace, world
 class EditStoreGroup(click.Group):
     """Turns library errors into clean messages and exit codes."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:  # bytes that are not UTF-8 arrive as lone surrogates, which no record can hold
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                raise click.UsageError(f"argument {arg.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text") from None
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -95,7 +103,7 @@ def ref_decorations(store: Store) -> dict[str, list[str]]:
 @cli.command()
 @click.argument("rev", default="HEAD")
 @click.option("--oneline", is_flag=True, help="One line per commit.")
-@click.option("-n", "--max-count", type=int, help="Show at most N commits.")
+@click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
 @json_option
 @store_option
 @click.pass_context

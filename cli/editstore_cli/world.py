@@ -22,7 +22,7 @@ def world() -> None:
 
 @world.command("build")
 @click.option("--arch", type=click.Choice(ARCHES), default="gpt2", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Directory to build into (default: the user cache).")
 @click.option("--force", is_flag=True, help="Rebuild even when a matching world exists.")
 def build(arch: str, seed: int, out: Path | None, force: bool) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EditStoreError, SchemaError
+from ..inputs import read_json
 from ..schema import validate
 from .mend import MendHparams
 from .targets import TargetHparams
@@ -109,11 +110,7 @@ class Hparams:
 
 def load_hparams(path: str | Path) -> Hparams:
     """Hyperparameters from a JSON file of the user's."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SchemaError(f"cannot read hparams {path}: {exc}") from None
-    return Hparams.from_json(data, what=str(path))
+    return Hparams.from_json(read_json(path, what="hparams file"), what=str(path))
 
 
 @functools.cache
