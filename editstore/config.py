@@ -47,7 +47,7 @@ def _backend(value: str) -> str:
     return value
 
 
-_size = _number(int, 0, float("inf"), "a whole number ≥ 0")
+_size = _number(int, 0, 2**63 - 1, "a whole number from 0 to 2^63 - 1")
 _cosine = _number(float, -1.0, 1.0, "a number in [-1, 1]")
 
 

@@ -18,6 +18,7 @@ import sqlite_utils
 
 from .errors import StoreFormatError
 
+CORE_TABLES = ("bases", "base_tensors", "edits", "trees", "commits", "refs")  # what version 1 already had
 FORMAT_VERSION = 4  # 2: stats (an editstore that does not know them would gc their objects); 3: conflicts; 4: editors
 
 SCHEMA = """
@@ -85,3 +86,9 @@ def check_format(db: sqlite_utils.Database, path: Path) -> None:
     if version < FORMAT_VERSION:  # every upgrade so far only adds tables: one transaction adds them
         stamp = f"INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', '{FORMAT_VERSION}');"
         db.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{stamp}\nCOMMIT;")
+    missing = [t for t in CORE_TABLES if not db[t].exists()]
+    if missing or not db.execute("SELECT 1 FROM bases").fetchone() or not db.execute(
+        "SELECT 1 FROM refs WHERE name = 'HEAD'"
+    ).fetchone():
+        what = f"it lacks the table(s) {', '.join(missing)}" if missing else "it has no base or no HEAD"
+        raise StoreFormatError(f"{path} is not an editstore database ({what})")
