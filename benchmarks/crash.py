@@ -8,8 +8,8 @@ kills:       a writer of random operations (editstore.torture: imports, reverts,
              the store is checked: fsck clean, every commit the writer acknowledged present, the
              tree of main whole. The table counts the kills per operation they interrupted.
 concurrency: --writers writers of --ops operations each (the ones that keep HEAD on main) and
-             --readers readers that compose main's version over and over, all at once; then the
-             same checks.
+             --readers readers that compose main's version 3 x --ops times, all at once; then the same
+             checks. A reader reports how many distinct versions it saw.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def concurrency(tmp: Path, writers: int, readers: int, ops: int, seed: int) -> N
     jobs = []
     for i in range(writers + readers):
         parent, child = ctx.Pipe(duplex=False)
-        target, args = (writer, (root, child, seed * 1000 + i, ops, CONCURRENT)) if i < writers else (reader, (root, child, ops))
+        target, args = (writer, (root, child, seed * 1000 + i, ops, CONCURRENT)) if i < writers else (reader, (root, child, 3 * ops))
         proc = ctx.Process(target=target, args=args)
         proc.start()
         child.close()
@@ -71,7 +71,7 @@ def concurrency(tmp: Path, writers: int, readers: int, ops: int, seed: int) -> N
     seconds = time.perf_counter() - start
     acknowledged = [v for _, _, m in jobs[:writers] for kind, v in m if kind == "commit"]
     faults = check_store(root, acknowledged)
-    table = Table("process", "exit", "finished", "operations or versions read", title=f"concurrency ({seconds:.1f} s)")
+    table = Table("process", "exit", "finished", "operations (writer) or versions seen (reader)", title=f"concurrency ({seconds:.1f} s)")
     for i, (proc, _, messages) in enumerate(jobs):
         last = messages[-1] if messages else ("", "")
         table.add_row(f"{'writer' if i < writers else 'reader'} {i}", str(proc.exitcode), str(last[0] == "done"),

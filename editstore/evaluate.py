@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .errors import SchemaError
 from .forward import next_token_logits, target_logits
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def target_ids(tokenizer: Any, target: str) -> list[int]:
     """Token ids of a target as it continues a prompt (with its leading space)."""
     ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError(f"target {target!r} tokenizes to nothing")
+        raise SchemaError(f"target {target!r} tokenizes to nothing; a target needs at least one token")
     return ids
 
 

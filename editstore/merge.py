@@ -71,7 +71,13 @@ def merge_base(store: Store, a: str, b: str) -> str | None:
     ancestor of another one (of several such, the nearest to both)."""
     da, db = ancestors(store, a), ancestors(store, b)
     common = set(da) & set(db)
-    below = {c2 for c in common for c2 in ancestors(store, c) if c2 != c}
+    below: set[str] = set()  # strict ancestors of common ancestors, in one walk (each is common too)
+    frontier = [p for c in common for p in store.commit(c).parents]
+    while frontier:
+        cid = frontier.pop()
+        if cid not in below:
+            below.add(cid)
+            frontier.extend(store.commit(cid).parents)
     best = common - below
     return min(best, key=lambda c: (da[c] + db[c], c)) if best else None
 

@@ -144,16 +144,17 @@ def writer(root: str, conn: Connection, seed: int, count: int | None = None, ops
 
 
 def reader(root: str, conn: Connection, count: int) -> None:
-    """Read ``count`` versions while writers run: each commit's tree resolves and its deltas compose."""
+    """Read main's version ``count`` times while writers run: each tree resolves and its deltas compose.
+    Reports how many distinct versions it saw (more than one: it read while others wrote)."""
     store = Store.open(root)
-    seen = 0
+    seen = set()
     for _ in range(count):
         head = store.resolve("main")
         tree = store.commit_tree(head)
         factors = store.factors(tree)
         assert sum(f.rank for fs in factors.values() for f in fs) == sum(store.edits(tree)[e].rank for e in tree)
-        seen += len(tree)
-    conn.send(("done", seen))
+        seen.add(head)
+    conn.send(("done", len(seen)))
     store.close()
 
 

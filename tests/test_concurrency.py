@@ -95,7 +95,7 @@ def test_concurrent_writers_and_readers_see_whole_versions(gpt2_store: Store) ->
     pipes, procs = [], []
     for i in range(5):
         parent, child = ctx.Pipe(duplex=False)
-        target, args = (writer, (root, child, i, 100, CONCURRENT)) if i < 3 else (reader, (root, child, 150))
+        target, args = (writer, (root, child, i, 100, CONCURRENT)) if i < 3 else (reader, (root, child, 300))
         procs.append(ctx.Process(target=target, args=args))
         procs[-1].start()
         child.close()
@@ -111,6 +111,7 @@ def test_concurrent_writers_and_readers_see_whole_versions(gpt2_store: Store) ->
         assert proc.exitcode == 0, messages[i][-3:]
     assert all(m[-1][0] == "done" for m in messages)
     assert all(m[-1][1] == 100 for m in messages[:3])
+    assert all(m[-1][1] > 1 for m in messages[3:])  # each reader saw versions come and go
     acknowledged = [value for m in messages[:3] for kind, value in m if kind == "commit"]
     assert len(acknowledged) >= 30  # imports and reverts, about a third of 300 operations
     assert check_store(root, acknowledged) == []

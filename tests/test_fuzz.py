@@ -376,10 +376,12 @@ COMMANDS = [
     ("import-delta", "P", "-m", "R"), ("stats", "import", "--module", "R", "P"), ("export", "R", "--peft", "P"),
     ("checkout", "R", "--out", "P"), ("checkout", "R", "--out", "P", "--compose", "R"), ("gc", "--dry-run"),
     ("stats", "list"), ("edit", "--requests", "P"), ("eval", "R", "--requests", "P"), ("branch", "R", "-d"),
+    ("init", "--base", "P", "--store", "P"), ("merge", "R"), ("conflicts", "R"), ("mend", "list"),
+    ("trace", "--model", "P", "--prompt", "R", "--subject", "R"), ("log", "-n", "R", "R"),
 ]
 
 
-@FIXTURES
+@settings(FIXTURES, max_examples=3 * settings.default.max_examples)  # many command shapes: 3x the profile's count
 @given(st.data())
 def test_any_command_line_exits_cleanly(store: Store, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     tmp = tmp_path_factory.mktemp("cli")

@@ -206,3 +206,31 @@ def test_an_older_store_is_upgraded_on_open(tmp_path: Path, gpt2_dir: Path) -> N
         assert store.head() == head
         assert {"stats", "embeddings", "conflicts", "editors"} <= set(store.db.table_names())
         assert store.db.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()[0] == str(FORMAT_VERSION)
+
+
+def test_merge_base_is_the_nearest_best_common_ancestor(gpt2_store: Store) -> None:
+    """A criss-cross history: two best common ancestors, the nearest (then the smaller id) wins, as the
+    definition computed by brute force (a common ancestor no other common ancestor descends from) says."""
+    from editstore.merge import ancestors, merge, merge_base
+
+    s = gpt2_store
+
+    def commit(seed: int) -> str:
+        return s.import_delta(random_delta(s.base, GPT2_PARAMS[:1], seed=seed), message=str(seed))
+
+    base = commit(1)
+    s.create_branch("q")
+    p1 = commit(2)
+    s.switch("q")
+    q1 = commit(3)
+    s.switch("main")
+    p2 = merge(s, "q").commit  # parents p1, q1
+    s.switch("q")
+    q2 = merge(s, p1).commit  # parents q1, p1
+    for a, b in [(p2, q2), (p2, q1), (p1, q1), (q2, base), (p2, p2)]:
+        da, db = ancestors(s, a), ancestors(s, b)
+        common = set(da) & set(db)
+        best = {c for c in common if not any(c != o and c in ancestors(s, o) for o in common)}
+        assert merge_base(s, a, b) == min(best, key=lambda c: (da[c] + db[c], c))
+    assert merge_base(s, p2, q2) in {p1, q1}
+    assert merge_base(s, p1, q1) == base

@@ -71,7 +71,7 @@ def stats() -> None:
 @stats.command("compute")
 @click.option("--corpus", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Plain text (one text per line) or JSONL with a \"text\" field.")
-@click.option("--samples", type=click.IntRange(min=1), default=100_000, show_default=True, help="Texts to stream (at most).")
+@click.option("--samples", type=click.IntRange(1, 2**31 - 1), default=100_000, show_default=True, help="Texts to stream (at most).")
 @click.option("--module", "modules", multiple=True, help="Module name (repeatable).")
 @layers_option("Comma-separated layers of the method's module template (e.g. 3,4,5).")
 @click.option("--method", type=click.Choice(METHODS), default="memit", show_default=True,

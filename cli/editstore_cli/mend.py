@@ -25,7 +25,7 @@ def mend() -> None:
 
 @mend.command("train")
 @layers_option("Comma-separated layers to edit (default: the packaged hparams').")
-@click.option("--steps", type=click.IntRange(min=1), help="Meta-training steps at most (default: the hparams').")
+@click.option("--steps", type=click.IntRange(1, 10**9), help="Meta-training steps at most (default: the hparams').")
 @click.option("--hparams", "hparams_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="MEND hyperparameters JSON (default: the packaged file for the base's architecture).")
 @requests_option("Training requests (JSONL with paraphrase_prompts and neighborhood_prompts; default: the fact "

@@ -15,6 +15,12 @@ from editstore.world.build import ARCHES
 from .output import echo_json, print_table
 
 
+def finite(_ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes FloatRange's comparisons
+        raise click.BadParameter("nan is not a number", param=param)
+    return value
+
+
 @click.group()
 def world() -> None:
     """The fact world: a synthetic knowledge base and small LMs trained on it."""
@@ -54,8 +60,8 @@ def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
 @click.option("--prompt", required=True, help="The prompt, with the subject filled in (or {} for it).")
 @click.option("--subject", required=True, help="The subject, which must occur in the prompt.")
 @click.option("--answer", help="The answer to trace (default: the model's greedy next token).")
-@click.option("--samples", type=click.IntRange(1), default=10, show_default=True, help="Noise samples.")
-@click.option("--noise", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True,
+@click.option("--samples", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Noise samples.")
+@click.option("--noise", type=click.FloatRange(0, 1000, min_open=True), default=3.0, callback=finite, show_default=True,
               help="Noise scale, in embedding std units.")
 @click.option("--out", type=click.Path(path_type=Path), help="Save a heatmap PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
