@@ -56,6 +56,17 @@ def test_float8_deltas_are_refused(gpt2_store: Store, tmp_path: Path, dtype: tor
     assert "delta factors must be float16, bfloat16, float32 or float64" in refused(gpt2_store, "import-delta", path, "-m", "x")
 
 
+@pytest.mark.parametrize(("dtype", "nbytes"), [("F4", 1), ("F8_E8M0", 2), ("C64", 16), ("U16", 4), ("BOOL", 2)])
+def test_dtypes_torch_cannot_compose_are_refused(gpt2_store: Store, tmp_path: Path, dtype: str, nbytes: int) -> None:
+    header = {f"{PARAM}.U": {"dtype": dtype, "shape": [2, 1], "data_offsets": [0, nbytes]},
+              f"{PARAM}.V": {"dtype": "F32", "shape": [2, 1], "data_offsets": [nbytes, nbytes + 8]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x01" * (nbytes + 8))
+    refused(gpt2_store, "import-delta", path, "-m", "x")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_every_supported_dtype_is_imported_and_checked_out(gpt2_store: Store, tmp_path: Path, dtype: torch.dtype) -> None:
     path = tmp_path / "d.safetensors"
