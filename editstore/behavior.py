@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from .errors import BaseModelError
-from .inputs import iter_jsonl
 from .evaluate import Metrics, evaluate_requests, fill, next_tokens
 from .hashing import sha256_json
+from .inputs import iter_jsonl
 from .records import now
 from .schema import validate
 from .store import Store

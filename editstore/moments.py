@@ -155,10 +155,10 @@ def import_npz(store: Store, module: str, path: str | Path) -> StatsRow:
         raise StatsError(f"{path}: mom2.mom2 is {mom2.dtype} of shape {mom2.shape}; {module} needs real ({d_in}, {d_in})")
     if count.size != 1 or count.dtype.kind not in "iu" or not 0 < int(count.reshape(())) < 1 << 63:
         raise StatsError(f"{path}: mom2.count must be one positive whole number, got {count.dtype} {count.tolist()!r:.60}")
-    if not np.isfinite(mom2).all():
-        raise StatsError(f"{path}: mom2.mom2 contains NaN or Inf")
     count = int(count.reshape(()))
-    sigma = torch.from_numpy(mom2.astype(np.float64)) / count
+    sigma = torch.from_numpy(mom2.astype(np.float64)) / count  # stored as float32: it must be finite there
+    if not torch.isfinite(sigma.float()).all():
+        raise StatsError(f"{path}: mom2.mom2 / mom2.count has NaN or Inf entries, or entries beyond float32's range")
     return save_stats(store, module, sigma, count, corpus=IMPORTED + sha256_bytes(data), samples=count, source=path.name)
 
 

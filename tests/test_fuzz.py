@@ -29,12 +29,11 @@ from hypothesis import strategies as st
 
 from editstore import Store
 from editstore.behavior import load_requests
-from editstore.delta import Delta
 from editstore.editing import check_requests
 from editstore.errors import EditStoreError, RefError
 from editstore.export import export_peft
 from editstore.methods.targets import tokenize_request
-from editstore.moments import import_npz, stats_rows
+from editstore.moments import import_npz, load_sigma, stats_rows
 from editstore.revisions import MAX_REF_NAME, parse_revision
 from editstore.synthetic import random_delta
 from editstore_cli.main import cli
@@ -303,35 +302,40 @@ def npy(array: np.ndarray) -> bytes:
 
 @st.composite
 def npz_files(draw: st.DrawFn, d_in: int) -> bytes:
-    members: dict[str, bytes] = {}
-    good = {"mom2.mom2.npy": npy(np.eye(d_in)), "mom2.count.npy": npy(np.array(100))}
-    for name in draw(st.lists(st.sampled_from(["mom2.mom2.npy", "mom2.count.npy", "mom2.mom2", "other.npy"]),
-                              min_size=0, max_size=3, unique=True)):
-        kind = draw(st.sampled_from(["good", "bytes", "dtype", "shape", "value", "nested"]))
-        if kind == "good":
-            members[name] = good.get(name, npy(np.zeros(3)))
-        elif kind == "bytes":
+    """A valid ROME statistics archive with its members replaced, dropped, renamed or added, and maybe a flipped byte."""
+    members = {"mom2.mom2.npy": npy(np.eye(d_in)), "mom2.count.npy": npy(np.array(100))}
+    for name in sorted(members):
+        kind = draw(st.just("good") | st.sampled_from(["bytes", "dtype", "shape", "value", "nested", "truncated", "drop",
+                                                        "rename"]))  # half the members stay good
+        matrix = "mom2.mom2" in name
+        if kind == "bytes":
             members[name] = draw(st.binary(max_size=200))
         elif kind == "dtype":
             dtype = draw(st.sampled_from(["complex64", "bool", "U3", "float16", "int8", "uint64", "V4", "datetime64[s]"]))
-            members[name] = npy(np.zeros((d_in, d_in) if "mom2" in name else (), dtype=dtype))
+            members[name] = npy(np.zeros((d_in, d_in) if matrix else (), dtype=dtype))
         elif kind == "shape":
             members[name] = npy(np.zeros(draw(st.lists(st.integers(0, 5), max_size=3)), dtype="float64"))
         elif kind == "value":
-            value = draw(st.sampled_from([np.nan, np.inf, -1, 0, 2**63 - 1, 1e300]))
-            members[name] = npy(np.full((d_in, d_in) if "mom2.mom2" in name else (), value))
-        else:
+            value = draw(st.sampled_from([np.nan, np.inf, -1, 0, 2**63 - 1, 1e300, 1e38, -1e300]))
+            members[name] = npy(np.full((d_in, d_in) if matrix else (), value))
+        elif kind == "nested":
             inner = io.BytesIO()
             np.savez(inner, x=np.zeros(2))
             members[name] = inner.getvalue()
-        if draw(st.booleans()) and name in good:
-            members[name] = good[name][: draw(st.integers(0, len(good[name])))]  # truncated
+        elif kind == "truncated":
+            members[name] = members[name][: draw(st.integers(0, len(members[name]) - 1))]
+        elif kind == "drop":
+            del members[name]
+        elif kind == "rename":
+            members[name.removesuffix(".npy")] = members.pop(name)
+    if draw(st.booleans()):
+        members["other.npy"] = npy(np.zeros(3))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]))) as z:
         for name, content in members.items():
             z.writestr(name, content)
     raw = buffer.getvalue()
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         raw = data_flip(raw, draw(st.integers(0, max(len(raw) - 1, 0))))
     return raw
 
@@ -347,8 +351,10 @@ def test_any_npz_is_imported_or_refused_cleanly(store: Store, tmp_path: Path, da
     path = tmp_path / "stats.npz"
     path.write_bytes(data.draw(npz_files(d_in)))
     row = refused_cleanly(store, import_npz, store, MODULE, path)
-    if row is not None:
+    if row is not None:  # accepted: a usable Σ is stored
         assert row in stats_rows(store, MODULE)
+        sigma = load_sigma(store, row)
+        assert sigma.shape == (d_in, d_in) and sigma.isfinite().all()
         with store.locked(), store.db.atomic():  # keep the shared store's statistics as they were
             store.db.execute("DELETE FROM stats WHERE object = ?", [row.object])
 

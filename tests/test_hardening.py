@@ -167,6 +167,7 @@ def npy(array: np.ndarray) -> bytes:
         ({"mom2.mom2.npy": npz(x=b"1"), "mom2.count.npy": npy(np.array(5))}, "is not a .npy array"),
         ({"mom2.mom2.npy": npy(np.eye(128, dtype=complex)), "mom2.count.npy": npy(np.array(5))}, "needs real"),
         ({"mom2.mom2.npy": npy(np.full((128, 128), np.nan)), "mom2.count.npy": npy(np.array(5))}, "NaN or Inf"),
+        ({"mom2.mom2.npy": npy(np.full((128, 128), 1e300)), "mom2.count.npy": npy(np.array(5))}, "float32's range"),
         ({"mom2.mom2.npy": npy(np.eye(128)), "mom2.count.npy": npy(np.array([5, 6]))}, "one positive whole number"),
         ({"mom2.mom2.npy": npy(np.eye(128)), "mom2.count.npy": npy(np.array(0))}, "one positive whole number"),
         ({"mom2.mom2.npy": npy(np.zeros(10**6)), "mom2.count.npy": npy(np.array(5))}, "more than the module needs"),

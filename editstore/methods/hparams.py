@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import EditStoreError, SchemaError
+from ..errors import EditStoreError
 from ..inputs import read_json
 from ..schema import validate
 from .mend import MendHparams
