@@ -54,6 +54,14 @@ def check_output_dir(out: Path) -> None:
         raise OutputDirError(f"--out {out} exists and is not an empty directory")
 
 
+def make_dir(path: Path, what: str) -> None:
+    """Create ``path`` and its parents; :class:`OutputDirError` naming ``what`` when that cannot be done."""
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create {what}: {exc.strerror or exc}") from None
+
+
 @contextlib.contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
     """A staging directory beside ``out`` (missing or empty) that becomes ``out`` when the block succeeds.
@@ -61,10 +69,9 @@ def staged_output(out: Path) -> Iterator[Path]:
     On any failure the staging directory is removed and ``out`` is left as it was.
     """
     check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.editstore-tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    make_dir(staging, f"--out {out}")
     try:
         yield staging
         if out.exists():

@@ -58,7 +58,8 @@ class NotInTreeError(EditStoreError):
 
 
 class OutputDirError(EditStoreError):
-    """``--out`` points at something that is not an empty or missing directory."""
+    """An output path (``--out``, ``--peft``, a store to create) is not an empty or missing directory, or cannot
+    be written."""
 
 
 class CorruptObjectError(EditStoreError):

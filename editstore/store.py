@@ -21,7 +21,7 @@ import torch
 
 from . import db as dbmod
 from .cache import ComposedCache
-from .checkout import Composition, Progress, load_model, write_checkout
+from .checkout import Composition, Progress, load_model, make_dir, write_checkout
 from .checkpoint import Checkpoint
 from .compose import resolve_device
 from .config import check_setting, default
@@ -147,7 +147,8 @@ class Store:
         if (root / DB_FILE).exists():
             raise StoreExistsError(f"a store already exists at {root}")
         checkpoint = Checkpoint(base)
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            make_dir(root, f"the store directory {root}")
         with writer_lock(root / "lock"):
             if (root / DB_FILE).exists():
                 raise StoreExistsError(f"a store already exists at {root}")

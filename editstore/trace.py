@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .errors import OutputDirError
 from .evaluate import target_ids
 from .forward import is_encoder_decoder, run
 from .layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
@@ -183,6 +184,10 @@ def save_heatmap(trace: Trace, path: str | Path) -> Path:
     axes[0].set_yticks(range(len(labels)), labels)
     fig.suptitle(f"p({trace.answer}): clean {trace.p_clean:.3f}, subject corrupted {trace.p_corrupted:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise OutputDirError(f"cannot write the heatmap {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return Path(path)

@@ -216,3 +216,11 @@ def test_fsck_reports_unusable_statistics_and_ref_names(gpt2_store: Store) -> No
     assert any("not a finite" in e for e in report.errors), report.errors
     assert any("no longer accepts" in w for w in report.warnings), report.warnings
     gpt2_store.delete_branch("bad\n")  # an old bad name can still be deleted
+
+
+def test_outputs_that_cannot_be_created_are_refused(gpt2_store: Store, gpt2_dir: Path) -> None:
+    gpt2_store.import_delta(random_delta(gpt2_store.base, [PARAM]), message="one")
+    assert "cannot create --out" in refused(gpt2_store, "checkout", "HEAD", "--out", "/proc/editstore-out")
+    assert "cannot create --out" in refused(gpt2_store, "export", "HEAD", "--peft", "/proc/editstore-out")
+    assert "Not a directory" in refused(gpt2_store, "checkout", "HEAD", "--out", gpt2_dir / "config.json" / "x")
+    assert "cannot create the store directory" in refused(gpt2_store, "init", "--base", gpt2_dir, "--store", "/proc/s")

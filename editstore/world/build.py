@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..checkout import check_output_dir
+from ..checkout import check_output_dir, make_dir
 from ..evaluate import score_pairs
 from ..hashing import sha256_json
 from .knowledge import KnowledgeBase, WorldSpec
@@ -112,7 +112,7 @@ def build_world(
         check_output_dir(target)  # never replace a directory that is not a world
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    make_dir(staging, f"the world directory {target}")
     try:
         _build_into(config, staging, on_epoch)
         if target.exists():
