@@ -106,6 +106,7 @@ def test_pathological_metadata_is_refused(gpt2_store: Store, tmp_path: Path, met
 )
 def test_bad_revisions_are_refused(gpt2_store: Store, rev: str, message: str) -> None:
     assert message in refused(gpt2_store, "log", rev)
+    assert message in refused(gpt2_store, "conflicts", rev)  # an optional REV given empty is not HEAD either
 
 
 @pytest.mark.parametrize("name", ["foo\n", "a\x01b", "a" * 256, "a..b", "a@{1}", "x.lock", "x/", "x/.y", "x//y", "-x",

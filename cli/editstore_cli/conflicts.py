@@ -43,14 +43,15 @@ def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: 
     --requests, check prospective edits against HEAD without committing (exit 3 on a contradiction)."""
     store = open_store(ctx, store_dir)
     requests = read_requests(prompt, subject, target, suppress, target_true, requests_file, required=False)
-    if requests and rev:
+    if requests and rev is not None:
         raise click.UsageError("give REV or a prospective edit, not both")
     if requests:
         found, _ = check_prospective(store, requests, method=method, device=resolve_device(device))
         title = "conflicts of the prospective edit(s) with HEAD"
     else:
-        found = version_conflicts(store, rev or "HEAD", device=resolve_device(device))
-        title = f"conflicts inside {rev or 'HEAD'}"
+        rev = "HEAD" if rev is None else rev  # an empty REV is an error, not HEAD
+        found = version_conflicts(store, rev, device=resolve_device(device))
+        title = f"conflicts inside {rev}"
     if as_json:
         echo_json([c.to_json() for c in found])
     elif found:
