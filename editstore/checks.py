@@ -175,7 +175,7 @@ def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, reque
     out: list[dict[str, np.ndarray]] = [{} for _ in requests]
     for layer in hp.layers:
         name = hp.module_name(layer)
-        keys = mean_keys(model, prompts, name, pad_id(tokenizer))  # (n, d_in)
+        keys = mean_keys(model, prompts, name, pad_id(tokenizer), hp.prefixes.unprefixed_weight)  # (n, d_in)
         for i in range(len(requests)):
             out[i][f"{name}.weight"] = whitener.whiten(f"{name}.weight", keys[i][:, None].cpu())
     return out

@@ -163,3 +163,18 @@ def test_alphaedit_leaves_the_preserved_keys_alone() -> None:
     delta = s.U @ s.V.T
     preserved = vectors[:, 6:]  # the directions with large eigenvalues
     assert torch.linalg.norm(delta @ preserved) <= 1e-8 * torch.linalg.norm(delta)
+
+
+def test_mean_keys_weighs_the_unprefixed_prompt_as_asked(gpt2_dir: Path) -> None:
+    """None: every prompt alike (ROME's code); 0.5: half for the unprefixed prompt (MEMIT's and AlphaEdit's)."""
+    from editstore.methods.targets import Prompts
+
+    model = AutoModelForCausalLM.from_pretrained(gpt2_dir)
+    rows, last = [[1, 2, 3], [4, 5, 1, 2, 3], [6, 1, 2, 3]], [2, 4, 3]
+    request = lambda r, s: [Prompts(rows=r, subject_last=s, kl_row=[1, 2], kl_subject_last=1, target=[5])]  # noqa: E731
+    module = "transformer.h.0.mlp.c_proj"
+    k0 = mean_keys(model, request(rows[:1], last[:1]), module, pad=0)
+    rest = mean_keys(model, request(rows[1:], last[1:]), module, pad=0)
+    torch.testing.assert_close(mean_keys(model, request(rows, last), module, pad=0), (k0 + 2 * rest) / 3)
+    torch.testing.assert_close(mean_keys(model, request(rows, last), module, pad=0, unprefixed_weight=0.5),
+                               0.5 * k0 + 0.5 * rest)

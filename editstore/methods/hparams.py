@@ -37,6 +37,7 @@ class PrefixHparams:
     n: int = 10
     length: int = 5
     seed: int = 0
+    unprefixed_weight: float | None = None  # share of the unprefixed prompt in k̄ (None: 1 / (n + 1), see mean_keys)
 
 
 @dataclass(frozen=True)

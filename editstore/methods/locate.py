@@ -122,7 +122,7 @@ def spread(
     for i, layer in enumerate(hp.layers):
         name = hp.module_name(layer)
         with patched(model, updates):
-            K = mean_keys(model, prompts, name, pad).double().T  # (d_in, n)
+            K = mean_keys(model, prompts, name, pad, hp.prefixes.unprefixed_weight).double().T  # (d_in, n)
             h = outputs_at_subject(model, prompts, last_block, pad)  # (n, d)
         R = ((z.to(h) - h) / (len(hp.layers) - i)).double().T  # (d_out, n)
         W = effective_weight(model, name, updates.get(name, ()))  # (d_out, d_in), float64

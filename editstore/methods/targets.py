@@ -96,13 +96,23 @@ def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence
     )
 
 
-def mean_keys(model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int) -> torch.Tensor:
-    """k̄ per request: ``module``'s input at the subject's last token, averaged over the prefixes; (n, d_in)."""
+def mean_keys(
+    model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int, unprefixed_weight: float | None = None
+) -> torch.Tensor:
+    """k̄ per request: ``module``'s input at the subject's last token, averaged over the prefixed prompts; (n, d_in).
+
+    ``unprefixed_weight``: the share of the prompt without a prefix (row 0), the prefixed ones sharing the
+    rest equally; None weighs every row alike (ROME's code), 0.5 is MEMIT's and AlphaEdit's code, which
+    averages within each group of context templates and then over the groups.
+    """
     rows = [r for p in prompts for r in p.rows]
     idx = key_positions(model, module, [i for p in prompts for i in p.subject_last])
     keys = capture(model, rows, idx, pad, inputs_of=[module])[module]
     per = len(prompts[0].rows)
-    return keys.view(len(prompts), per, -1).mean(1)
+    keys = keys.view(len(prompts), per, -1)  # (n, per, d_in)
+    if unprefixed_weight is None or per == 1:
+        return keys.mean(1)
+    return unprefixed_weight * keys[:, 0] + (1 - unprefixed_weight) * keys[:, 1:].mean(1)
 
 
 def outputs_at_subject(model: torch.nn.Module, prompts: Sequence[Prompts], module: str, pad: int) -> torch.Tensor:
