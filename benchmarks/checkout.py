@@ -15,7 +15,9 @@ store:   a GPT-2-small-sized model (GPT2Config(), 124M parameters, random weight
          cache; the default reflinks or copies unedited shards, --link hard-links them); in-memory
          store.checkout() (cold and warm). Bars (issue 4): checkout --out ≤ 0.5 × (load +
          save), in-memory ≤ 1.2 × load. A warm cache is a second checkout of the version,
-         or of one that shares its edited parameters.
+         or of one that shares its edited parameters. Also two whole processes, as a user
+         times them (Python's start and every import inside the clock): `editstore checkout
+         HEAD --out` against `python -c` from_pretrained + save_pretrained; bar ≤ 0.5.
 compose: one (6400 x 1600) parameter (GPT-2 XL's mlp.c_proj: d_in 6400, d_out 1600) and
          --compose-edits rank-one edits: sequential composition (editstore.compose.apply_factors,
          W₀ + U Vᵀ with the factors concatenated) and the batched re-solve
@@ -224,6 +226,29 @@ def case_imports(a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": 0.0}
 
 
+LOAD_SAVE = ("import sys; from transformers import AutoModelForCausalLM; "
+             "AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype='auto').save_pretrained(sys.argv[2])")
+
+
+def _whole_process(argv: list[str]) -> dict[str, Any]:
+    """Seconds of a whole new process, as a user waits for it (Python's start and imports included),
+    and its peak RSS."""
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+
+
+def case_process_load_save(a: argparse.Namespace) -> dict[str, Any]:
+    return _whole_process([sys.executable, "-c", LOAD_SAVE, a.base, a.out])
+
+
+def case_process_checkout(a: argparse.Namespace) -> dict[str, Any]:
+    _clear_cache(a)
+    command = shutil.which("editstore") or "editstore"
+    return _whole_process([command, "--store", a.store, "checkout", "HEAD", "--out", a.out, "--device", a.device])
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "imports": case_imports,
     "load": case_load,
@@ -232,6 +257,8 @@ CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "in_memory": case_in_memory,
     "compose_sequential": case_compose_sequential,
     "compose_batched": case_compose_batched,
+    "process_load_save": case_process_load_save,
+    "process_checkout": case_process_checkout,
 }
 
 
@@ -247,7 +274,7 @@ def child(argv: list[str]) -> None:
     a = p.parse_args(argv)
     warm_imports()
     result = CASES[a.case](a)
-    result["peak_rss"] = peak_rss()
+    result.setdefault("peak_rss", peak_rss())
     print(json.dumps(result))
 
 
@@ -346,6 +373,12 @@ def store_part(a: argparse.Namespace, work: Path) -> None:
         ("in-memory store.checkout(), cold cache", Case("in_memory", options={"store": store, **common}), load, ""),
         ("in-memory store.checkout(), warm cache", Case("in_memory", options={"store": store, "warm": True, **common}),
          load, "≤ 1.20"),
+    ]
+    process_load_save = Case("process_load_save", out, {"base": base})
+    rows += [  # whole processes, as a user times them: Python's start and the imports count
+        ("process: python -c from_pretrained + save_pretrained", process_load_save, None, ""),
+        ("process: editstore checkout --out, cold cache", Case("process_checkout", out, {"store": store, **common}),
+         process_load_save, "≤ 0.50"),
     ]
     for _, case, _, _ in rows:
         case.read_first = [base, store]
