@@ -201,3 +201,46 @@ def test_every_command_has_help() -> None:
 
     walk(cli, ())
     assert "Commands:" in run("--help")
+
+
+def test_lazy_commands_help_in_the_table_is_their_own() -> None:
+    """`editstore --help` shows the lazily loaded commands' help from a table: it must match each command."""
+    import importlib
+
+    import click
+
+    from editstore_cli.main import LAZY_COMMANDS
+
+    for name, (target, first_sentence) in LAZY_COMMANDS.items():
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert command.name == name
+        assert command.get_short_help_str(10_000) == click.Command(name, help=first_sentence).get_short_help_str(10_000)
+
+
+def test_log_and_checkout_import_neither_transformers_nor_faiss(tmp_path: Path, gpt2_dir: Path) -> None:
+    """A version-control command is typed many times an hour: the CLI loads the model and index libraries
+    only for the commands that use them (a fresh process, so nothing is imported already)."""
+    import subprocess
+    import sys
+
+    from editstore import Store
+    from editstore.synthetic import random_delta
+
+    from .conftest import GPT2_PARAMS
+
+    with Store.init(gpt2_dir, tmp_path / "store") as store:
+        store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+    code = (
+        "import sys\n"
+        "from editstore_cli.main import cli\n"
+        "for argv in (['log'], ['checkout', 'HEAD', '--out', sys.argv[2]], ['--help']):\n"
+        "    try:\n"
+        "        cli(['--store', sys.argv[1], *argv])\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, (argv, exc.code)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'transformers', 'faiss', 'matplotlib', 'peft'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store"), str(tmp_path / "out")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

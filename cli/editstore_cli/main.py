@@ -13,35 +13,64 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import importlib
+import os
+
 import click
 from rich.table import Table
 from tqdm import tqdm
-from transformers.utils import logging as transformers_logging
 
 from editstore import Store
-from editstore.behavior import behavior_diff, evaluate_version, evaluations, load_requests
 from editstore.config import COMPOSE_MODES, SETTINGS
-from editstore.checks import rebuild_index
-from editstore.compose import resolve_device
 from editstore.errors import EditStoreError
-from editstore.export import export_peft
-from editstore.fsck import fsck as run_fsck
-from editstore.fsck import gc as run_gc
 
 from .common import device_option, json_option, open_store, requests_option, store_option
-from .conflicts import conflicts, merge
-from .demo import demo
-from .mend import mend
-from .editing import edit, stats
 from .output import echo_json, format_commit, format_show, print_table
-from .world import trace, world
+
+# Commands whose modules import the edit methods, transformers' models or FAISS, loaded when named:
+# `editstore log` or `checkout` never pays for them.
+LAZY_COMMANDS = {  # name: (module:attribute, the first sentence of its help, which --help shows without importing it)
+    "conflicts": ("editstore_cli.conflicts:conflicts", "List the conflicts inside version REV (default HEAD), or, with "
+                  "--prompt/--subject/--target or --requests, check prospective edits against HEAD without committing "
+                  "(exit 3 on a contradiction)."),
+    "merge": ("editstore_cli.conflicts:merge", "Merge BRANCH into the current branch: the union of the two versions' "
+              "edits, as a commit with two parents."),
+    "demo": ("editstore_cli.demo:demo", "Build (or reuse) the fact world and walk through edit, log, eval, diff, revert "
+             "and checkout."),
+    "mend": ("editstore_cli.mend:mend", "MEND: editor networks that turn a fine-tuning gradient into an edit (train "
+             "once per base)."),
+    "edit": ("editstore_cli.editing:edit", "Compute an edit on the current version and commit it (one commit for a "
+             "--requests batch); prints the commit id."),
+    "stats": ("editstore_cli.editing:stats", "Second-moment statistics Σ = E[k kᵀ] of the edited modules' inputs."),
+    "world": ("editstore_cli.world:world", "The fact world: a synthetic knowledge base and small LMs trained on it."),
+    "trace": ("editstore_cli.world:trace", "Causal tracing: which layer and token recover the answer when the subject "
+              "is corrupted."),
+}
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click ≥ 8.2
 
 
 class EditStoreGroup(click.Group):
-    """Turns library errors into clean messages and exit codes."""
+    """Turns library errors into clean messages and exit codes; loads the LAZY_COMMANDS when named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attribute = LAZY_COMMANDS[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, with the LAZY_COMMANDS' help from the table, so ``--help`` imports none of them."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        shown = {name: self.commands.get(name) or click.Command(name, help=LAZY_COMMANDS[name][1]) for name in names}
+        rows = [(name, cmd.get_short_help_str(limit)) for name, cmd in shown.items() if not cmd.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         for arg in args:  # bytes that are not UTF-8 arrive as lone surrogates, which no record can hold
@@ -86,7 +115,7 @@ def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
     """Version control for knowledge edits of transformer language models."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)["store"] = store_dir
-    transformers_logging.disable_progress_bar()  # our own bars say what is being loaded
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars say what is loaded (read by transformers)
 
 
 @cli.command()
@@ -148,6 +177,8 @@ def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_j
 @click.pass_context
 def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) -> None:
     """Show a commit (and the edits it added or removed), an edit, or a trained editor."""
+    from editstore.behavior import evaluations
+
     store = open_store(ctx, store_dir)
     shown = store.show(rev)
     if shown["type"] == "commit":
@@ -253,6 +284,8 @@ def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, devic
 @click.pass_context
 def export(ctx: click.Context, rev: str, peft_dir: Path, store_dir: Path | None) -> None:
     """Write version REV's deltas as a PEFT LoRA adapter (PeftModel.from_pretrained(base, DIR))."""
+    from editstore.export import export_peft
+
     store = open_store(ctx, store_dir)
     path = export_peft(store, rev, peft_dir)
     click.echo(f"Exported {store.resolve(rev)[:12]} as a LoRA adapter to {path}")
@@ -289,6 +322,8 @@ def diff(ctx: click.Context, rev_a: str, rev_b: str, behavior: bool, requests_fi
 
 
 def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path | None, device: str, as_json: bool) -> None:
+    from editstore.behavior import behavior_diff, load_requests
+
     requests = load_requests(requests_file) if requests_file else []
     d = behavior_diff(store, rev_a, rev_b, requests=requests, device=device)
     if as_json:
@@ -311,6 +346,8 @@ def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path
 @click.pass_context
 def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str, as_json: bool, store_dir: Path | None) -> None:
     """Efficacy, paraphrase, specificity (and top-1 variants) and recall of untouched facts of REV."""
+    from editstore.behavior import evaluate_version, load_requests
+
     store = open_store(ctx, store_dir)
     requests = load_requests(requests_file) if requests_file else None
     metrics = evaluate_version(store, rev, requests=requests, device=device).to_json()
@@ -331,9 +368,14 @@ def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str,
 @click.pass_context
 def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None) -> None:
     """Re-hash every object and check every record and ref; exit 1 on any fault."""
+    from editstore.fsck import fsck as run_fsck
+
     store = open_store(ctx, store_dir)
     report = run_fsck(store)
     if rebuild and report.ok:
+        from editstore.checks import rebuild_index
+        from editstore.compose import resolve_device
+
         shutil.rmtree(store.root / "cache", ignore_errors=True)
         index = rebuild_index(store, device=resolve_device(device))
         click.echo(f"rebuilt the conflict index: {len(index.ids)} edits")
@@ -352,6 +394,8 @@ def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None)
 @click.pass_context
 def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
     """Remove commits, edits and objects that no branch or tag reaches."""
+    from editstore.fsck import gc as run_gc
+
     report = run_gc(open_store(ctx, store_dir), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(report.commits)} commits, {len(report.edits)} edits, {len(report.objects)} objects, "
@@ -376,13 +420,3 @@ def config(ctx: click.Context, key: str | None, value: str | None, store_dir: Pa
         click.echo(store.config(key))
     else:
         click.echo(store.set_config(key, value))
-
-
-cli.add_command(conflicts)
-cli.add_command(merge)
-cli.add_command(demo)
-cli.add_command(mend)
-cli.add_command(edit)
-cli.add_command(stats)
-cli.add_command(world)
-cli.add_command(trace)
