@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -89,8 +90,6 @@ def reference_checkout(path: Path, device: str) -> Iterator[Path]:
         sys.path.insert(0, str(copy))
         cwd = Path.cwd()
         try:
-            import os
-
             os.chdir(copy)  # util/globals.py reads globals.yml from the working directory
             yield copy
         finally:
@@ -155,7 +154,7 @@ def edited_weights(bench: WorldBench, hp: Hparams) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- both sides of each method
 
 
-def ours(bench: WorldBench, method: str, batches: Sequence[Sequence[dict]]) -> tuple[list[Delta], float]:
+def ours(bench: WorldBench, method: str, batches: Sequence[Sequence[dict]]) -> tuple[list[list[Delta]], float]:
     deltas, seconds = [], 0.0
     for requests in batches:
         start = time.perf_counter()
@@ -164,7 +163,21 @@ def ours(bench: WorldBench, method: str, batches: Sequence[Sequence[dict]]) -> t
     return deltas, seconds
 
 
-def reference_rome(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams) -> tuple[list[Delta], float]:
+def edit_each(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams,
+              apply: Callable[[list[dict]], Any]) -> tuple[list[list[Delta]], float]:
+    """Run the reference's ``apply`` on each batch (in the reference's request format), read back what it
+    wrote into the weights and restore them; the deltas and the seconds ``apply`` took in all."""
+    out, seconds = [], 0.0
+    for requests in batches:
+        before = edited_weights(bench, hp)
+        start = time.perf_counter()
+        quiet(apply, reference_requests(requests))
+        seconds += time.perf_counter() - start
+        out.append([dense_delta(bench, before)])
+    return out, seconds
+
+
+def reference_rome(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams) -> tuple[list[list[Delta]], float]:
     import rome.compute_u
     from rome import ROMEHyperParams, apply_rome_to_model
 
@@ -174,33 +187,20 @@ def reference_rome(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hpa
                                          "context_template_length_params": [[hp.prefixes.length, hp.prefixes.n]]}
     fields.pop("mom2_adjustment")
     rhp = ROMEHyperParams(mom2_adjustment=True, **fields)
-    out, seconds = [], 0.0
-    for requests in batches:
-        before = edited_weights(bench, hp)
-        start = time.perf_counter()
-        quiet(apply_rome_to_model, bench.model, bench.tokenizer, reference_requests(requests), rhp)
-        seconds += time.perf_counter() - start
-        out.append([dense_delta(bench, before)])
-    return out, seconds
+    return edit_each(bench, batches, hp, lambda requests: apply_rome_to_model(bench.model, bench.tokenizer, requests, rhp))
 
 
-def reference_memit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams) -> tuple[list[Delta], float]:
+def reference_memit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams) -> tuple[list[list[Delta]], float]:
     import memit.memit_main
     from memit import MEMITHyperParams, apply_memit_to_model
 
     memit.memit_main.get_cov = lambda model, tok, layer_name, *a, **k: bench.sigmas[layer_name].float()
     mhp = MEMITHyperParams(layer_selection="all", mom2_update_weight=hp.solver.mom2_weight, **common_fields(bench, hp))
-    out, seconds = [], 0.0
-    for requests in batches:
-        before = edited_weights(bench, hp)
-        start = time.perf_counter()
-        quiet(apply_memit_to_model, bench.model, bench.tokenizer, reference_requests(requests), mhp)
-        seconds += time.perf_counter() - start
-        out.append([dense_delta(bench, before)])
-    return out, seconds
+    return edit_each(bench, batches, hp,
+                     lambda requests: apply_memit_to_model(bench.model, bench.tokenizer, requests, mhp))
 
 
-def reference_alphaedit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams) -> tuple[list[Delta], float]:
+def reference_alphaedit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp: Hparams) -> tuple[list[list[Delta]], float]:
     from AlphaEdit.AlphaEdit_hparams import AlphaEditHyperParams
     from AlphaEdit.AlphaEdit_main import apply_AlphaEdit_to_model
 
@@ -213,16 +213,9 @@ def reference_alphaedit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp
         small = (S < ahp.nullspace_threshold).nonzero(as_tuple=True)[0]
         projections.append(U[:, small] @ U[:, small].T)
     P = torch.stack(projections)
-    out, seconds = [], 0.0
-    for requests in batches:
-        before = edited_weights(bench, hp)
-        cache_c = torch.zeros_like(P)
-        start = time.perf_counter()
-        quiet(apply_AlphaEdit_to_model, bench.model, bench.tokenizer, reference_requests(requests), ahp,
-              cache_c=cache_c, P=P)
-        seconds += time.perf_counter() - start
-        out.append([dense_delta(bench, before)])
-    return out, seconds
+    # each batch alone on the base: an empty K_p K_pᵀ (the reference adds to it in place)
+    return edit_each(bench, batches, hp, lambda requests: apply_AlphaEdit_to_model(
+        bench.model, bench.tokenizer, requests, ahp, cache_c=torch.zeros_like(P), P=P))
 
 
 REFERENCE = {"rome": reference_rome, "memit": reference_memit, "alphaedit": reference_alphaedit}
