@@ -7,14 +7,13 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
-
-import importlib
-import os
 
 import click
 from rich.table import Table
@@ -49,6 +48,10 @@ LAZY_COMMANDS = {  # name: (module:attribute, the first sentence of its help, wh
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click ≥ 8.2
+
+# Our own bars say what is being loaded. transformers reads this when it is imported, which for a lazy
+# command happens while click resolves it, before any callback runs.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 class EditStoreGroup(click.Group):
@@ -115,7 +118,6 @@ def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
     """Version control for knowledge edits of transformer language models."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)["store"] = store_dir
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars say what is loaded (read by transformers)
 
 
 @cli.command()
