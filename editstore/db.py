@@ -83,12 +83,12 @@ def check_format(db: sqlite_utils.Database, path: Path) -> None:
             f"the store at {path.parent} has format version {version}; this editstore reads version ≤ {FORMAT_VERSION}. "
             "Upgrade editstore."
         )
-    if version < FORMAT_VERSION:  # every upgrade so far only adds tables: one transaction adds them
-        stamp = f"INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', '{FORMAT_VERSION}');"
-        db.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{stamp}\nCOMMIT;")
     missing = [t for t in CORE_TABLES if not db[t].exists()]
     if missing or not db.execute("SELECT 1 FROM bases").fetchone() or not db.execute(
         "SELECT 1 FROM refs WHERE name = 'HEAD'"
     ).fetchone():
         what = f"it lacks the table(s) {', '.join(missing)}" if missing else "it has no base or no HEAD"
         raise StoreFormatError(f"{path} is not an editstore database ({what})")
+    if version < FORMAT_VERSION:  # every upgrade so far only adds tables: one transaction adds them
+        stamp = f"INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', '{FORMAT_VERSION}');"
+        db.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{stamp}\nCOMMIT;")

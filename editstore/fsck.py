@@ -124,7 +124,7 @@ def _check_stats(store: Store, report: FsckReport, on_disk: set[str]) -> None:
         try:
             sigma = st_load(store.objects.read(row.object, verify=False)).get("sigma")
             d_in = store.base.linear_shape(f"{row.module}.weight")[1]
-        except (CorruptObjectError, SafetensorError, BaseModelError) as exc:
+        except (CorruptObjectError, SafetensorError, BaseModelError, KeyError, ValueError) as exc:  # KeyError: a dtype torch cannot name
             report.errors.append(f"stats of {row.module}: object {row.object[:12]} cannot be used: {exc}")
             continue
         usable = sigma is not None and sigma.dtype in SUPPORTED_DTYPES and tuple(sigma.shape) == (d_in, d_in)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -148,7 +149,7 @@ def import_npz(store: Store, module: str, path: str | Path) -> StatsRow:
     """Import an original ROME/MEMIT stats file (``mom2.mom2``: Σ k kᵀ, ``mom2.count``) for ``module``."""
     path = Path(path)
     d_in = _module_input_dim(store, module)
-    data = read_bytes(path, what="statistics file")
+    data = read_bytes(path, what="statistics file", max_bytes=d_in * d_in * 16 + (1 << 20))
     mom2 = _npz_member(path, data, "mom2.mom2", max_bytes=d_in * d_in * 16 + 65536)
     count = _npz_member(path, data, "mom2.count", max_bytes=65536)
     if mom2.shape != (d_in, d_in) or mom2.dtype.kind not in "fiu":
@@ -159,6 +160,9 @@ def import_npz(store: Store, module: str, path: str | Path) -> StatsRow:
     sigma = torch.from_numpy(mom2.astype(np.float64)) / count  # stored as float32: it must be finite there
     if not torch.isfinite(sigma.float()).all():
         raise StatsError(f"{path}: mom2.mom2 / mom2.count has NaN or Inf entries, or entries beyond float32's range")
+    diagonal = sigma.diagonal()
+    if (diagonal < 0).any() or not diagonal.sum() > 0 or not torch.allclose(sigma, sigma.T, rtol=1e-4, atol=1e-8):
+        raise StatsError(f"{path}: mom2.mom2 is not a second moment Σ k kᵀ (symmetric, with a positive diagonal)")
     return save_stats(store, module, sigma, count, corpus=IMPORTED + sha256_bytes(data), samples=count, source=path.name)
 
 
@@ -178,12 +182,27 @@ def _npz_member(path: Path, data: bytes, name: str, *, max_bytes: int) -> np.nda
     except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error) as exc:
         raise StatsError(f"{path} is not a ROME stats .npz with mom2.mom2 and mom2.count: {exc}") from None
     try:
-        array = np.load(io.BytesIO(member), allow_pickle=False)
+        array = _read_npy(member)
     except (OSError, ValueError, EOFError) as exc:
         array = exc
     if not isinstance(array, np.ndarray):  # an error, or another archive: never unpickled
         raise StatsError(f"{path}: {name}.npy is not a .npy array of numbers")
     return array
+
+
+def _read_npy(member: bytes) -> np.ndarray:
+    """A ``.npy`` array whose header's shape and dtype fit in the bytes it came with (no pickle): a header
+    that claims more is refused before numpy allocates it."""
+    fh = io.BytesIO(member)
+    version = np.lib.format.read_magic(fh)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f".npy format version {version} is not read here")
+    shape, _, dtype = read_header(fh)
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize > len(member) - fh.tell():
+        raise ValueError("its header claims more data than it holds")
+    fh.seek(0)
+    return np.load(fh, allow_pickle=False)
 
 
 def _module_input_dim(store: Store, module: str) -> int:

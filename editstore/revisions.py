@@ -42,7 +42,8 @@ def parse_revision(text: str) -> Revision:
     name, back = text, 0
     while (m := _SUFFIX.search(name)) is not None:
         suffix = m.group(1)
-        if suffix.startswith("~") and len(suffix) > 10:
+        digits = suffix[1:].lstrip("0") if suffix.startswith("~") else ""
+        if len(digits) > len(str(MAX_BACK)):  # refused before int() reads a number of any length
             raise RevisionError(f"{text}: ~N takes at most {MAX_BACK} steps")
         back += (int(suffix[1:]) if len(suffix) > 1 else 1) if suffix.startswith("~") else len(suffix)
         if back > MAX_BACK:

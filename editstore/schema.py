@@ -20,11 +20,17 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @functools.cache
+def _strict_integer(_checker: Any, instance: Any) -> bool:
+    """JSON Schema counts 10.0 as an integer; editstore's counts and layers must be whole numbers in type too."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 def _validator(name: str) -> jsonschema.protocols.Validator:
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)
+    strict = jsonschema.validators.extend(cls, type_checker=cls.TYPE_CHECKER.redefine("integer", _strict_integer))
+    return strict(schema)
 
 
 def validate(document: Any, name: str, *, what: str | None = None) -> None:

@@ -129,7 +129,11 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.db = dbmod.connect(self.root / DB_FILE)
-        dbmod.check_format(self.db, self.root / DB_FILE)
+        try:
+            dbmod.check_format(self.db, self.root / DB_FILE)
+        except BaseException:
+            self.db.close()
+            raise
         self.objects = ObjectStore(self.root / "objects")
         self._lock_depth = 0
 

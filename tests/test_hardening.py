@@ -102,7 +102,8 @@ def test_pathological_metadata_is_refused(gpt2_store: Store, tmp_path: Path, met
 @pytest.mark.parametrize(
     ("rev", "message"),
     [("HEAD~" + "9" * 5000, "at most"), ("HEAD~99999999999", "at most"), ("", "empty revision"), (" HEAD", "whitespace"),
-     ("HEAD\n", "whitespace"), ("~3", "need a revision"), ("x" * 2000, "at most 1024")],
+     ("HEAD\n", "whitespace"), ("~3", "need a revision"), ("x" * 2000, "at most 1024"),
+     ("HEAD~1000000001", "more than 1000000000"), ("HEAD~" + "0" * 20 + "1", "goes back 1 commit")],
 )
 def test_bad_revisions_are_refused(gpt2_store: Store, rev: str, message: str) -> None:
     assert message in refused(gpt2_store, "log", rev)
@@ -160,6 +161,13 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def forged_npy(shape: tuple[int, ...]) -> bytes:
+    """A .npy header that claims ``shape`` (float64) followed by 64 bytes: numpy would allocate the shape."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + b"\0" * 64
+
+
 @pytest.mark.parametrize(
     ("members", "message"),
     [
@@ -171,7 +179,10 @@ def npy(array: np.ndarray) -> bytes:
         ({"mom2.mom2.npy": npy(np.full((128, 128), 1e300)), "mom2.count.npy": npy(np.array(5))}, "float32's range"),
         ({"mom2.mom2.npy": npy(np.eye(128)), "mom2.count.npy": npy(np.array([5, 6]))}, "one positive whole number"),
         ({"mom2.mom2.npy": npy(np.eye(128)), "mom2.count.npy": npy(np.array(0))}, "one positive whole number"),
-        ({"mom2.mom2.npy": npy(np.zeros(10**6)), "mom2.count.npy": npy(np.array(5))}, "more than the module needs"),
+        ({"mom2.mom2.npy": npy(np.zeros(10**6)), "mom2.count.npy": npy(np.array(5))}, "bytes; at most"),
+        ({"mom2.mom2.npy": forged_npy((100_000, 100_000)), "mom2.count.npy": npy(np.array(5))}, "is not a .npy array"),
+        ({"mom2.mom2.npy": npy(-np.eye(128)), "mom2.count.npy": npy(np.array(5))}, "not a second moment"),
+        ({"mom2.mom2.npy": npy(np.triu(np.ones((128, 128)))), "mom2.count.npy": npy(np.array(5))}, "not a second moment"),
     ],
 )
 def test_bad_npz_statistics_are_refused(gpt2_store: Store, tmp_path: Path, members: dict, message: str) -> None:
@@ -211,10 +222,17 @@ def test_fsck_reports_unusable_statistics_and_ref_names(gpt2_store: Store) -> No
     module = PARAM.removesuffix(".weight")
     d_in = gpt2_store.base.linear_shape(PARAM)[1]
     save_stats(gpt2_store, module, torch.full((d_in, d_in), float("nan")), 5, corpus="c", samples=5, source="old")
+    header = json.dumps({"sigma": {"dtype": "F8_E8M0", "shape": [2, 1], "data_offsets": [0, 2]}}).encode()
+    header += b" " * (-len(header) % 8)
+    odd = gpt2_store.objects.write(len(header).to_bytes(8, "little") + header + b"\x01\x01")  # a dtype torch cannot name
+    with gpt2_store.db.atomic():
+        gpt2_store.db["stats"].insert({"base": gpt2_store.base_fingerprint, "module": module, "corpus": "odd",
+                                       "samples": 1, "object": odd, "count": 1, "source": "odd", "created": "now"})
     with gpt2_store.db.atomic():
         gpt2_store.db["refs"].insert({"name": "refs/heads/bad\n", "target": gpt2_store.head(), "symbolic": None})
     report = fsck(gpt2_store)
     assert any("not a finite" in e for e in report.errors), report.errors
+    assert any(odd[:12] in e and "cannot be used" in e for e in report.errors), report.errors
     assert any("no longer accepts" in w for w in report.warnings), report.warnings
     gpt2_store.delete_branch("bad\n")  # an old bad name can still be deleted
 
