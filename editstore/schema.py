@@ -19,12 +19,12 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-@functools.cache
 def _strict_integer(_checker: Any, instance: Any) -> bool:
     """JSON Schema counts 10.0 as an integer; editstore's counts and layers must be whole numbers in type too."""
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+@functools.cache
 def _validator(name: str) -> jsonschema.protocols.Validator:
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)

@@ -16,7 +16,7 @@ from editstore.synthetic import tiny_model
 
 # Hypothesis profiles: "ci" (the default: bounded and derandomized, so a CI run is repeatable) and "long"
 # (python -m pytest tests/test_fuzz.py --hypothesis-profile=long: many more random examples).
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
 settings.load_profile("ci")
 

@@ -139,6 +139,8 @@ def test_unreadable_paths_are_refused(gpt2_store: Store, tmp_path: Path) -> None
         (b'{"prompt": "{} is", "subject": "a", "target_new": "b"}\n{"prompt": ', ":2 is not JSON"),
         (b'{"prompt": "{} is", "subject": "a", "target_new": "b", "case_id": 1e999}', ":1: number 1e999 overflows"),
         (b'{"prompt": "{} is", "subject": "a"}', ":1 is invalid"),
+        (b'{"prompt": "{} is", "subject": "a", "target_new": "b", "case_id": []}', ":1 is invalid at case_id"),
+        (b'{"prompt": "{} is", "subject": "a", "target_new": "b", "case_id": 1.0}', ":1 is invalid at case_id"),
     ],
 )
 def test_bad_request_files_name_their_line(gpt2_store: Store, tmp_path: Path, content: bytes, message: str) -> None:
