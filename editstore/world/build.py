@@ -24,6 +24,7 @@ import torch
 from ..checkout import check_output_dir, make_dir
 from ..evaluate import score_pairs
 from ..hashing import sha256_json
+from ..inputs import iter_jsonl
 from .knowledge import KnowledgeBase, WorldSpec
 from .tokenizer import build_tokenizer
 from .train import SEQ2SEQ_ARCHES, TrainSpec, train_lm
@@ -78,7 +79,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of one of the world's JSON Lines files (read as any user file is, by editstore.inputs)."""
+    return [row for _, row in iter_jsonl(path, what="world file")]
 
 
 def measure_recall(model: torch.nn.Module, tokenizer: Any, facts: list[dict[str, Any]]) -> dict[str, float]:
