@@ -22,7 +22,7 @@ from .behavior import load_tokenizer
 from .checks import precheck
 from .checkout import load_model
 from .compose import resolve_device
-from .conflicts import ConflictError, blocking
+from .conflicts import BLOCKING, Conflict, ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .editors import load_editor
 from .evaluate import fill
@@ -128,6 +128,7 @@ def edit(
     message: str | None = None,
     device: str | torch.device = "auto",
     force: bool = False,
+    replace: bool = False,
     progress: ProgressFactory | None = None,
 ) -> str:
     """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id.
@@ -136,6 +137,11 @@ def edit(
     (:mod:`editstore.conflicts`): a contradiction raises :class:`ConflictError` and
     leaves the store unchanged, unless ``force``. Every conflict found (with the
     interference the new keys show) is recorded with the commit.
+
+    ``replace`` makes the commit an update: the live edits a request contradicts (same
+    subject and relation, another target) leave the tree in the same commit, the deltas
+    are computed on the version without them, and each new edit's ``info["replaces"]``
+    names them. Contradictions between the requests themselves still refuse the commit.
     """
     requests = [dict(r) for r in requests]
     check_requests(requests)
@@ -154,29 +160,44 @@ def edit(
     tree = store.tree(head)
     pre = precheck(store, requests, tree, device=dev)
     found = pre.conflicts
+    replaces = {id(r): replaced_by(r, found) for r in requests} if replace else {}
+    replaced = sorted({e for ids in replaces.values() for e in ids})
+    if replaced:  # the update resolves those contradictions: the new version is computed without the old edits
+        found = [c for c in found if c.other not in replaced]
+        tree = [e for e in tree if e not in replaced]
     if blocking(found) and not force:
         raise ConflictError(blocking(found))
     sigmas = sigmas_for(store, hp, tokenizer, device=dev, progress=progress)
-    model = store.checkout(head, device=dev, into=pre.base)
+    model = store.checkout_tree(tree, device=dev, into=pre.base)
     advance = progress(f"{method} edits", len(requests)) if progress else None
     result = compute_edits(
         model, tokenizer, requests, hp, sigmas=sigmas, editor=editor,
         prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
     )
     whitener = Whitener(store)
-    found += pre.checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
+    interference = pre.checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
+    found += [c for c in interference if c.other not in replaced]
     for c in found:
         log.warning("%s", c.describe())
     batch = {"batch": len(requests)} if len(requests) > 1 else {}
     new = [
         NewEdit(delta, method, request=r, hparams=hp.to_json(),
                 info={"nll_before": round(b, 4), "nll_after": round(a, 4), **batch, **result.info,
-                      **({"editor": about["id"]} if editor is not None else {})},
+                      **({"editor": about["id"]} if editor is not None else {}),
+                      **({"replaces": replaces[id(r)]} if replaces.get(id(r)) else {})},
                 embedding=(pre.checker.index.backend, v), conflicts=[c.to_json() for c in found if c.request is r])
         for delta, r, b, a, v in zip(result.deltas, requests, result.nll_before, result.nll_after, pre.vectors)
     ]
     default = f"{method}: {_describe(requests[0])}" + (f" and {len(requests) - 1} more" if len(requests) > 1 else "")
-    return store.record_edits(new, message=message or default, expected_head=head)
+    if replaced:
+        default += f" (replaces {', '.join(e[:12] for e in replaced)})"
+    return store.record_edits(new, message=message or default, expected_head=head,
+                              operation="replace" if replaced else "edit", remove=replaced)
+
+
+def replaced_by(request: dict[str, Any], found: Sequence[Conflict]) -> list[str]:
+    """The live edits ``request`` contradicts (what ``--replace`` takes out), in the order found."""
+    return list(dict.fromkeys(c.other for c in found if c.request is request and c.kind in BLOCKING and c.other))
 
 
 def _describe(request: dict[str, Any]) -> str:

@@ -82,6 +82,18 @@ def _minus(items: Sequence[str], other: Sequence[str]) -> list[str]:
     return [i for i in items if i not in drop]
 
 
+def _reinsert(tree: list[str], items: Sequence[str], order: Sequence[str]) -> list[str]:
+    """``tree`` with ``items`` put back where ``order`` (an earlier tree) had them: each after the nearest
+    edit before it in ``order`` that ``tree`` holds, so reverting a commit that took edits out restores its
+    parent's tree exactly when nothing else changed."""
+    out = list(tree)
+    for item in items:
+        before = order[: order.index(item)] if item in order else []
+        anchor = next((e for e in reversed(before) if e in out), None)
+        out.insert(out.index(anchor) + 1 if anchor is not None else 0, item)
+    return out
+
+
 @dataclass(frozen=True)
 class NewEdit:
     """What a caller hands to :meth:`Store.record_edits`: a delta and how it was made."""
@@ -441,12 +453,19 @@ class Store:
     # ----------------------------------------------------------------- writing history
 
     def record_edits(
-        self, new: Sequence[NewEdit], *, message: str, operation: str = "edit", expected_head: str | None = None
+        self,
+        new: Sequence[NewEdit],
+        *,
+        message: str,
+        operation: str = "edit",
+        expected_head: str | None = None,
+        remove: Sequence[str] = (),
     ) -> str:
         """Store the deltas, append their edits to the current tree and commit; returns the commit id.
 
         With ``expected_head``, refuse (:class:`HeadMovedError`) when HEAD moved since the
-        caller computed the deltas on that version. The edits' embeddings and conflicts
+        caller computed the deltas on that version. ``remove``: edits of the current tree the
+        commit takes out (the edits an update replaces). The edits' embeddings and conflicts
         are written in the same transaction as the commit.
         """
         for item in new:
@@ -462,7 +481,10 @@ class Store:
             touched = sorted({p for item in new for p in item.delta.params if p not in known})
             hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]
             edits = [self._store_edit(item) for item in new]
-            tree = self.tree("HEAD") + [e.id for e in edits]
+            current = self.tree("HEAD")
+            if not set(remove) <= set(current):
+                raise NotInTreeError(f"edit {sorted(set(remove) - set(current))[0][:12]} is not in the current tree")
+            tree = _minus(current, remove) + [e.id for e in edits]
             embeddings = [embedding_row(e.id, *item.embedding) for item, e in zip(new, edits) if item.embedding]
             conflicts = [(e.id, c) for item, e in zip(new, edits) for c in item.conflicts]
             return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes,
@@ -495,7 +517,9 @@ class Store:
         return self.record_edits([NewEdit(d, method, name=name, info=info)], message=message, operation="import")
 
     def revert(self, rev: str, *, message: str | None = None) -> str:
-        """New commit whose tree lacks the edit ``rev`` (or the edits commit ``rev`` introduced)."""
+        """New commit whose tree lacks the edit ``rev`` (or undoes commit ``rev``: the edits it added leave,
+        the edits it took out come back at their old places, so reverting an update or a revert restores
+        the earlier tree exactly when nothing else changed)."""
         kind, oid = self.resolve_object(rev)
         if kind == "editor":
             raise RevisionError(f"{rev} names a trained editor, not an edit or commit")
@@ -504,20 +528,18 @@ class Store:
             if kind == "edit":
                 if oid not in tree:
                     raise NotInTreeError(f"edit {oid[:12]} is not in the current tree")
-                remove, readd = {oid}, []
                 label = self.edit(oid).name or oid[:12]
-                default = f"Revert edit {label}"
-            else:
-                commit = self.commit(oid)
-                before = self.commit_tree(commit.parents[0]) if commit.parents else []
-                after = self.commit_tree(oid)
-                remove = (set(after) - set(before)) & set(tree)
-                readd = _minus(_minus(before, after), tree)
-                if not remove and not readd:
-                    raise NotInTreeError(f"the changes of commit {oid[:12]} are not in the current tree")
-                default = f'Revert "{commit.message.splitlines()[0] if commit.message else oid[:12]}"'
-            new_tree = [e for e in tree if e not in remove] + readd
-            return self._commit(new_tree, operation="revert", message=message or default)
+                return self._commit(_minus(tree, [oid]), operation="revert", message=message or f"Revert edit {label}")
+            commit = self.commit(oid)
+            before = self.commit_tree(commit.parents[0]) if commit.parents else []
+            after = self.commit_tree(oid)
+            remove = (set(after) - set(before)) & set(tree)
+            readd = _minus(_minus(before, after), tree)
+            if not remove and not readd:
+                raise NotInTreeError(f"the changes of commit {oid[:12]} are not in the current tree")
+            default = f'Revert "{commit.message.splitlines()[0] if commit.message else oid[:12]}"'
+            return self._commit(_reinsert(_minus(tree, remove), readd, before), operation="revert",
+                                message=message or default)
 
     def _store_edit(self, item: NewEdit) -> Edit:
         oid = self.objects.write(item.delta.to_bytes())
@@ -648,8 +670,20 @@ class Store:
 
         ``into``: the base, already loaded and unedited, to compose into instead of loading it.
         """
+        return self.checkout_tree(self.tree(rev), device=device, compose=compose, progress=progress, into=into)
+
+    def checkout_tree(
+        self,
+        tree: Sequence[str],
+        *,
+        device: str | torch.device = "auto",
+        compose: str | None = None,
+        progress: Progress | None = None,
+        into: torch.nn.Module | None = None,
+    ) -> torch.nn.Module:
+        """The version holding the edits ``tree`` (ids in order, whether or not a commit has it), in memory."""
         dev = resolve_device(device)
-        composition = self.composition(self.tree(rev), compose=compose, device=dev)
+        composition = self.composition(tree, compose=compose, device=dev)
         model = load_model(self.base, composition, device=dev, base_hashes=self.base_hashes(), progress=progress,
                            into=into)
         self.cache.trim()

@@ -106,10 +106,10 @@ def test_revert_edit_and_commit(gpt2_store: Store) -> None:
     with pytest.raises(NotInTreeError):
         gpt2_store.revert(ids[1])  # the commit that added e1: already reverted
     revert_commit = gpt2_store.head()
-    gpt2_store.revert(revert_commit)  # reverting the revert brings e1 back
-    assert gpt2_store.tree() == [e0, e2, e1]
+    gpt2_store.revert(revert_commit)  # reverting the revert brings e1 back, where it was
+    assert gpt2_store.tree() == [e0, e1, e2]
     gpt2_store.revert(ids[0], message="drop the first")
-    assert gpt2_store.tree() == [e2, e1]
+    assert gpt2_store.tree() == [e1, e2]
     shown = gpt2_store.show("HEAD")
     assert shown["operation"] == "revert" and shown["removed"] == [e0] and shown["message"] == "drop the first"
 

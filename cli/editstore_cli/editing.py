@@ -17,7 +17,8 @@ from editstore.editing import edit as run_edit
 from editstore.methods import METHODS, load_hparams
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
 
-from .common import device_option, layers_option, open_store, read_requests, request_options, store_option
+from .common import device_option, json_option, layers_option, open_store, read_requests, request_options, store_option
+from .output import echo_json
 
 
 @contextlib.contextmanager
@@ -45,22 +46,32 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
 @click.option("-m", "--message", help="Commit message (default: the first request).")
 @click.option("--force", is_flag=True, help="Commit even when the edit contradicts the current version "
               "(the conflict is recorded with the commit).")
+@click.option("--replace", is_flag=True, help="Update a fact: the live edits the request contradicts leave the "
+              "version in the same commit (log and show name them).")
 @device_option
+@json_option
 @store_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: str | None, suppress: str | None,
          target_true: str | None, requests_file: Path | None, method: str, hparams_file: Path | None,
-         message: str | None, force: bool, device: str, store_dir: Path | None) -> None:
+         message: str | None, force: bool, replace: bool, device: str, as_json: bool, store_dir: Path | None) -> None:
     """Compute an edit on the current version and commit it (one commit for a --requests batch); prints the
     commit id. --suppress makes it a behaviour deletion (rome, memit, emmet, alphaedit). An edit that
-    contradicts the current version is refused with exit code 3 unless --force."""
+    contradicts the current version is refused with exit code 3 unless --force, or --replace to update the fact."""
     requests = read_requests(prompt, subject, target, suppress, target_true, requests_file)
     hparams = load_hparams(hparams_file) if hparams_file else None
     store = open_store(ctx, store_dir)
     with progress_bars() as bars:
         commit = run_edit(store, requests, method=method, hparams=hparams, message=message, device=device,
-                          force=force, progress=bars)
-    click.echo(commit)
+                          force=force, replace=replace, progress=bars)
+    if not as_json:
+        click.echo(commit)
+        return
+    shown = store.show(commit)
+    edits = store.edits([e["id"] for e in shown["added"]])
+    echo_json({"commit": commit, "operation": shown["operation"], "replaced": shown["removed"],
+               "edits": [{"id": e, "method": r.method, "request": r.request, "replaces": r.info.get("replaces", [])}
+                         for e, r in edits.items()]})
 
 
 @click.group()

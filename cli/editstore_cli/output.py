@@ -74,7 +74,7 @@ def format_show(shown: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"+ {e['id'][:12]} {e['method']} {e['name'] or ''}".rstrip() for e in shown["added"]]
-    lines += [f"- {e[:12]}" for e in shown["removed"]]
+    lines += [f"- {e[:12]}" + (" (replaced)" if shown["operation"] == "replace" else "") for e in shown["removed"]]
     for ev in shown.get("evaluations", []):
         m = ev["metrics"]
         values = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))

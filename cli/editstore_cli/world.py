@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 from tqdm import tqdm
 
-from editstore.world.build import ARCHES
+from editstore.world.build import ARCHES, SIZES
 
 from .output import echo_json, print_table
 
@@ -28,12 +28,21 @@ def world() -> None:
 
 @world.command("build")
 @click.option("--arch", type=click.Choice(ARCHES), default="gpt2", show_default=True)
+@click.option("--size", type=click.Choice(SIZES), default="small", show_default=True,
+              help="small: 500 subjects, the demo's and the tests' world; large: 2,000 subjects, for benchmarks at scale.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the model trains (not part of the cache key).")
 @click.option("--out", type=click.Path(path_type=Path), help="Directory to build into (default: the user cache).")
 @click.option("--force", is_flag=True, help="Rebuild even when a matching world exists.")
-def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
+def build(arch: str, size: str, seed: int, device: str, out: Path | None, force: bool) -> None:
     """Generate the knowledge base, train the model, print the world's directory."""
-    from editstore.world.build import build_world
+    from editstore.world.build import LARGE_TRAIN, build_world, world_config
+
+    if size == "large" and arch not in LARGE_TRAIN:
+        raise click.BadParameter(f"there is no large {arch} world; choose --arch {' or '.join(LARGE_TRAIN)}",
+                                 param_hint="--size")
+    config = world_config(arch, seed, size)
 
     bar = None
 
@@ -43,7 +52,7 @@ def build(arch: str, seed: int, out: Path | None, force: bool) -> None:
         bar.set_postfix(loss=f"{loss:.3f}")
         bar.update()
 
-    path = build_world(arch, seed=seed, out=out, force=force, on_epoch=on_epoch)
+    path = build_world(config=config, out=out, force=force, on_epoch=on_epoch, device=device)
     if bar:
         bar.close()
     info = json.loads((path / "world.json").read_text())

@@ -15,13 +15,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..checkout import check_output_dir, make_dir
+from ..compose import resolve_device
 from ..evaluate import score_pairs
 from ..hashing import sha256_json
 from ..inputs import iter_jsonl
@@ -43,6 +44,14 @@ DEFAULT_TRAIN = {  # measured choices: see README "The fact world"
     "t5": TrainSpec(arch="t5", n_decoder_layer=2, epochs=20, lr=1e-3, tie=False, mlp_drop_layers=()),
 }
 ARCHES = tuple(DEFAULT_TRAIN)  # the CLI's --arch choices
+# The scale world: 2,000 subjects (10,000 facts), a wider and deeper model whose key space (MLP width x the
+# middle layers) is large against the subjects. Measured choices: see README "The fact world", scale world.
+LARGE_WORLD = WorldSpec(n_subjects=2000, n_first=100)
+LARGE_TRAIN = {
+    "gpt2": TrainSpec(arch="gpt2", n_layer=6, d_model=256, n_head=4, d_ff=1024, epochs=24, batch_size=64, lr=2e-3),
+    "llama": TrainSpec(arch="llama", n_layer=6, d_model=256, n_head=4, d_ff=768, epochs=24, batch_size=64, lr=2e-3),
+}
+SIZES = ("small", "large")
 EpochHook = Callable[[int, int, float], None]
 
 
@@ -57,10 +66,15 @@ class WorldConfig:
         return sha256_json({"version": WORLD_VERSION, "world": self.world.to_json(), "train": self.train.to_json()})
 
 
-def world_config(arch: str = "gpt2", seed: int = 0) -> WorldConfig:
-    """The default world for an architecture and seed."""
-    train = DEFAULT_TRAIN[arch]
-    return WorldConfig(WorldSpec(seed=seed), TrainSpec(**{**train.to_json(), "seed": seed}))
+def world_config(arch: str = "gpt2", seed: int = 0, size: str = "small") -> WorldConfig:
+    """The world of an architecture, seed and size (``small``: the default, for the demo and the tests;
+    ``large``: the scale world, for lifelong-editing benchmarks)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown world size {size!r}; choose one of {', '.join(SIZES)}")
+    if size == "large" and arch not in LARGE_TRAIN:
+        raise ValueError(f"there is no large {arch} world; choose one of {', '.join(LARGE_TRAIN)}")
+    world, train = (WorldSpec(), DEFAULT_TRAIN[arch]) if size == "small" else (LARGE_WORLD, LARGE_TRAIN[arch])
+    return WorldConfig(replace(world, seed=seed), replace(train, seed=seed))
 
 
 def cache_root() -> Path:
@@ -101,10 +115,16 @@ def build_world(
     force: bool = False,
     on_epoch: EpochHook | None = None,
     config: WorldConfig | None = None,
+    size: str = "small",
+    device: str = "cpu",
 ) -> Path:
-    """Return the directory of the world (building it when it is not cached)."""
-    config = config or world_config(arch, seed)
-    target = Path(out) if out else cache_root() / "worlds" / f"{config.train.arch}-{config.key[:16]}"
+    """Return the directory of the world (building it when it is not cached).
+
+    ``device`` is where the model trains (``cpu``, ``cuda``, ``auto``); it is not part of the cache
+    key, and world.json records it (a GPU gives other weights than the CPU for the same spec)."""
+    config = config or world_config(arch, seed, size)
+    label = config.train.arch if config.world.n_subjects <= WorldSpec().n_subjects else f"{config.train.arch}-large"
+    target = Path(out) if out else cache_root() / "worlds" / f"{label}-{config.key[:16]}"
     if is_world(target) and not force:
         saved = json.loads((target / WORLD_FILE).read_text())
         if saved.get("key") == config.key:
@@ -116,7 +136,7 @@ def build_world(
     shutil.rmtree(staging, ignore_errors=True)
     make_dir(staging, f"the world directory {target}")
     try:
-        _build_into(config, staging, on_epoch)
+        _build_into(config, staging, on_epoch, resolve_device(device))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -126,7 +146,7 @@ def build_world(
     return target
 
 
-def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None) -> None:
+def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None, device: torch.device) -> None:
     kb = KnowledgeBase(config.world)
     seq2seq = config.train.arch in SEQ2SEQ_ARCHES
     if seq2seq:
@@ -142,8 +162,9 @@ def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None) -> N
             on_epoch(epoch, config.train.epochs, loss)
         return False
 
-    model = train_lm(config.train, tokenizer, lines, targets=targets, on_epoch=hook)
+    model = train_lm(config.train, tokenizer, lines, targets=targets, on_epoch=hook, device=device)
     seconds = time.perf_counter() - start
+    model.to("cpu")
     recall = measure_recall(model, tokenizer, facts)
     log.info("trained %s world in %.0f s: recall %s", config.train.arch, seconds, recall)
     model.save_pretrained(out)
@@ -153,7 +174,7 @@ def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None) -> N
     (out / CORPUS_FILE).write_text("\n".join(lines) + "\n")
     info = {
         "key": config.key, "version": WORLD_VERSION, "world": config.world.to_json(), "train": config.train.to_json(),
-        "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "recall": recall,
+        "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(), "device": device.type, "recall": recall,
         "n_facts": len(facts), "n_subjects": len(kb.subjects),
     }
     (out / WORLD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -81,6 +81,7 @@ def train_lm(
     *,
     targets: Sequence[str] | None = None,
     on_epoch: Callable[[int, float, PreTrainedModel], bool] | None = None,
+    device: torch.device | str = "cpu",
 ) -> PreTrainedModel:
     """Train from scratch on ``lines`` (an encoder-decoder: ``lines`` to ``targets``, each ended by <eos>);
     ``on_epoch(epoch, loss, model)`` may return True to stop early."""
@@ -97,7 +98,7 @@ def train_lm(
     else:
         labels = ids.masked_fill(mask == 0, -100)
     config = model_config(spec, tokenizer, max_len=ids.shape[1] + 64)
-    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config)
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config).to(device)
     model.train()
     hooks = [_drop_mlp_output(model, layer, spec.mlp_drop, spec.seed) for layer in spec.mlp_drop_layers]
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
@@ -115,7 +116,8 @@ def train_lm(
         for idx in _batches(lengths, spec.batch_size, g):
             width = int(lengths[idx].max())
             batch_labels = labels[idx] if seq2seq else labels[idx, :width]
-            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width], labels=batch_labels)
+            out = model(input_ids=ids[idx, :width].to(device), attention_mask=mask[idx, :width].to(device),
+                        labels=batch_labels.to(device))
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -163,7 +165,7 @@ def _drop_mlp_output(model: PreTrainedModel, layer: int, p: float, seed: int) ->
     def hook(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
         if not module.training:
             return None
-        keep = (torch.rand(output.shape[0], generator=g) >= p).to(output.dtype)  # (B,)
+        keep = (torch.rand(output.shape[0], generator=g) >= p).to(output)  # (B,) on the output's device
         return output * keep[:, None, None]
 
     return mlp.register_forward_hook(hook)
