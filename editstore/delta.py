@@ -5,8 +5,11 @@ On disk a delta is a safetensors file with tensors ``<param>.U`` (d_out, r) and
 ``<param>.targets`` (d_out, n), the edit keys and target values a batched
 re-solve needs, and on the last layer of a multi-layer edit ``<param>.hidden``
 (d_out, n), the target hidden state z of its block (MEMIT's z), from which a
-re-solve spreads the residual again. A delta with ``hidden`` is written as format
-version 2; one without it stays version 1, so its bytes and id never change.
+re-solve spreads the residual again; and on the last layer ``<param>.residuals``
+(d_out, n), the change δ the edit asked of that block's output at the subject (z − h at the time
+of the edit), which lets a re-solve give the edits of one subject one target.
+A delta with ``residuals`` is written as format version 3, one with ``hidden`` (only) as 2, one
+with neither stays version 1, so the bytes and id of an older delta never change.
 ``__metadata__`` holds one key, ``editstore``, whose value is the
 JSON object described by ``schemas/delta-metadata.schema.json``.
 """
@@ -32,10 +35,10 @@ from .inputs import loads, read_bytes
 from .schema import validate
 
 FORMAT = "editstore-delta"
-FORMAT_VERSION = 2  # 2: the optional <param>.hidden part
+FORMAT_VERSION = 3  # 2: the optional <param>.hidden part; 3: <param>.residuals
 METADATA_KEY = "editstore"
 MAX_METADATA_BYTES = 1 << 20  # the JSON header; requests and hparams are a few KiB
-PARTS = ("U", "V", "keys", "targets", "hidden")
+PARTS = ("U", "V", "keys", "targets", "hidden", "residuals")
 # What composition reads (FactorStacks converts each to float32); any other dtype is refused on the way in.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -49,6 +52,7 @@ class Factors:
     keys: torch.Tensor | None = None  # (d_in, n)
     targets: torch.Tensor | None = None  # (d_out, n)
     hidden: torch.Tensor | None = None  # (d_out, n): z of the block, last layer of a multi-layer edit
+    residuals: torch.Tensor | None = None  # (d_out, n): δ = z − h at the subject when the edit was made, last layer
 
     @property
     def rank(self) -> int:
@@ -88,7 +92,8 @@ class Delta:
                 value = getattr(f, part)
                 if value is not None:
                     tensors[f"{param}.{part}"] = value.detach().cpu().contiguous()
-        version = FORMAT_VERSION if any(f.hidden is not None for f in self.factors.values()) else 1
+        has = lambda part: any(getattr(f, part) is not None for f in self.factors.values())  # noqa: E731
+        version = 3 if has("residuals") else 2 if has("hidden") else 1
         header = {"format": FORMAT, "version": version, **self.metadata}
         return st_save(tensors, metadata={METADATA_KEY: canonical_json(header)})
 
@@ -160,7 +165,7 @@ class Delta:
                                         "composed in float32 can hold")
             if f.keys is not None and f.keys.shape[0] != d_in:
                 raise InvalidDeltaError(f"{param}.keys has {f.keys.shape[0]} rows, expected d_in = {d_in}")
-            for part in ("targets", "hidden"):
+            for part in ("targets", "hidden", "residuals"):
                 t = getattr(f, part)
                 if t is not None and t.shape[0] != d_out:
                     raise InvalidDeltaError(f"{param}.{part} has {t.shape[0]} rows, expected d_out = {d_out}")
@@ -316,7 +321,7 @@ def _group_factors(tensors: dict[str, torch.Tensor], source: str, *, values: boo
     for name, tensor in tensors.items():
         param, _, part = name.rpartition(".")
         if part not in PARTS or not param:
-            raise InvalidDeltaError(f"{source}: tensor {name!r} is not <param>.U, .V, .keys, .targets or .hidden")
+            raise InvalidDeltaError(f"{source}: tensor {name!r} is not <param>.U, .V, .keys, .targets, .hidden or .residuals")
         parts.setdefault(param, {})[part] = tensor
     return {param: _check_factors(param, p, source, values=values) for param, p in sorted(parts.items())}
 
@@ -338,6 +343,7 @@ def _check_factors(param: str, p: dict[str, torch.Tensor], source: str, *, value
     keys, targets, hidden = p.get("keys"), p.get("targets"), p.get("hidden")
     if (keys is None) != (targets is None) or (keys is not None and keys.shape[1] != targets.shape[1]):
         raise InvalidDeltaError(f"{source}: {param}.keys and .targets must come together with the same column count n")
-    if hidden is not None and (keys is None or hidden.shape[1] != keys.shape[1]):
-        raise InvalidDeltaError(f"{source}: {param}.hidden needs .keys and .targets with the same column count n")
-    return Factors(U, V, keys, targets, hidden)
+    for part, t in (("hidden", hidden), ("residuals", p.get("residuals"))):
+        if t is not None and (keys is None or t.shape[1] != keys.shape[1]):
+            raise InvalidDeltaError(f"{source}: {param}.{part} needs .keys and .targets with the same column count n")
+    return Factors(U, V, keys, targets, hidden, p.get("residuals"))

@@ -27,7 +27,7 @@ from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPr
 from .editors import load_editor
 from .evaluate import fill
 from .requests import describe_target, require_writes
-from .index import Whitener, whitened_keys
+from .index import Whitener, normalise_subject, whitened_keys
 from .methods import NO_STATISTICS, compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
@@ -172,7 +172,9 @@ def edit(
     advance = progress(f"{method} edits", len(requests)) if progress else None
     result = compute_edits(
         model, tokenizer, requests, hp, sigmas=sigmas, editor=editor,
-        prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None, progress=advance,
+        prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None,
+        companions=companions(store, tree, requests, [c.other for c in blocking(found) if c.other]),
+        progress=advance,
     )
     whitener = Whitener(store)
     interference = pre.checker.interference(requests, [whitened_keys(d, whitener) for d in result.deltas], found)
@@ -193,6 +195,21 @@ def edit(
         default += f" (replaces {', '.join(e[:12] for e in replaced)})"
     return store.record_edits(new, message=message or default, expected_head=head,
                               operation="replace" if replaced else "edit", remove=replaced)
+
+
+def companions(
+    store: Store, tree: Sequence[str], requests: Sequence[dict[str, Any]], contradicted: Sequence[str] = ()
+) -> list[list[dict[str, Any]]]:
+    """Per request, the requests of the live edits in ``tree`` about its subject (the facts its target must
+    keep), in tree order; ``contradicted`` edits (committed over with ``force``) are not kept."""
+    wanted = {normalise_subject(r["subject"]) for r in requests}
+    records = store.edits(tree)
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for eid in tree:
+        request = records[eid].request
+        if eid not in contradicted and request and normalise_subject(request.get("subject", "")) in wanted:
+            by_subject.setdefault(normalise_subject(request["subject"]), []).append(request)
+    return [by_subject.get(normalise_subject(r["subject"]), []) for r in requests]
 
 
 def replaced_by(request: dict[str, Any], found: Sequence[Conflict]) -> list[str]:

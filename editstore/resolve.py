@@ -15,6 +15,16 @@ against the weight W it is solved on now is ``T − W K``. A multi-layer group r
 MEMIT's spread (:func:`editstore.methods.locate.spread`) from each edit's stored z,
 with forward passes for the keys of later layers, on the base loaded in memory.
 
+Edits of one subject share a key (its last token), so solving their own targets side by
+side would average them: each target was computed for its own request only. When a group
+holds several edits of a subject that carry their residuals δ (the change each asked of
+the block's output at the subject), every key of that subject gets one target, the
+current value plus the sum of their δs: ``W k + Σ δ`` (one layer), ``h_L + Σ δ`` as z
+(several). An edit committed after another of its subject was optimised to keep the
+earlier one's fact as well (:mod:`editstore.methods.locate`), so its δ is the increment
+on top of it, and the sum is what the newest edit asked for; once one of them is
+reverted, its δ leaves the sum and the others' values stand.
+
 A group's solution depends only on its set of (key, target) pairs, so it does not
 depend on the order of its edits, and a version with an edit reverted equals a batch
 edit of the remaining requests whenever their targets were computed on the same model
@@ -42,7 +52,8 @@ from .methods.hooks import patched
 from .methods.hparams import Hparams
 from .methods.locate import solve, spread
 from .methods.solvers import Solution
-from .methods.targets import sample_prefixes, tokenize_request
+from .methods.targets import outputs_at_subject, sample_prefixes, tokenize_request
+from .index import normalise_subject
 
 if TYPE_CHECKING:
     from .store import Store
@@ -65,6 +76,24 @@ class Group:
     def stacked(self, param: str, part: str) -> torch.Tensor:
         """The group's ``part`` (keys, targets or hidden) of ``param``, columns side by side, float64."""
         return torch.cat([getattr(d.factors[param], part).double() for d in self.deltas], dim=1)
+
+    def shared_subjects(self) -> list[list[int]]:
+        """The columns of each subject with several edits in the group that all carry residuals."""
+        last = f"{self.hp.module_name(self.hp.layers[-1])}.weight"
+        by_subject: dict[str, list[int]] = {}
+        for i, (delta, request) in enumerate(zip(self.deltas, self.requests)):
+            if request.get("subject") and delta.factors[last].residuals is not None:
+                by_subject.setdefault(normalise_subject(request["subject"]), []).append(i)
+        return [cols for cols in by_subject.values() if len(cols) > 1]
+
+    def shared_values(self, current: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (d, n), whose columns of a subject with several edits become ``current`` (d, n), the
+        value there now, plus the sum of that subject's residuals."""
+        residuals = self.stacked(f"{self.hp.module_name(self.hp.layers[-1])}.weight", "residuals").to(current)
+        values = values.clone()
+        for cols in self.shared_subjects():
+            values[:, cols] = current[:, cols] + residuals[:, cols].sum(1, keepdim=True)
+        return values
 
 
 def _resolvable(delta: Delta, hp: Hparams | None) -> bool:
@@ -135,8 +164,9 @@ def batched_factors(
             W = linear_base_weight(store.base, param).to(device)
             for f in fixed.get(param, []) + solved.get(param, []):
                 W += f.U.to(W) @ f.V.to(W).T
-            sol = solve_single_layer(hp, W, group.stacked(param, "keys").to(device),
-                                     group.stacked(param, "targets").to(device), sigmas[name])
+            K = group.stacked(param, "keys").to(device)  # (d_in, n)
+            T = group.shared_values(W @ K, group.stacked(param, "targets").to(device))  # (d_out, n)
+            sol = solve_single_layer(hp, W, K, T, sigmas[name])
             layers = [(name, sol)]
         else:
             if model is None:
@@ -145,7 +175,12 @@ def batched_factors(
             with patched(model, updates):
                 prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
             prompts = [tokenize_request(tokenizer, r, prefixes) for r in group.requests]
-            z = group.stacked(f"{hp.module_name(hp.layers[-1])}.weight", "hidden").T.to(device)
+            z = group.stacked(f"{hp.module_name(hp.layers[-1])}.weight", "hidden").to(device)  # (d, n)
+            if group.shared_subjects():
+                with patched(model, updates):
+                    h = outputs_at_subject(model, prompts, hp.block_name(hp.layers[-1]), pad_id(tokenizer))  # (n, d)
+                z = group.shared_values(h.double().T, z)
+            z = z.T  # (n, d)
             per_layer, _ = spread(model, prompts, z, hp, pad=pad_id(tokenizer), sigmas=sigmas, prior_keys=None,
                                   updates=updates)
             layers = [(s.name, s.solution) for s in per_layer]

@@ -39,9 +39,13 @@ def compute_edits(
     sigmas: Mapping[str, torch.Tensor] | None = None,
     prior_keys: Mapping[str, torch.Tensor] | None = None,
     editor: Editor | None = None,
+    companions: Sequence[Sequence[dict[str, Any]]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EditResult:
     """One delta per request, by ``hp.method``; ``model`` is left unchanged. MEND needs its trained ``editor``.
+
+    ``companions``: per request, the requests of earlier live edits of its subject; the locate-then-edit
+    methods optimise its target value to keep them too (:mod:`.locate`); the others ignore them.
 
     Raises :class:`HparamsError` for a behaviour deletion that ``hp.method`` cannot do (FT, MEND).
     """
@@ -52,12 +56,14 @@ def compute_edits(
         deltas, before, after = mend_deltas(model, tokenizer, requests, editor, progress=progress)
         return EditResult(deltas, before, after)
     if hp.method not in SEQUENTIAL:
-        return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys, progress=progress)
+        return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys,
+                               companions=companions, progress=progress)
     deltas, before, after, info = [], [], [], {}
-    for request in requests:
+    for i, request in enumerate(requests):
         pending = as_updates(deltas)  # the earlier requests of the sequence, in place
         if hp.method == "rome":
-            res = locate_and_edit(model, tokenizer, [request], hp, sigmas=sigmas or {}, pending=pending)
+            res = locate_and_edit(model, tokenizer, [request], hp, sigmas=sigmas or {}, pending=pending,
+                                  companions=[companions[i]] if companions else None)
         else:
             res = finetune(model, tokenizer, request, hp, pending=pending)
         deltas += res.deltas

@@ -5,8 +5,12 @@
    keys K_l (mean over prefixes), residual R_l = (z − h_L) / (layers left), and the
    solver's Δ_l = U Vᵀ (:mod:`.solvers`);
 3. each request becomes its own delta: column i of every layer's U and V, with its key
-   and target value (W_l k_i + r_i), and for a multi-layer edit z_i, kept so a checkout
+   and target value (W_l k_i + r_i), for a multi-layer edit z_i, and δ_i, kept so a checkout
    can re-solve a version jointly (:mod:`editstore.resolve`).
+
+A request can come with companions: the live requests of an earlier edit of its subject.
+Its δ is then optimised for them too (they share the subject's key), so the value it asks
+for serves every live fact of the subject.
 
 The model passed in is never written to: updates in progress are forward hooks.
 """
@@ -52,13 +56,15 @@ def locate_and_edit(
     sigmas: Mapping[str, torch.Tensor],
     prior_keys: Mapping[str, torch.Tensor] | None = None,
     pending: Updates | None = None,
+    companions: Sequence[Sequence[dict[str, Any]]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EditResult:
     """Solve ``requests`` jointly with ``hp.method``'s solver; ``model`` is left unchanged.
 
     ``sigmas``: Σ (d_in, d_in) per edited module name. ``prior_keys``: per module, keys of
     earlier edits (d_in, m) that AlphaEdit keeps out of the way. ``pending``: low-rank
-    updates not in the weights yet (earlier requests of a sequential batch).
+    updates not in the weights yet (earlier requests of a sequential batch). ``companions``: per
+    request, the requests of earlier live edits of its subject, whose targets its δ must keep.
     """
     missing = [hp.module_name(layer) for layer in hp.layers if hp.module_name(layer) not in sigmas]
     if missing:
@@ -67,7 +73,8 @@ def locate_and_edit(
     updates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: list(v) for k, v in (pending or {}).items()}
     with patched(model, updates):
         prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
-        prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
+        prompts = [tokenize_request(tokenizer, r, prefixes, companions=c)
+                   for r, c in zip(requests, companions or [()] * len(requests))]
         deltas, nll0, nll1 = optimise_deltas(
             model, tokenizer, prompts, hp.module_name(hp.layers[-1]), hp.targets, progress=progress
         )
@@ -81,6 +88,7 @@ def locate_and_edit(
             f"{s.name}.weight": Factors(
                 *(t[:, col].float().cpu().contiguous() for t in (s.solution.U, s.solution.V, s.keys, s.targets)),
                 hidden=z[col].T.float().cpu().contiguous() if multi and s is per_layer[-1] else None,
+                residuals=deltas[col].T.float().cpu().contiguous() if s is per_layer[-1] else None,
             )
             for s in per_layer
         }

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -39,8 +40,19 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Objective:
+    """Rows scored on one target: a request's prefixed prompts, each ending right before the target."""
+
+    rows: list[list[int]]
+    subject_last: list[int]  # per row, the subject's last token
+    target: list[int]  # target_new's token ids, or target_true's when the request suppresses it
+    suppress: bool = False  # a behaviour deletion: target_true must stop being produced
+
+
+@dataclass(frozen=True)
 class Prompts:
-    """One request's token rows: the prefixed prompts (row 0 unprefixed) and the KL prompt."""
+    """One request's token rows: the prefixed prompts (row 0 unprefixed) and the KL prompt, and the
+    objectives of its companions (earlier live requests of its subject that its δ must keep)."""
 
     rows: list[list[int]]  # prefixed prompts, each ending after the prompt
     subject_last: list[int]  # per row, the subject's last token
@@ -48,6 +60,11 @@ class Prompts:
     kl_subject_last: int
     target: list[int]  # target_new's token ids, or target_true's when the request suppresses it
     suppress: bool = False  # a behaviour deletion: target_true must stop being produced
+    companions: tuple[Objective, ...] = ()
+
+    def objectives(self) -> list[Objective]:
+        """The request's own objective first, then its companions'."""
+        return [Objective(self.rows, self.subject_last, self.target, self.suppress), *self.companions]
 
 
 def key_positions(model: torch.nn.Module, module: str, subject_last: Sequence[int]) -> list[int]:
@@ -74,23 +91,32 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
     return [""] + [t.strip() + " ." for t in texts]
 
 
-def tokenize_request(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Prompts:
-    """Token rows of one request; raises :class:`SubjectNotInPromptError` when the subject is missing.
+def tokenize_request(
+    tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str], *, companions: Sequence[dict[str, Any]] = ()
+) -> Prompts:
+    """Token rows of one request (and of its ``companions``); raises :class:`SubjectNotInPromptError` when
+    the subject is missing.
 
     A request without ``target_new`` is a behaviour deletion of its ``target_true``.
     """
+    own = _objective(tokenizer, request, prefixes)
+    subject = request["subject"]
+    kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
+    return Prompts(rows=own.rows, subject_last=own.subject_last, kl_row=kl_ids, kl_subject_last=kl_end - 1,
+                   target=own.target, suppress=own.suppress,
+                   companions=tuple(_objective(tokenizer, c, prefixes) for c in companions))
+
+
+def _objective(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Objective:
     if not (request.get("target_new") or request.get("target_true")):
         raise SchemaError("an edit request needs a target_new to write or a target_true to suppress")
     subject = request["subject"]
     prompt = fill(request["prompt"], subject).strip()
     texts = [f"{p} {prompt}".strip() for p in prefixes]
     spans = [subject_span(tokenizer, t, subject, search_from=len(t) - len(prompt)) for t in texts]
-    kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
-    return Prompts(
+    return Objective(
         rows=[ids for ids, _, _ in spans],
         subject_last=[end - 1 for _, _, end in spans],
-        kl_row=kl_ids,
-        kl_subject_last=kl_end - 1,
         target=target_ids(tokenizer, request["target_true"] if is_deletion(request) else request["target_new"]),
         suppress=is_deletion(request),
     )
@@ -155,18 +181,24 @@ def _optimise_chunk(
     model: torch.nn.Module, pad: int, prompts: Sequence[Prompts], module_name: str, hp: TargetHparams
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     device = model_device(model)
-    n, per = len(prompts), len(prompts[0].rows)
-    n_edit = n * per
-    # rows: per request its prefixed prompts (scored on its target), then all KL prompts (next token)
-    rows = [r for p in prompts for r in p.rows] + [p.kl_row for p in prompts]
-    targets = [p.target for p in prompts for _ in p.rows] + [[pad]] * n
-    owner = torch.tensor([i for i in range(n) for _ in range(per)] + list(range(n)), device=device)
+    n = len(prompts)
+    # objectives: per request its own (member 0), then its companions'; each scores its prefixed rows on its target
+    members = [(i, o) for i, p in enumerate(prompts) for o in p.objectives()]
+    n_edit = sum(len(o.rows) for _, o in members)
+    # rows: every objective's prefixed prompts, then all KL prompts (next token)
+    rows = [r for _, o in members for r in o.rows] + [p.kl_row for p in prompts]
+    targets = [o.target for _, o in members for _ in o.rows] + [[pad]] * n
+    member_of = torch.tensor([m for m, (_, o) in enumerate(members) for _ in o.rows], device=device)  # (n_edit,)
+    rows_per = torch.bincount(member_of, minlength=len(members)).float()  # (members,)
+    owner_of = torch.tensor([i for i, _ in members], device=device)  # (members,)
+    own = torch.tensor(list(accumulate([1 + len(p.companions) for p in prompts[:-1]], initial=0)), device=device)  # (n,)
+    owner = torch.cat([owner_of[member_of], torch.arange(n, device=device)])  # (rows,)
     where = torch.tensor(key_positions(
-        model, module_name, [s for p in prompts for s in p.subject_last] + [p.kl_subject_last for p in prompts]
+        model, module_name, [s for _, o in members for s in o.subject_last] + [p.kl_subject_last for p in prompts]
     ), device=device)
     width = max(len(t) for t in targets)
     tgt = torch.tensor([[t[min(j, len(t) - 1)] for j in range(width)] for t in targets[:n_edit]], device=device)
-    suppress = torch.tensor([p.suppress for p in prompts], device=device)
+    suppress = torch.tensor([o.suppress for _, o in members], device=device)  # (members,)
 
     module = model.get_submodule(module_name)
     v0 = outputs_at_subject(model, prompts, module_name, pad)  # (n, d_out)
@@ -183,14 +215,16 @@ def _optimise_chunk(
         """(target NLL (n,), the objective (n,), KL prompts' log-probabilities (n, V))."""
         logits, mask = target_logits(model, rows, targets, pad)
         logp = logits.float().log_softmax(-1)  # (rows, W, V)
-        tok_logp = logp[:n_edit].gather(2, tgt[:, :, None])[..., 0] * mask[:n_edit]  # (n*per, W)
-        seq_logp = tok_logp.sum(1)  # (n*per,)
-        nll = -seq_logp.view(n, per).mean(1)
+        tok_logp = logp[:n_edit].gather(2, tgt[:, :, None])[..., 0] * mask[:n_edit]  # (n_edit, W)
+        seq_logp = tok_logp.sum(1)  # (n_edit,)
         # a deletion pushes the whole output's probability P down: -log(1 - P) = -log(-expm1(log P)).
         # log P is clamped below 0 (P can round to 1) in the forward pass only: the gradient passes through
         capped = seq_logp - (seq_logp - seq_logp.clamp(max=-1e-6)).detach()
-        unlikely = -torch.log(-torch.expm1(capped)).view(n, per).mean(1)
-        return nll, torch.where(suppress, unlikely, nll), logp[n_edit:, 0]
+        per_row = torch.where(suppress[member_of], -torch.log(-torch.expm1(capped)), -seq_logp)  # (n_edit,)
+        per_member = per_row.new_zeros(len(members)).index_add(0, member_of, per_row) / rows_per  # (members,)
+        objective = per_member.new_zeros(n).index_add(0, owner_of, per_member)  # (n,): own + companions
+        nll = -seq_logp.new_zeros(len(members)).index_add(0, member_of, seq_logp)[own] / rows_per[own]  # (n,)
+        return nll, objective, logp[n_edit:, 0]
 
     handle = module.register_forward_hook(add_delta)
     try:
