@@ -1,6 +1,6 @@
 """Edit quality and speed of every method on the fact worlds; prints one table per part.
 
-    python benchmarks/methods.py [--arch gpt2 llama t5] [--parts single batch sequential damage deletion]
+    python benchmarks/methods.py [--arch gpt2 llama t5] [--size small|large] [--parts single batch sequential damage deletion]
                                  [--single 100] [--batch 200] [--sequential 300] [--every 50] [--damage 20]
                                  [--deletion 100] [--methods ...] [--set KEY=JSON ...]
 
@@ -47,7 +47,7 @@ from editstore.methods import METHODS
 from editstore.methods.hooks import as_updates, patched
 from editstore.world.bench import WorldBench
 from editstore.requests import as_deletion
-from editstore.world.build import ARCHES, read_jsonl
+from editstore.world.build import ARCHES, SIZES, read_jsonl
 
 console = Console(width=130)
 RECALL_FACTS = 300
@@ -56,8 +56,8 @@ RECALL_FACTS = 300
 class Bench(WorldBench):
     """A world bench that times its edits and runs only the chosen methods."""
 
-    def __init__(self, arch: str, overrides: dict[str, Any], methods: Sequence[str] | None) -> None:
-        super().__init__(arch, overrides=overrides)
+    def __init__(self, arch: str, overrides: dict[str, Any], methods: Sequence[str] | None, size: str) -> None:
+        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS)
         self.methods = methods
 
     def chosen(self, methods: Sequence[str]) -> list[str]:
@@ -167,6 +167,7 @@ def deletion(bench: Bench, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=list(ARCHES), choices=ARCHES)
+    parser.add_argument("--size", choices=SIZES, default="small", help="The world's size (large: gpt2 and llama).")
     parts = ["single", "batch", "sequential", "damage", "deletion"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--single", type=int, default=100)
@@ -183,7 +184,7 @@ def main() -> None:
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     torch.manual_seed(0)
     for arch in args.arch:
-        bench = Bench(arch, overrides, args.methods)
+        bench = Bench(arch, overrides, args.methods, args.size)
         if "single" in args.parts:
             single(bench, args.single)
         if "batch" in args.parts:

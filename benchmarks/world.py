@@ -1,6 +1,6 @@
 """The fact worlds: build time, recall, and where facts live (causal tracing averaged over facts).
 
-    python benchmarks/world.py [--arch gpt2 llama t5] [--facts 40]
+    python benchmarks/world.py [--arch gpt2 llama t5] [--size small|large] [--facts 40]
 
 An encoder-decoder (t5) is traced over its encoder, the answer being its first output token.
 
@@ -21,22 +21,21 @@ from transformers import AutoTokenizer
 from editstore.checkpoint import from_pretrained
 
 from editstore.trace import causal_trace
-from editstore.world.build import build_world, read_jsonl
+from editstore.world.build import SIZES, build_world, read_jsonl, world_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=["gpt2", "llama", "t5"])
+    parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--facts", type=int, default=40, help="facts to trace per world")
     args = parser.parse_args()
     console = Console()
     build = Table("world", "subjects", "facts", "train s (threads)", "recall trained", "recall held out",
                   title="fact worlds (editstore world build)")
-    traces = Table("world", "kind", "state restored", *[f"L{i}" for i in range(4)],
-                   title=f"causal trace: mean recovery over the traced facts (of {args.facts}) where corrupting "
-                         "the subject changes p(answer)")
+    rows: list[tuple[str, str, str, list[float]]] = []
     for arch in args.arch:
-        path = build_world(arch)
+        path = build_world(config=world_config(arch, 0, args.size))
         info = json.loads((path / "world.json").read_text())
         build.add_row(arch, str(info["n_subjects"]), str(info["n_facts"]), f"{info['train_seconds']} ({info['threads']})",
                       f"{info['recall']['trained']:.3f}", f"{info['recall']['held_out']:.3f}")
@@ -54,7 +53,13 @@ def main() -> None:
                                    ("other subject tokens", r[:, t.subject[0] : last].max(1).values if last > t.subject[0] else torch.zeros(r.shape[0]))):
                     sums[(kind, where)] = sums.get((kind, where), 0) + col / len(traced)
         for (kind, where), v in sums.items():
-            traces.add_row(f"{arch} ({len(traced)})", kind, where, *[f"{x:.2f}" for x in v.tolist()])
+            rows.append((f"{arch} ({len(traced)})", kind, where, v.tolist()))
+    layers = max(len(r[3]) for r in rows)
+    traces = Table("world", "kind", "state restored", *[f"L{i}" for i in range(layers)],
+                   title=f"causal trace: mean recovery over the traced facts (of {args.facts}) where corrupting "
+                         "the subject changes p(answer)")
+    for name, kind, where, values in rows:
+        traces.add_row(name, kind, where, *[f"{x:.2f}" for x in values], *[""] * (layers - len(values)))
     console.print(build)
     console.print(traces)
 

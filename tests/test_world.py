@@ -96,3 +96,40 @@ def test_an_encoder_decoder_world_learns_prompt_to_object_pairs(tmp_path: Path) 
     held_out = {p for f in read_jsonl(path / "facts.jsonl") for p in f["held_out_prompts"]}
     assert not held_out & {p for p, _ in pairs}
     assert set(json.loads((path / "world.json").read_text())["recall"]) == {"trained", "held_out"}
+
+
+def test_the_large_world_spec_and_cache_key_are_deterministic() -> None:
+    from editstore.world.build import world_config
+
+    large = world_config("gpt2", 0, "large")
+    assert large == world_config("gpt2", 0, "large") and large.key == world_config("gpt2", 0, "large").key
+    keys = {large.key, world_config("gpt2", 1, "large").key, world_config("gpt2", 0, "small").key,
+            world_config("llama", 0, "large").key}
+    assert len(keys) == 4
+    # the small worlds' keys never move (their caches, the demo and CI depend on them)
+    assert world_config("gpt2").key.startswith("db4cc5d75bc76b0e") and world_config("llama").key.startswith("a72c00ccaeb5ad2e")
+    kb = KnowledgeBase(large.world)
+    assert len(kb.subjects) >= 2000 and len(kb.facts) >= 10_000 and len(set(kb.subjects)) == len(kb.subjects)
+    assert kb.requests()[:20] == KnowledgeBase(world_config("gpt2", 0, "large").world).requests()[:20]
+    with pytest.raises(ValueError, match="no large t5 world"):
+        world_config("t5", 0, "large")
+
+
+def test_the_large_world_command_refuses_an_architecture_it_does_not_have() -> None:
+    from .test_edit import invoke
+
+    assert invoke("world", "build", "--size", "large", "--arch", "t5", code=2) == ""
+    assert invoke("world", "build", "--size", "huge", code=2) == ""
+
+
+def test_subject_masks_mark_every_occurrence_of_the_lines_subject() -> None:
+    from editstore.world.tokenizer import build_tokenizer
+    from editstore.world.train import subject_mask
+
+    lines = ["Ka Lo was born in Paris . The sport of Ka Lo is golf .", "Mi Ren plays the harp ."]
+    tok = build_tokenizer(lines)
+    ids = tok(lines, padding=True, return_tensors="pt")["input_ids"]
+    mask = subject_mask(tok, ids, ["Ka Lo", "Mi Ren"])
+    words = [["<bos>", *line.split()] for line in lines]
+    marked = [[w for w, m in zip(ws, row) if m] for ws, row in zip(words, mask.tolist())]
+    assert marked == [["Ka", "Lo", "Ka", "Lo"], ["Mi", "Ren"]]

@@ -6,7 +6,10 @@ by gradient steps on a vector δ added to the module's output at that token of t
 edited layer: target NLL over the prefixed prompts + KL to the unedited distribution on
 "{subject} is a" + a norm penalty, with ‖δ‖ ≤ c‖v₀‖ (ROME, Meng et al. 2022). Requests
 are optimised together in chunks; each has its own δ and its loss does not depend on
-the others', so a chunk gives the same δs as one request at a time.
+the others', so a chunk gives the same δs as one request at a time. A request may bring
+companions, the requests of earlier live edits of its subject: their target NLLs join its
+objective (it stops once the sum is below the threshold), so the value it finds at the
+subject's key keeps their facts as well as its own.
 
 Two choices differ from ROME's code: the target NLL is summed over the target's tokens
 (not averaged), and the KL term is KL(unedited ‖ edited). The residual a solver must

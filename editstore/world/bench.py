@@ -26,24 +26,25 @@ from ..stats import second_moment
 from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
 from ..hashing import sha256_json
 from ..methods.mend import Editor, train_editor
-from .build import CORPUS_FILE, build_world, cache_root, read_jsonl
+from .build import CORPUS_FILE, build_world, cache_root, read_jsonl, world_config
 from .splits import held_out_requests, one_per_subject, training_requests
 
 
 class WorldBench:
     """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
 
-    def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3) -> None:
+    def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3,
+                 size: str = "small", methods: Sequence[str] = METHODS) -> None:
         from transformers import AutoTokenizer
 
         self.mend_training: dict[str, Any] = {}
         self.arch = arch
-        self.path: Path = build_world(arch)
+        self.path: Path = build_world(config=world_config(arch, 0, size))
         self.model = from_pretrained(self.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         config = json.loads((self.path / "config.json").read_text())
         self.hparams: dict[str, Hparams] = {}
-        for method in METHODS:
+        for method in methods:
             hp = find_hparams(method, config)
             self.hparams[method] = hp.replace(**overrides) if overrides else hp
         modules = sorted({m for method, hp in self.hparams.items() if method not in NO_STATISTICS for m in edited_modules(hp)})

@@ -162,7 +162,9 @@ def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None, devi
             on_epoch(epoch, config.train.epochs, loss)
         return False
 
-    model = train_lm(config.train, tokenizer, lines, targets=targets, on_epoch=hook, device=device)
+    per = config.world.lines_per_subject
+    subjects = None if seq2seq else [kb.subjects[i // per] for i in range(len(lines))]
+    model = train_lm(config.train, tokenizer, lines, targets=targets, subjects=subjects, on_epoch=hook, device=device)
     seconds = time.perf_counter() - start
     model.to("cpu")
     recall = measure_recall(model, tokenizer, facts)

@@ -40,12 +40,17 @@ class TrainSpec:
     warmup: float = 0.05
     mlp_drop_layers: tuple[int, ...] = (0,)
     mlp_drop: float = 0.5
+    subject_mlp_layers: tuple[int, ...] = ()  # for a fraction subject_mlp of the lines, these MLPs act only at subjects
+    subject_mlp: float = 0.0
     n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
     tie: bool = True  # T5: transformers 5 always ties its embeddings; False turns off the d_model^-0.5 output scaling
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        if not self.subject_mlp_layers:  # absent when off, so the keys of worlds built before it stay the same
+            del out["subject_mlp_layers"], out["subject_mlp"]
+        return out
 
 
 def model_config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast, max_len: int) -> Any:
@@ -80,10 +85,12 @@ def train_lm(
     lines: Sequence[str],
     *,
     targets: Sequence[str] | None = None,
+    subjects: Sequence[str] | None = None,
     on_epoch: Callable[[int, float, PreTrainedModel], bool] | None = None,
     device: torch.device | str = "cpu",
 ) -> PreTrainedModel:
     """Train from scratch on ``lines`` (an encoder-decoder: ``lines`` to ``targets``, each ended by <eos>);
+    ``subjects``: each line's subject (needed by ``spec.subject_mlp_layers``);
     ``on_epoch(epoch, loss, model)`` may return True to stop early."""
     torch.manual_seed(spec.seed)
     enc = tokenizer(list(lines), padding=True, return_tensors="pt")
@@ -101,6 +108,8 @@ def train_lm(
     model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config).to(device)
     model.train()
     hooks = [_drop_mlp_output(model, layer, spec.mlp_drop, spec.seed) for layer in spec.mlp_drop_layers]
+    at_subject = _SubjectMask(subject_mask(tokenizer, ids, subjects) if spec.subject_mlp_layers else None)
+    hooks += [at_subject.restrict(model, layer, spec.subject_mlp, spec.seed) for layer in spec.subject_mlp_layers]
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     lengths = mask.sum(1)  # (N,)
     steps_per_epoch = sum(math.ceil(len(c) / spec.batch_size) for c in torch.arange(len(ids)).split(spec.batch_size * 16))
@@ -116,6 +125,7 @@ def train_lm(
         for idx in _batches(lengths, spec.batch_size, g):
             width = int(lengths[idx].max())
             batch_labels = labels[idx] if seq2seq else labels[idx, :width]
+            at_subject.select(idx, width, device)
             out = model(input_ids=ids[idx, :width].to(device), attention_mask=mask[idx, :width].to(device),
                         labels=batch_labels.to(device))
             opt.zero_grad(set_to_none=True)
@@ -149,6 +159,50 @@ def _batches(lengths: torch.Tensor, batch_size: int, g: torch.Generator) -> list
         batches += list(part.split(batch_size))
     order = torch.randperm(len(batches), generator=g)
     return [batches[i] for i in order]
+
+
+def subject_mask(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor, subjects: Sequence[str] | None) -> torch.Tensor:
+    """(N, T) bool: the tokens of each line's subject, wherever it occurs in the line."""
+    if subjects is None or len(subjects) != len(ids):
+        raise ValueError("subject_mlp_layers needs the subject of every training line")
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, subject in enumerate(subjects):
+        name = tokenizer(subject, add_special_tokens=False)["input_ids"]
+        line = ids[row].tolist()
+        for start in range(len(line) - len(name) + 1):
+            if line[start : start + len(name)] == name:
+                mask[row, start : start + len(name)] = True
+    return mask
+
+
+class _SubjectMask:
+    """While training, make some MLPs act only at the subject's tokens for a random fraction of the lines.
+
+    A model whose attention copies the subject to the prompt's last token can look facts up
+    there (the small Llama world did, in MLP 1 at the last token), out of reach of an edit keyed
+    on the subject. When the middle MLPs cannot act after the subject in some lines, the facts
+    must be recalled at the subject and carried on by attention, as in real models.
+    """
+
+    def __init__(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask  # (N, T)
+        self.batch: torch.Tensor | None = None  # (B, width), the current batch's rows
+
+    def select(self, idx: torch.Tensor, width: int, device: torch.device | str) -> None:
+        self.batch = None if self.mask is None else self.mask[idx, :width].to(device)
+
+    def restrict(self, model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
+        g = torch.Generator().manual_seed(seed + 104729 * (layer + 1))
+        mlp = child(transformer_blocks(model)[layer], MLP_NAMES)
+
+        def hook(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+            if not module.training or self.batch is None:
+                return None
+            picked = (torch.rand(output.shape[0], generator=g) < p).to(output.device)  # (B,)
+            keep = self.batch | ~picked[:, None]  # (B, T)
+            return output * keep[..., None].to(output)
+
+        return mlp.register_forward_hook(hook)
 
 
 def _drop_mlp_output(model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
