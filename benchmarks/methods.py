@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -137,7 +138,7 @@ def damage(bench: Bench, n: int) -> None:
     facts = read_jsonl(bench.path / "facts.jsonl")
     prompts = [f["trained_prompts"][0] for f in facts]
     base = next_tokens(bench.model, bench.tokenizer, prompts)
-    table = Table("method", "flipped / edit", "% of facts", "max", "share to the edit's target",
+    table = Table("method", "flipped / edit", "% of facts", "median %", "max", "share to the edit's target",
                   title=f"{bench.arch} world: untouched facts (of {len(facts)}) whose answer one edit changes, {n} edits")
     for method in bench.chosen(METHODS):
         flipped, to_target = [], 0
@@ -150,7 +151,8 @@ def damage(bench: Bench, n: int) -> None:
             first = target_ids(bench.tokenizer, r["target_new"])[0]
             to_target += sum(a[0] == first for _, a in changed)
         total = sum(flipped)
-        table.add_row(method, f"{total / n:.1f}", f"{100 * total / n / len(facts):.1f}", str(max(flipped)),
+        table.add_row(method, f"{total / n:.1f}", f"{100 * total / n / len(facts):.2f}",
+                      f"{100 * statistics.median(flipped) / len(facts):.2f}", str(max(flipped)),
                       f"{to_target / max(total, 1):.2f}")
     console.print(table)
 

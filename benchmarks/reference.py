@@ -1,7 +1,8 @@
 """Side by side with the papers' code: editstore's ROME, MEMIT and AlphaEdit against the reference
 implementations, on the same world model, requests, hyperparameters and Σ, in one process.
 
-    python benchmarks/reference.py --memit PATH [--alphaedit PATH] [--arch gpt2] [--single 20] [--batch 100]
+    python benchmarks/reference.py --memit PATH [--alphaedit PATH] [--arch gpt2] [--size small|large]
+                                   [--single 20] [--batch 100]
                                    [--seeds 0] [--parts rome memit alphaedit] [--set KEY=JSON ...]
 
 PATH is a checkout of a reference implementation that you provide (this project never vendors or
@@ -54,7 +55,7 @@ from editstore.checkpoint import CONV1D, Checkpoint
 from editstore.delta import Delta, Factors
 from editstore.methods.hparams import Hparams
 from editstore.world.bench import WorldBench
-from editstore.world.build import ARCHES
+from editstore.world.build import ARCHES, SIZES
 
 console = Console(width=130)
 REFERENCE_PACKAGES = ("rome", "memit", "util", "AlphaEdit", "experiments", "dsets", "baselines")
@@ -238,6 +239,7 @@ def main() -> None:
     parser.add_argument("--memit", type=Path, help="A checkout of github.com/kmeng01/memit (ROME and MEMIT).")
     parser.add_argument("--alphaedit", type=Path, help="A checkout of github.com/jianghoucheng/AlphaEdit.")
     parser.add_argument("--arch", default="gpt2", choices=[a for a in ARCHES if a == "gpt2"])
+    parser.add_argument("--size", default="small", choices=SIZES, help="The world (large: 2,000 subjects).")
     parser.add_argument("--parts", nargs="+", default=["rome", "memit", "alphaedit"], choices=list(REFERENCE))
     parser.add_argument("--single", type=int, default=20)
     parser.add_argument("--batch", type=int, default=100)
@@ -248,15 +250,16 @@ def main() -> None:
     args = parser.parse_args()
     paths = {"memit": args.memit, "alphaedit": args.alphaedit}
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    bench = WorldBench(args.arch)
-    ours_bench = WorldBench(args.arch, overrides=overrides) if overrides else bench
+    methods = ("rome", "memit", "alphaedit")
+    bench = WorldBench(args.arch, size=args.size, methods=methods)
+    ours_bench = WorldBench(args.arch, overrides=overrides, size=args.size, methods=methods) if overrides else bench
     for b in {id(bench): bench, id(ours_bench): ours_bench}.values():
         b.model.to(args.device)
         without_bos(b.tokenizer)
     bench.orientations = Checkpoint(bench.path).orientations
 
     table = Table("method", "side", "efficacy", "paraphrase", "specificity", "s / edit",
-                  title=f"{args.arch} world, seeds {args.seeds}" + (f", editstore with {args.set}" if args.set else ""))
+                  title=f"{args.arch} {args.size} world, seeds {args.seeds}" + (f", editstore with {args.set}" if args.set else ""))
     for method in args.parts:
         path = paths[REPOSITORY[method]]
         hp = bench.hparams[method]
