@@ -43,7 +43,7 @@ def test_edit_request_schema() -> None:
             validate(bad, "edit-request")
 
 
-ARCHITECTURES = {"gpt2-world", "llama-world", "t5-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
+ARCHITECTURES = {"gpt2-world", "gpt2-world-large", "llama-world", "t5-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
 
 
 def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> None:
@@ -61,6 +61,7 @@ def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> 
     [
         ({"model_type": "gpt2", "n_layer": 48, "n_embd": 1600}, "gpt2-xl"),
         ({"model_type": "gpt2", "n_layer": 4, "n_embd": 128}, "gpt2-world"),
+        ({"model_type": "gpt2", "n_layer": 6, "n_embd": 256}, "gpt2-world-large"),
         ({"model_type": "gpt2", "n_layer": 6, "n_embd": 512}, "gpt2"),  # any other GPT-2 falls back to small
         ({"model_type": "gptj", "n_layer": 28}, "gpt-j"),
         ({"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 128}, "llama-world"),
