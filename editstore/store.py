@@ -86,11 +86,13 @@ def _reinsert(tree: list[str], items: Sequence[str], order: Sequence[str]) -> li
     """``tree`` with ``items`` put back where ``order`` (an earlier tree) had them: each after the nearest
     edit before it in ``order`` that ``tree`` holds, so reverting a commit that took edits out restores its
     parent's tree exactly when nothing else changed."""
-    out = list(tree)
+    out, held = list(tree), set(tree)
+    position = {e: i for i, e in enumerate(order)}
     for item in items:
-        before = order[: order.index(item)] if item in order else []
-        anchor = next((e for e in reversed(before) if e in out), None)
+        before = order[: position[item]] if item in position else []
+        anchor = next((e for e in reversed(before) if e in held), None)
         out.insert(out.index(anchor) + 1 if anchor is not None else 0, item)
+        held.add(item)
     return out
 
 
