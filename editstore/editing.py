@@ -22,7 +22,7 @@ from .behavior import load_tokenizer
 from .checks import precheck
 from .checkout import load_model
 from .compose import resolve_device
-from .conflicts import BLOCKING, Conflict, ConflictError, blocking
+from .conflicts import Conflict, ConflictError, blocking
 from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .editors import load_editor
 from .evaluate import fill
@@ -214,7 +214,7 @@ def companions(
 
 def replaced_by(request: dict[str, Any], found: Sequence[Conflict]) -> list[str]:
     """The live edits ``request`` contradicts (what ``--replace`` takes out), in the order found."""
-    return list(dict.fromkeys(c.other for c in found if c.request is request and c.kind in BLOCKING and c.other))
+    return list(dict.fromkeys(c.other for c in blocking(found) if c.request is request and c.other))
 
 
 def _describe(request: dict[str, Any]) -> str:

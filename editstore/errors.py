@@ -94,5 +94,9 @@ class ConfigError(EditStoreError):
     """An unknown configuration key or a value it does not take."""
 
 
+class UnknownWorldError(EditStoreError, ValueError):
+    """A fact world size or architecture that editstore has no world for."""
+
+
 class InputError(EditStoreError):
     """An input file or argument that cannot be read or parsed (see :mod:`editstore.inputs`)."""

@@ -23,6 +23,7 @@ import torch
 
 from ..checkout import check_output_dir, make_dir
 from ..compose import resolve_device
+from ..errors import UnknownWorldError
 from ..evaluate import score_pairs
 from ..hashing import sha256_json
 from ..inputs import iter_jsonl
@@ -70,9 +71,9 @@ def world_config(arch: str = "gpt2", seed: int = 0, size: str = "small") -> Worl
     """The world of an architecture, seed and size (``small``: the default, for the demo and the tests;
     ``large``: the scale world, for lifelong-editing benchmarks)."""
     if size not in SIZES:
-        raise ValueError(f"unknown world size {size!r}; choose one of {', '.join(SIZES)}")
+        raise UnknownWorldError(f"unknown world size {size!r}; choose one of {', '.join(SIZES)}")
     if size == "large" and arch not in LARGE_TRAIN:
-        raise ValueError(f"there is no large {arch} world; choose one of {', '.join(LARGE_TRAIN)}")
+        raise UnknownWorldError(f"there is no large {arch} world; choose --arch {' or '.join(LARGE_TRAIN)}")
     world, train = (WorldSpec(), DEFAULT_TRAIN[arch]) if size == "small" else (LARGE_WORLD, LARGE_TRAIN[arch])
     return WorldConfig(replace(world, seed=seed), replace(train, seed=seed))
 
