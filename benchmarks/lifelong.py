@@ -31,6 +31,7 @@ Prints one table per method and part, and saves the curves as a PNG (--plot).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from editstore.checkpoint import from_pretrained
 from editstore.editing import edit
 from editstore.evaluate import evaluate_requests, score_pairs
 from editstore.methods import find_hparams
+from editstore.methods.hparams import Hparams
 from editstore.world.build import SIZES, build_world, read_jsonl, world_config
 from editstore.world.knowledge import RELATIONS
 
@@ -76,17 +78,36 @@ class Row:
     stale: float | None = None  # replaced targets that still win
 
 
-def history(requests: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` requests on distinct subjects, relation i mod (number of relations) for the i-th."""
-    by_subject: dict[str, dict[str, dict[str, Any]]] = {}
+def shuffled_subjects(requests: Sequence[dict[str, Any]], seed: int) -> list[list[dict[str, Any]]]:
+    """The requests grouped by subject (each group in the world's relation order), subjects shuffled by ``seed``."""
+    by_subject: dict[str, list[dict[str, Any]]] = {}
     for r in requests:
-        by_subject.setdefault(r["subject"], {})[r["relation"]] = r
+        by_subject.setdefault(r["subject"], []).append(r)
     subjects = sorted(by_subject)
     random.Random(seed).shuffle(subjects)
-    if n > len(subjects):
-        raise SystemExit(f"--edits {n}: the world has {len(subjects)} subjects")
+    return [by_subject[s] for s in subjects]
+
+
+def history(requests: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` requests on distinct subjects, relation i mod (number of relations) for the i-th."""
+    groups = shuffled_subjects(requests, seed)
+    if n > len(groups):
+        raise SystemExit(f"--edits {n}: the world has {len(groups)} subjects")
     relations = [r.name for r in RELATIONS]
-    return [by_subject[s][relations[i % len(relations)]] for i, s in enumerate(subjects[:n])]
+    return [{r["relation"]: r for r in g}[relations[i % len(relations)]] for i, g in enumerate(groups[:n])]
+
+
+@contextlib.contextmanager
+def new_store(world_path: Path) -> Iterator[Store]:
+    """A store on the world in a temporary directory, the semantic check off (other subjects' prompts are
+    not this benchmark's question)."""
+    with tempfile.TemporaryDirectory() as tmp, Store.init(world_path, Path(tmp) / "store") as store:
+        store.set_config("conflicts.semantic_threshold", "1.0")
+        yield store
+
+
+def packaged_hparams(world_path: Path, method: str) -> Hparams:
+    return find_hparams(method, json.loads((world_path / "config.json").read_text()))
 
 
 def update_of(request: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -95,17 +116,21 @@ def update_of(request: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return {**request, "target_new": target}
 
 
-def checkout(store: Path, compose: str, out: Path) -> tuple[float, float]:
-    """Run `editstore checkout HEAD --out OUT --compose COMPOSE`: (seconds, peak RSS in MiB)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([shutil.which("editstore") or "editstore", "--store", str(store), "checkout", "HEAD",
-                             "--out", str(out), "--compose", compose, "--device", "cpu"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"checkout failed: {proc.stderr.read().decode() if proc.stderr else status}")
-    return seconds, usage.ru_maxrss / 1024
+@contextlib.contextmanager
+def checked_out(store: Path, compose: str) -> Iterator[tuple[Any, Any, float, float]]:
+    """Run `editstore checkout HEAD --out DIR --compose COMPOSE` into a temporary DIR; yield its model and
+    tokenizer, the command's seconds and its peak RSS in MiB."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "version"
+        start = time.perf_counter()
+        proc = subprocess.Popen([shutil.which("editstore") or "editstore", "--store", str(store), "checkout", "HEAD",
+                                 "--out", str(out), "--compose", compose, "--device", "cpu"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if status != 0:
+            raise SystemExit(f"checkout failed: {proc.stderr.read().decode() if proc.stderr else status}")
+        yield from_pretrained(out), AutoTokenizer.from_pretrained(out), seconds, usage.ru_maxrss / 1024
 
 
 class World:
@@ -134,10 +159,7 @@ def measure(store: Store, world: World, label: str, live: Sequence[dict[str, Any
             stale: Sequence[dict[str, Any]] = ()) -> list[Row]:
     rows = []
     for compose in ("sequential", "batched"):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "version"
-            seconds, peak = checkout(store.root, compose, out)
-            model, tok = from_pretrained(out), AutoTokenizer.from_pretrained(out)
+        with checked_out(store.root, compose) as (model, tok, seconds, peak):
             m = evaluate_requests(model, tok, live, batch_size=256)
             untouched, others = world.recall(model, tok, live)
             old = evaluate_requests(model, tok, stale, batch_size=256).efficacy if stale else None
@@ -150,11 +172,10 @@ def measure(store: Store, world: World, label: str, live: Sequence[dict[str, Any
 def run_history(world_path: Path, world: World, method: str, args: argparse.Namespace) -> list[Row]:
     requests = read_jsonl(world_path / "requests.jsonl")
     todo = history(requests, args.edits, args.seed)
-    hp = find_hparams(method, json.loads((world_path / "config.json").read_text()))
+    hp = packaged_hparams(world_path, method)
     rows: list[Row] = []
     rng = random.Random(args.seed + 1)
-    with tempfile.TemporaryDirectory() as tmp, Store.init(world_path, Path(tmp) / "store") as store:
-        store.set_config("conflicts.semantic_threshold", "1.0")  # other subjects' prompts are not this benchmark's
+    with new_store(world_path) as store:
         start = time.perf_counter()
         live: dict[str, dict[str, Any]] = {}  # edit id -> request
         for i, r in enumerate(todo, 1):
@@ -178,30 +199,23 @@ def run_history(world_path: Path, world: World, method: str, args: argparse.Name
 
 
 def run_same_subject(world_path: Path, world: World, method: str, n: int, seed: int) -> list[tuple[str, Row, Row]]:
-    by_subject: dict[str, list[dict[str, Any]]] = {}
-    for r in read_jsonl(world_path / "requests.jsonl"):
-        by_subject.setdefault(r["subject"], []).append(r)
-    subjects = sorted(by_subject)
-    random.Random(seed + 2).shuffle(subjects)
-    first = [by_subject[s][0] for s in subjects[:n]]
-    second = [by_subject[s][1 + i % (len(by_subject[s]) - 1)] for i, s in enumerate(subjects[:n])]
-    hp = find_hparams(method, json.loads((world_path / "config.json").read_text()))
+    groups = shuffled_subjects(read_jsonl(world_path / "requests.jsonl"), seed + 2)[:n]
+    first = [g[0] for g in groups]
+    second = [g[1 + i % (len(g) - 1)] for i, g in enumerate(groups)]
+    hp = packaged_hparams(world_path, method)
     out = []
-    with tempfile.TemporaryDirectory() as tmp, Store.init(world_path, Path(tmp) / "store") as store:
-        store.set_config("conflicts.semantic_threshold", "1.0")
+    with new_store(world_path) as store:
         for r in first + second:
             edit(store, [r], method=method, hparams=hp, device="cpu")
         for compose in ("sequential", "batched"):
-            with tempfile.TemporaryDirectory() as d:
-                seconds, peak = checkout(store.root, compose, Path(d) / "v")
-                model, tok = from_pretrained(Path(d) / "v"), AutoTokenizer.from_pretrained(Path(d) / "v")
+            with checked_out(store.root, compose) as (model, tok, seconds, peak):
+                untouched, others = world.recall(model, tok, first + second)
                 rows = []
                 for part in (first, second):
                     m = evaluate_requests(model, tok, part, batch_size=256)
-                    untouched, others = world.recall(model, tok, first + second)
                     rows.append(Row(method, 2 * n, compose, m.efficacy, m.paraphrase, m.specificity, untouched, others,
                                     seconds, peak))
-                out.append((compose, rows[0], rows[1]))
+            out.append((compose, rows[0], rows[1]))
     return out
 
 
