@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from editstore.evaluate import Score, score_targets
-from editstore.forward import next_token_logits, on_decoder, target_logits
-from editstore.synthetic import tiny_model
+from editstore.forward import next_token_logits, on_decoder, tails_after, target_logits
+from editstore.synthetic import TINY_CONFIGS, tiny_model
 
 
 def test_score_targets_sums_target_logprobs() -> None:
@@ -51,6 +51,45 @@ def test_causal_target_logits_are_the_full_sequence_logits(tmp_path: Path) -> No
         torch.testing.assert_close(logits[b, : len(t)], full[len(p) - 1 : len(p) - 1 + len(t)], atol=1e-5, rtol=1e-4)
         assert mask[b].tolist() == [j < len(t) for j in range(3)]
     torch.testing.assert_close(next_token_logits(model, PROMPTS, pad=0), logits[:, 0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
+def test_tails_give_the_whole_rows_logits_and_gradients(tmp_path: Path, arch: str) -> None:
+    """A change from each row's split on (a δ at the split) scores as on the whole rows, in value and gradient."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model(arch, tmp_path / "m")).eval()
+    prompts, targets = [*PROMPTS, [5, 6, 7, 8], [16]], [*TARGETS, [26, 27], [28]]
+    split = [1, 0, 3, 3, 0]  # rows without a prefix, and a split at the prompt's last token
+    embed = model.get_input_embeddings()
+    delta = torch.randn(len(prompts), embed.embedding_dim, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    rows = torch.arange(len(prompts))
+
+    def run(at: torch.Tensor, logits: object) -> tuple[torch.Tensor, torch.Tensor]:
+        def add(_m: object, _i: object, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[rows, at] += delta
+            return out
+
+        handle = embed.register_forward_hook(add)
+        try:
+            got = logits()
+        finally:
+            handle.remove()
+        (grad,) = torch.autograd.grad((got * mask[:, :, None]).square().sum(), delta)
+        return got, grad
+
+    tails = tails_after(model, prompts, targets, split, pad=0)
+    mask = tails.target_mask
+    whole, grad_whole = run(torch.tensor(split), lambda: target_logits(model, prompts, targets, pad=0)[0])
+    tail, grad_tail = run(tails.start, lambda: tails.logits(model))
+    assert torch.equal(mask, target_logits(model, prompts, targets, pad=0)[1])
+    torch.testing.assert_close(tail * mask[:, :, None], whole * mask[:, :, None], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad_tail, grad_whole, atol=1e-4, rtol=1e-4)
+
+
+def test_tails_want_a_split_inside_each_prompt(tmp_path: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("gpt2", tmp_path / "m")).eval()
+    with pytest.raises(ValueError, match="split"):
+        tails_after(model, PROMPTS, TARGETS, [1, 2, 0], pad=0)
 
 
 @pytest.mark.parametrize("arch", ["t5", "bart"])

@@ -34,7 +34,7 @@ import torch
 
 from ..errors import HparamsError, SchemaError
 from ..evaluate import fill, pad_id, target_ids
-from ..forward import is_encoder_decoder, on_decoder, target_logits
+from ..forward import is_encoder_decoder, on_decoder, tails_after, target_logits
 from ..requests import is_deletion
 from ..tokens import subject_span
 from .hooks import capture, frozen, model_device
@@ -171,13 +171,22 @@ def optimise_deltas(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(δ (n, d_out), target NLL before (n,), after (n,)): what to add to ``module``'s output at the subject."""
+    # chunks of requests with tails of one length pad least (each request's δ is its own, so order is free)
+    order = sorted(range(len(prompts)), key=lambda i: _tail_length(prompts[i]))
     deltas, before, after = [], [], []
     for i in range(0, len(prompts), hp.chunk):
-        d, b, a = _optimise_chunk(model, pad_id(tokenizer), prompts[i : i + hp.chunk], module, hp)
+        chunk = [prompts[j] for j in order[i : i + hp.chunk]]
+        d, b, a = _optimise_chunk(model, pad_id(tokenizer), chunk, module, hp)
         deltas.append(d), before.append(b), after.append(a)
         if progress:
-            progress(len(prompts[i : i + hp.chunk]))
-    return torch.cat(deltas), torch.cat(before), torch.cat(after)
+            progress(len(chunk))
+    back = torch.tensor(order).argsort()
+    return torch.cat(deltas)[back], torch.cat(before)[back], torch.cat(after)[back]
+
+
+def _tail_length(p: Prompts) -> int:
+    """How many tokens of the request's rows run again at each step: from the subject's last token on."""
+    return len(p.rows[0]) - p.subject_last[0] + len(p.target)
 
 
 def _optimise_chunk(
@@ -208,15 +217,18 @@ def _optimise_chunk(
     max_norm = hp.clamp_norm_factor * v0.norm(dim=1, keepdim=True)
     delta = torch.zeros_like(v0, requires_grad=True)
     rows_i = torch.arange(len(rows), device=device)
+    # δ changes nothing before the subject's last token: a causal LM runs those tokens once
+    tails = None if is_encoder_decoder(model) else tails_after(model, rows, targets, where.tolist(), pad)
+    at = where if tails is None else tails.start  # δ's column in the module's output
 
     def add_delta(_m: Any, _i: Any, output: torch.Tensor) -> torch.Tensor:
         out = output.clone()
-        out[rows_i, where] += delta[owner].to(out.dtype)
+        out[rows_i, at] += delta[owner].to(out.dtype)
         return out
 
     def losses() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(target NLL (n,), the objective (n,), KL prompts' log-probabilities (n, V))."""
-        logits, mask = target_logits(model, rows, targets, pad)
+        logits, mask = target_logits(model, rows, targets, pad) if tails is None else (tails.logits(model), tails.target_mask)
         logp = logits.float().log_softmax(-1)  # (rows, W, V)
         tok_logp = logp[:n_edit].gather(2, tgt[:, :, None])[..., 0] * mask[:n_edit]  # (n_edit, W)
         seq_logp = tok_logp.sum(1)  # (n_edit,)
