@@ -3,6 +3,7 @@
     python benchmarks/methods.py [--arch gpt2 llama t5] [--size small|large] [--parts single batch sequential damage deletion]
                                  [--single 100] [--batch 200] [--sequential 300] [--every 50] [--damage 20]
                                  [--deletion 100] [--methods ...] [--set KEY=JSON ...]
+                                 [--train KEY=JSON ...]
 
 single:     each request edited alone on the base (every method), on requests about the quarter of
             the subjects that MEND's editor is not meta-trained on (editstore/world/splits.py);
@@ -32,7 +33,6 @@ Seconds per edit include the target optimisation and the solve.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -46,7 +46,7 @@ from editstore.delta import Delta
 from editstore.evaluate import next_tokens, target_ids
 from editstore.methods import METHODS
 from editstore.methods.hooks import as_updates, patched
-from editstore.world.bench import WorldBench
+from editstore.world.bench import WorldBench, settings
 from editstore.requests import as_deletion
 from editstore.world.build import ARCHES, SIZES, read_jsonl
 
@@ -57,8 +57,9 @@ RECALL_FACTS = 300
 class Bench(WorldBench):
     """A world bench that times its edits and runs only the chosen methods."""
 
-    def __init__(self, arch: str, overrides: dict[str, Any], methods: Sequence[str] | None, size: str) -> None:
-        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS)
+    def __init__(self, arch: str, overrides: dict[str, Any], methods: Sequence[str] | None, size: str,
+                 train: dict[str, Any]) -> None:
+        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS, train=train)
         self.methods = methods
 
     def chosen(self, methods: Sequence[str]) -> list[str]:
@@ -181,12 +182,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="Only these methods.")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                         help='Override hparams of every method, e.g. targets.nll_stop=0.3 "layers=[1]".')
+    parser.add_argument("--train", nargs="+", default=[], metavar="KEY=JSON",
+                        help='Try another world design: change its TrainSpec, e.g. "subject_mlp_layers=[1,2]".')
     args = parser.parse_args()
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    overrides, train = settings(args.set), settings(args.train)
     torch.manual_seed(0)
     for arch in args.arch:
-        bench = Bench(arch, overrides, args.methods, args.size)
+        bench = Bench(arch, overrides, args.methods, args.size, train)
         if "single" in args.parts:
             single(bench, args.single)
         if "batch" in args.parts:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import shutil
 import statistics
@@ -54,7 +53,7 @@ from rich.table import Table
 from editstore.checkpoint import CONV1D, Checkpoint
 from editstore.delta import Delta, Factors
 from editstore.methods.hparams import Hparams
-from editstore.world.bench import WorldBench
+from editstore.world.bench import WorldBench, settings
 from editstore.world.build import ARCHES, SIZES
 
 console = Console(width=130)
@@ -249,7 +248,7 @@ def main() -> None:
                         help="Override editstore's hparams (not the reference's), e.g. targets.nll_stop=0.")
     args = parser.parse_args()
     paths = {"memit": args.memit, "alphaedit": args.alphaedit}
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = settings(args.set)
     methods = ("rome", "memit", "alphaedit")
     bench = WorldBench(args.arch, size=args.size, methods=methods)
     ours_bench = WorldBench(args.arch, overrides=overrides, size=args.size, methods=methods) if overrides else bench

@@ -7,6 +7,7 @@ Edited versions are composed with forward hooks (W + Σ U Vᵀ, the sum a checko
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -34,12 +35,17 @@ class WorldBench:
     """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
 
     def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3,
-                 size: str = "small", methods: Sequence[str] = METHODS) -> None:
+                 size: str = "small", methods: Sequence[str] = METHODS, train: Mapping[str, Any] | None = None) -> None:
+        """``train``: changes to the world model's :class:`~editstore.world.train.TrainSpec` (a world design
+        being tried; it is built and cached under its own key)."""
         from transformers import AutoTokenizer
 
         self.mend_training: dict[str, Any] = {}
         self.arch = arch
-        self.path: Path = build_world(config=world_config(arch, 0, size))
+        config = world_config(arch, 0, size)
+        if train:
+            config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
+        self.path: Path = build_world(config=config)
         self.model = from_pretrained(self.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         config = json.loads((self.path / "config.json").read_text())
@@ -94,6 +100,18 @@ class WorldBench:
             return evaluate_requests(self.model, self.tokenizer, requests, recall_facts=facts)
 
 
+def settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=JSON`` command-line overrides as a dict; JSON lists become tuples (as the specs hold them)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set/--train takes KEY=JSON, not {item!r}")
+        parsed = json.loads(value)
+        out[key] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
 def sequence(bench: WorldBench, method: str, requests: Sequence[dict[str, Any]]) -> list[Delta]:
     """The deltas of editing ``requests`` one on top of the other."""
     deltas: list[Delta] = []
@@ -102,4 +120,4 @@ def sequence(bench: WorldBench, method: str, requests: Sequence[dict[str, Any]])
     return deltas
 
 
-__all__ = ["WorldBench", "sequence"]
+__all__ = ["WorldBench", "sequence", "settings"]
