@@ -3,7 +3,7 @@
     python benchmarks/methods.py [--arch gpt2 llama t5] [--size small|large] [--parts single batch sequential damage deletion]
                                  [--single 100] [--batch 200] [--sequential 300] [--every 50] [--damage 20]
                                  [--deletion 100] [--methods ...] [--set KEY=JSON ...]
-                                 [--train KEY=JSON ...]
+                                 [--world KEY=JSON ...] [--train KEY=JSON ...]
 
 single:     each request edited alone on the base (every method), on requests about the quarter of
             the subjects that MEND's editor is not meta-trained on (editstore/world/splits.py);
@@ -58,8 +58,8 @@ class Bench(WorldBench):
     """A world bench that times its edits and runs only the chosen methods."""
 
     def __init__(self, arch: str, overrides: dict[str, Any], methods: Sequence[str] | None, size: str,
-                 train: dict[str, Any]) -> None:
-        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS, train=train)
+                 world: dict[str, Any], train: dict[str, Any]) -> None:
+        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS, world=world, train=train)
         self.methods = methods
 
     def chosen(self, methods: Sequence[str]) -> list[str]:
@@ -182,13 +182,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="Only these methods.")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                         help='Override hparams of every method, e.g. targets.nll_stop=0.3 "layers=[1]".')
+    parser.add_argument("--world", nargs="+", default=[], metavar="KEY=JSON",
+                        help="Try another world design: change its WorldSpec, e.g. n_last=25.")
     parser.add_argument("--train", nargs="+", default=[], metavar="KEY=JSON",
                         help='Try another world design: change its TrainSpec, e.g. "subject_mlp_layers=[1,2]".')
     args = parser.parse_args()
-    overrides, train = settings(args.set), settings(args.train)
+    overrides, world, train = settings(args.set), settings(args.world), settings(args.train)
     torch.manual_seed(0)
     for arch in args.arch:
-        bench = Bench(arch, overrides, args.methods, args.size, train)
+        bench = Bench(arch, overrides, args.methods, args.size, world, train)
         if "single" in args.parts:
             single(bench, args.single)
         if "batch" in args.parts:

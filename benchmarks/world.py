@@ -1,9 +1,11 @@
 """The fact worlds: build time, recall, and where facts live (causal tracing averaged over facts).
 
-    python benchmarks/world.py [--arch gpt2 llama t5] [--size small|large] [--facts 40] [--train KEY=JSON ...]
+    python benchmarks/world.py [--arch gpt2 llama t5] [--size small|large] [--facts 40]
+                               [--world KEY=JSON ...] [--train KEY=JSON ...]
 
---train tries another world design: it changes the world model's TrainSpec (editstore/world/train.py),
-e.g. --train "subject_mlp_layers=[1,2,3]" subject_mlp=0.5; that world is built and cached under its own key.
+--world and --train try another world design: they change its WorldSpec (editstore/world/knowledge.py)
+and its model's TrainSpec (editstore/world/train.py), e.g. --world n_last=25 --train
+"subject_mlp_layers=[1,2,3]" subject_mlp=0.5; that world is built and cached under its own key.
 
 An encoder-decoder (t5) is traced over its encoder, the answer being its first output token.
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 
 import torch
 from rich.console import Console
@@ -25,8 +26,8 @@ from transformers import AutoTokenizer
 from editstore.checkpoint import from_pretrained
 
 from editstore.trace import causal_trace
-from editstore.world.bench import settings
-from editstore.world.build import SIZES, build_world, read_jsonl, world_config
+from editstore.world.bench import design, settings
+from editstore.world.build import SIZES, build_world, read_jsonl
 
 
 def main() -> None:
@@ -34,16 +35,15 @@ def main() -> None:
     parser.add_argument("--arch", nargs="+", default=["gpt2", "llama", "t5"])
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--facts", type=int, default=40, help="facts to trace per world")
+    parser.add_argument("--world", nargs="+", default=[], metavar="KEY=JSON", help="Change the world's WorldSpec.")
     parser.add_argument("--train", nargs="+", default=[], metavar="KEY=JSON", help="Change the world model's TrainSpec.")
     args = parser.parse_args()
-    train = settings(args.train)
     console = Console()
     build = Table("world", "subjects", "facts", "train s (threads)", "recall trained", "recall held out",
                   title="fact worlds (editstore world build)")
     rows: list[tuple[str, str, str, list[float]]] = []
     for arch in args.arch:
-        config = world_config(arch, 0, args.size)
-        path = build_world(config=replace(config, train=replace(config.train, **train)))
+        path = build_world(config=design(arch, args.size, world=settings(args.world), train=settings(args.train)))
         info = json.loads((path / "world.json").read_text())
         build.add_row(arch, str(info["n_subjects"]), str(info["n_facts"]), f"{info['train_seconds']} ({info['threads']})",
                       f"{info['recall']['trained']:.3f}", f"{info['recall']['held_out']:.3f}")

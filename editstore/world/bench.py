@@ -27,25 +27,31 @@ from ..stats import second_moment
 from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
 from ..hashing import sha256_json
 from ..methods.mend import Editor, train_editor
-from .build import CORPUS_FILE, build_world, cache_root, read_jsonl, world_config
+from .build import CORPUS_FILE, WorldConfig, build_world, cache_root, read_jsonl, world_config
 from .splits import held_out_requests, one_per_subject, training_requests
+
+
+def design(arch: str, size: str = "small", *, world: Mapping[str, Any] | None = None,
+           train: Mapping[str, Any] | None = None) -> WorldConfig:
+    """The world of ``arch`` and ``size`` with changes to its :class:`~editstore.world.knowledge.WorldSpec`
+    (``world``) and its model's :class:`~editstore.world.train.TrainSpec` (``train``): a design being tried,
+    built and cached under its own key."""
+    config = world_config(arch, 0, size)
+    return WorldConfig(dataclasses.replace(config.world, **(world or {})), dataclasses.replace(config.train, **(train or {})))
 
 
 class WorldBench:
     """One fact world, ready to edit and score; ``overrides`` change every method's packaged hparams."""
 
     def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3,
-                 size: str = "small", methods: Sequence[str] = METHODS, train: Mapping[str, Any] | None = None) -> None:
-        """``train``: changes to the world model's :class:`~editstore.world.train.TrainSpec` (a world design
-        being tried; it is built and cached under its own key)."""
+                 size: str = "small", methods: Sequence[str] = METHODS, world: Mapping[str, Any] | None = None,
+                 train: Mapping[str, Any] | None = None) -> None:
+        """``world``, ``train``: a world design being tried (:func:`design`)."""
         from transformers import AutoTokenizer
 
         self.mend_training: dict[str, Any] = {}
         self.arch = arch
-        config = world_config(arch, 0, size)
-        if train:
-            config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train))
-        self.path: Path = build_world(config=config)
+        self.path: Path = build_world(config=design(arch, size, world=world, train=train))
         self.model = from_pretrained(self.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         config = json.loads((self.path / "config.json").read_text())
@@ -120,4 +126,4 @@ def sequence(bench: WorldBench, method: str, requests: Sequence[dict[str, Any]])
     return deltas
 
 
-__all__ = ["WorldBench", "sequence", "settings"]
+__all__ = ["WorldBench", "design", "sequence", "settings"]
