@@ -133,3 +133,39 @@ def test_subject_masks_mark_every_occurrence_of_the_lines_subject() -> None:
     words = [["<bos>", *line.split()] for line in lines]
     marked = [[w for w, m in zip(ws, row) if m] for ws, row in zip(words, mask.tolist())]
     assert marked == [["Ka", "Lo", "Ka", "Lo"], ["Mi", "Ren"]]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_subject_restrictions_hide_the_subject_from_later_positions(arch: str) -> None:
+    """With every line picked, a one-layer model whose attention and MLP are restricted computes the
+    positions after the subject without the subject: changing the subject's tokens leaves them alone."""
+    import torch
+    from transformers import AutoModelForCausalLM as LM
+
+    from editstore.world.train import _SubjectMask, model_config
+
+    class Tok:  # model_config reads only these
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self) -> int:
+            return 50
+
+    spec = TrainSpec(arch=arch, n_layer=1, d_model=32, n_head=4, d_ff=64)
+    torch.manual_seed(0)
+    model = LM.from_config(model_config(spec, Tok(), max_len=16)).train()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 5, 6, 7, 8, 9]])  # (2, 6): the subject is tokens 2..3
+    subject = torch.zeros(ids.shape, dtype=torch.bool)
+    subject[:, 2:4] = True
+    shaped = _SubjectMask(subject, p=1.0, seed=0)
+    hooks = [shaped.restrict_mlp(model, 0), shaped.restrict_attention(model, 0)]
+    shaped.select(torch.arange(2), ids.shape[1], "cpu")
+    other = ids.clone()
+    other[1, 2:4] = torch.tensor([30, 31])  # another subject in line 1
+    with torch.no_grad():
+        out, changed = model(input_ids=ids).logits, model(input_ids=other).logits  # (2, 6, V)
+        for h in hooks:
+            h.remove()
+        free = model(input_ids=other).logits  # the same model without the restrictions
+    torch.testing.assert_close(changed[1, 4:], out[1, 4:])  # after the subject: untouched by it
+    assert not torch.allclose(changed[1, 2:4], out[1, 2:4])  # at the subject: its own tokens
+    assert not torch.allclose(free[1, 4:], out[1, 4:])  # and without the restrictions the subject shows

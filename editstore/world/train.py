@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from ..evaluate import target_ids
-from ..layers import MLP_NAMES, child, transformer_blocks
+from ..layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,17 @@ class TrainSpec:
     mlp_drop: float = 0.5
     subject_mlp_layers: tuple[int, ...] = ()  # for a fraction subject_mlp of the lines, these MLPs act only at subjects
     subject_mlp: float = 0.0
+    subject_attn_layers: tuple[int, ...] = ()  # in those lines, these attentions cannot read the subject from after it
     n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
     tie: bool = True  # T5: transformers 5 always ties its embeddings; False turns off the d_model^-0.5 output scaling
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
-        if not self.subject_mlp_layers:  # absent when off, so the keys of worlds built before it stay the same
+        if not self.subject_mlp_layers:  # absent when off, so the keys of worlds built before them stay the same
             del out["subject_mlp_layers"], out["subject_mlp"]
+        if not self.subject_attn_layers:
+            del out["subject_attn_layers"]
         return out
 
 
@@ -108,8 +111,10 @@ def train_lm(
     model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config).to(device)
     model.train()
     hooks = [_drop_mlp_output(model, layer, spec.mlp_drop, spec.seed) for layer in spec.mlp_drop_layers]
-    at_subject = _SubjectMask(subject_mask(tokenizer, ids, subjects) if spec.subject_mlp_layers else None)
-    hooks += [at_subject.restrict(model, layer, spec.subject_mlp, spec.seed) for layer in spec.subject_mlp_layers]
+    shaped = spec.subject_mlp_layers or spec.subject_attn_layers
+    at_subject = _SubjectMask(subject_mask(tokenizer, ids, subjects) if shaped else None, spec.subject_mlp, spec.seed)
+    hooks += [at_subject.restrict_mlp(model, layer) for layer in spec.subject_mlp_layers]
+    hooks += [at_subject.restrict_attention(model, layer) for layer in spec.subject_attn_layers]
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     lengths = mask.sum(1)  # (N,)
     steps_per_epoch = sum(math.ceil(len(c) / spec.batch_size) for c in torch.arange(len(ids)).split(spec.batch_size * 16))
@@ -164,7 +169,7 @@ def _batches(lengths: torch.Tensor, batch_size: int, g: torch.Generator) -> list
 def subject_mask(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor, subjects: Sequence[str] | None) -> torch.Tensor:
     """(N, T) bool: the tokens of each line's subject, wherever it occurs in the line."""
     if subjects is None or len(subjects) != len(ids):
-        raise ValueError("subject_mlp_layers needs the subject of every training line")
+        raise ValueError("subject_mlp_layers and subject_attn_layers need the subject of every training line")
     mask = torch.zeros(ids.shape, dtype=torch.bool)
     for row, subject in enumerate(subjects):
         name = tokenizer(subject, add_special_tokens=False)["input_ids"]
@@ -176,33 +181,55 @@ def subject_mask(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor, subjects
 
 
 class _SubjectMask:
-    """While training, make some MLPs act only at the subject's tokens for a random fraction of the lines.
+    """While training, for a random fraction of the lines, make some MLPs act only at the subject's tokens
+    and keep some attentions from reading the subject's tokens at the positions after them.
 
     A model whose attention copies the subject to the prompt's last token can look facts up
     there (the small Llama world did, in MLP 1 at the last token), out of reach of an edit keyed
-    on the subject. When the middle MLPs cannot act after the subject in some lines, the facts
-    must be recalled at the subject and carried on by attention, as in real models.
+    on the subject. When, in some lines, the subject reaches the later positions only through the
+    upper attentions and the upper MLPs cannot act after the subject, the facts must be recalled
+    at the subject and carried on by attention, as in real models.
     """
 
-    def __init__(self, mask: torch.Tensor | None) -> None:
+    def __init__(self, mask: torch.Tensor | None, p: float, seed: int) -> None:
         self.mask = mask  # (N, T)
-        self.batch: torch.Tensor | None = None  # (B, width), the current batch's rows
+        self.p = p
+        self.g = torch.Generator().manual_seed(seed + 104729)
+        self.subject: torch.Tensor | None = None  # (B, width): the current batch's subject tokens
+        self.picked: torch.Tensor | None = None  # (B,): the lines restricted in this batch
 
     def select(self, idx: torch.Tensor, width: int, device: torch.device | str) -> None:
-        self.batch = None if self.mask is None else self.mask[idx, :width].to(device)
+        if self.mask is None:
+            return
+        self.subject = self.mask[idx, :width].to(device)
+        self.picked = (torch.rand(len(idx), generator=self.g) < self.p).to(device)
 
-    def restrict(self, model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
-        g = torch.Generator().manual_seed(seed + 104729 * (layer + 1))
-        mlp = child(transformer_blocks(model)[layer], MLP_NAMES)
-
+    def restrict_mlp(self, model: PreTrainedModel, layer: int) -> torch.utils.hooks.RemovableHandle:
         def hook(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
-            if not module.training or self.batch is None:
+            if not module.training or self.subject is None:
                 return None
-            picked = (torch.rand(output.shape[0], generator=g) < p).to(output.device)  # (B,)
-            keep = self.batch | ~picked[:, None]  # (B, T)
+            keep = self.subject | ~self.picked[:, None]  # (B, T)
             return output * keep[..., None].to(output)
 
-        return mlp.register_forward_hook(hook)
+        return child(transformer_blocks(model)[layer], MLP_NAMES).register_forward_hook(hook)
+
+    def restrict_attention(self, model: PreTrainedModel, layer: int) -> torch.utils.hooks.RemovableHandle:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+            if not module.training or self.subject is None:
+                return None
+            mask = kwargs.get("attention_mask")
+            T = self.subject.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=self.subject.device).tril()  # (T, T)
+            allowed = causal[None, None] if mask is None else mask.bool() if mask.dtype == torch.bool else mask == 0
+            # a picked line's positions after the subject do not see its tokens: (B, 1, T_query, T_key)
+            hidden = (self.picked[:, None, None] & ~self.subject[:, :, None] & self.subject[:, None, :])[:, None]
+            allowed = allowed & ~hidden
+            if mask is not None and mask.dtype != torch.bool:
+                allowed = torch.zeros_like(mask).masked_fill(~allowed, torch.finfo(mask.dtype).min)
+            return args, {**kwargs, "attention_mask": allowed}
+
+        attention = child(transformer_blocks(model)[layer], ATTN_NAMES)
+        return attention.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def _drop_mlp_output(model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
