@@ -106,8 +106,9 @@ def test_the_large_world_spec_and_cache_key_are_deterministic() -> None:
     keys = {large.key, world_config("gpt2", 1, "large").key, world_config("gpt2", 0, "small").key,
             world_config("llama", 0, "large").key}
     assert len(keys) == 4
-    # the small worlds' keys never move (their caches, the demo and CI depend on them)
-    assert world_config("gpt2").key.startswith("db4cc5d75bc76b0e") and world_config("llama").key.startswith("a72c00ccaeb5ad2e")
+    # the small worlds' keys move only with their designs (their caches, the demo and CI depend on them); the
+    # Llama world's moved once, when its training was shaped to recall facts at the subject
+    assert world_config("gpt2").key.startswith("db4cc5d75bc76b0e") and world_config("llama").key.startswith("accde2ede83479a7")
     kb = KnowledgeBase(large.world)
     assert len(kb.subjects) >= 2000 and len(kb.facts) >= 10_000 and len(set(kb.subjects)) == len(kb.subjects)
     assert kb.requests()[:20] == KnowledgeBase(world_config("gpt2", 0, "large").world).requests()[:20]
