@@ -9,7 +9,9 @@ are optimised together in chunks; each has its own δ and its loss does not depe
 the others', so a chunk gives the same δs as one request at a time. A request may bring
 companions, the requests of earlier live edits of its subject: their target NLLs join its
 objective (it stops once the sum is below the threshold), so the value it finds at the
-subject's key keeps their facts as well as its own.
+subject's key keeps their facts as well as its own. δ cannot change a causal LM's tokens
+before the subject's last one, so those run once and each step runs only the rest of each
+prompt (:func:`editstore.forward.tails_after`).
 
 Two choices differ from ROME's code: the target NLL is summed over the target's tokens
 (not averaged), and the KL term is KL(unedited ‖ edited). The residual a solver must

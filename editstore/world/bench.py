@@ -111,9 +111,12 @@ def settings(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
+        try:
+            parsed = json.loads(value) if sep else None
+        except json.JSONDecodeError:
+            sep = ""
         if not sep:
-            raise SystemExit(f"--set/--train takes KEY=JSON, not {item!r}")
-        parsed = json.loads(value)
+            raise SystemExit(f"an override is KEY=JSON, not {item!r}")
         out[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     return out
 
