@@ -43,7 +43,7 @@ def test_edit_request_schema() -> None:
             validate(bad, "edit-request")
 
 
-ARCHITECTURES = {"gpt2-world", "gpt2-world-large", "llama-world", "t5-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
+ARCHITECTURES = {"gpt2-world", "gpt2-world-large", "llama-world", "llama-world-large", "t5-world", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-j", "gpt-neox", "llama", "qwen2"}
 
 
 def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> None:
