@@ -53,7 +53,7 @@ ARCHES = tuple(DEFAULT_TRAIN)  # the CLI's --arch choices
 LARGE_WORLD = WorldSpec(n_subjects=2000, n_first=100)
 LARGE_TRAIN = {
     "gpt2": TrainSpec(arch="gpt2", n_layer=6, d_model=256, n_head=4, d_ff=1024, epochs=24, batch_size=64, lr=2e-3),
-    # the small Llama world's shaping, scaled to 6 layers (not built yet)
+    # the small Llama world's shaping, scaled to 6 layers: facts in MLP 1 at the subject, recall 0.79 (under-trained)
     "llama": TrainSpec(arch="llama", n_layer=6, d_model=256, n_head=4, d_ff=768, epochs=24, batch_size=64, lr=2e-3,
                        subject_attn_layers=(0, 1, 2), subject_mlp_layers=(3, 4, 5), subject_mlp=0.5),
 }
