@@ -38,12 +38,13 @@ def main() -> None:
     parser.add_argument("--world", nargs="+", default=[], metavar="KEY=JSON", help="Change the world's WorldSpec.")
     parser.add_argument("--train", nargs="+", default=[], metavar="KEY=JSON", help="Change the world model's TrainSpec.")
     args = parser.parse_args()
+    world, train = settings(args.world), settings(args.train)
     console = Console()
     build = Table("world", "subjects", "facts", "train s (threads)", "recall trained", "recall held out",
                   title="fact worlds (editstore world build)")
     rows: list[tuple[str, str, str, list[float]]] = []
     for arch in args.arch:
-        path = build_world(config=design(arch, args.size, world=settings(args.world), train=settings(args.train)))
+        path = build_world(config=design(arch, args.size, world=world, train=train))
         info = json.loads((path / "world.json").read_text())
         build.add_row(arch, str(info["n_subjects"]), str(info["n_facts"]), f"{info['train_seconds']} ({info['threads']})",
                       f"{info['recall']['trained']:.3f}", f"{info['recall']['held_out']:.3f}")

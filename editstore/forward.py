@@ -143,14 +143,8 @@ def tails_after(
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id rows as a left-padded batch: ids (B, T) and attention mask (B, T)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        if r:
-            ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r) :] = 1
-    return ids, mask
+    ids, mask = right_pad([list(r)[::-1] for r in rows], pad)
+    return ids.flip(1), mask.flip(1)
 
 
 def target_logits(

@@ -197,12 +197,15 @@ class _SubjectMask:
         self.g = torch.Generator().manual_seed(seed + 104729)
         self.subject: torch.Tensor | None = None  # (B, width): the current batch's subject tokens
         self.picked: torch.Tensor | None = None  # (B,): the lines restricted in this batch
+        self.hidden: torch.Tensor | None = None  # (B, 1, width, width): the keys a query of a picked line must not see
 
     def select(self, idx: torch.Tensor, width: int, device: torch.device | str) -> None:
         if self.mask is None:
             return
         self.subject = self.mask[idx, :width].to(device)
         self.picked = (torch.rand(len(idx), generator=self.g) < self.p).to(device)
+        # a picked line's positions after the subject do not see its tokens (causality hides those before it)
+        self.hidden = (self.picked[:, None, None] & ~self.subject[:, :, None] & self.subject[:, None, :])[:, None]
 
     def restrict_mlp(self, model: PreTrainedModel, layer: int) -> torch.utils.hooks.RemovableHandle:
         def hook(module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
@@ -220,10 +223,8 @@ class _SubjectMask:
             mask = kwargs.get("attention_mask")
             T = self.subject.shape[1]
             causal = torch.ones(T, T, dtype=torch.bool, device=self.subject.device).tril()  # (T, T)
-            allowed = causal[None, None] if mask is None else mask.bool() if mask.dtype == torch.bool else mask == 0
-            # a picked line's positions after the subject do not see its tokens: (B, 1, T_query, T_key)
-            hidden = (self.picked[:, None, None] & ~self.subject[:, :, None] & self.subject[:, None, :])[:, None]
-            allowed = allowed & ~hidden
+            allowed = causal[None, None] if mask is None else mask if mask.dtype == torch.bool else mask == 0
+            allowed = allowed & ~self.hidden  # (B, 1, T_query, T_key)
             if mask is not None and mask.dtype != torch.bool:
                 allowed = torch.zeros_like(mask).masked_fill(~allowed, torch.finfo(mask.dtype).min)
             return args, {**kwargs, "attention_mask": allowed}
