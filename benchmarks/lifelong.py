@@ -4,13 +4,15 @@
                                   [--edits 1000] [--at 100 250 500 1000] [--replace 100] [--revert 50]
                                   [--same-subject 200] [--recall 1000] [--plot lifelong.png]
                                   [--parts history same-subject] [--without-shared-subjects]
+                                  [--lambda-e 0 100]
 
 For each method, a store on the world gets --edits edits, one commit each through the library
 (`editstore.editing.edit`, as `editstore edit` does): the world's counterfactuals on distinct
 subjects, cycling over all relations. At each --at count the version is checked out twice by
 the whole command `editstore checkout HEAD --out DIR` (--compose sequential, the history as
-committed, and --compose batched, every edit re-solved jointly), each timed with its peak
-memory (the process's max RSS), and each checkout is loaded and measured:
+committed, and --compose batched, every edit re-solved jointly, once for each --lambda-e, the
+store's checkout.lambda_e: how softly a group of ROME edits is re-solved), each timed with its
+peak memory (the process's max RSS), and each checkout is loaded and measured:
 
 efficacy      every live edit's target beats the true object on its prompt (P(new) > P(true));
 paraphrase    the same on the held-out formulation;
@@ -155,15 +157,23 @@ class World:
         return out[0], out[1]
 
 
-def measure(store: Store, world: World, label: str, live: Sequence[dict[str, Any]],
+def checkouts(lambdas: Sequence[float]) -> list[tuple[str, str, float]]:
+    """(label, --compose, checkout.lambda_e) of each checkout measured: sequential, then batched at each λ_e."""
+    return [("sequential", "sequential", 0.0)] + [
+        ("batched" if not x else f"batched λ_e={x:g}", "batched", x) for x in lambdas
+    ]
+
+
+def measure(store: Store, world: World, label: str, live: Sequence[dict[str, Any]], lambdas: Sequence[float],
             stale: Sequence[dict[str, Any]] = ()) -> list[Row]:
     rows = []
-    for compose in ("sequential", "batched"):
+    for name, compose, lambda_e in checkouts(lambdas):
+        store.set_config("checkout.lambda_e", str(lambda_e))
         with checked_out(store.root, compose) as (model, tok, seconds, peak):
             m = evaluate_requests(model, tok, live, batch_size=256)
             untouched, others = world.recall(model, tok, live)
             old = evaluate_requests(model, tok, stale, batch_size=256).efficacy if stale else None
-        rows.append(Row(label, len(store.tree()), compose, m.efficacy, m.paraphrase, m.specificity, untouched, others,
+        rows.append(Row(label, len(store.tree()), name, m.efficacy, m.paraphrase, m.specificity, untouched, others,
                         seconds, peak, old))
         console.log(rows[-1])
     return rows
@@ -183,7 +193,7 @@ def run_history(world_path: Path, world: World, method: str, args: argparse.Name
             live[store.tree()[-1]] = r
             if i in args.at:
                 console.log(f"{method}: {i} edits committed in {time.perf_counter() - start:.0f} s")
-                rows += measure(store, world, method, list(live.values()))
+                rows += measure(store, world, method, list(live.values()), args.lambda_e)
         stale = []
         for eid in rng.sample(list(live), args.replace):
             new = update_of(live[eid], rng)
@@ -194,11 +204,12 @@ def run_history(world_path: Path, world: World, method: str, args: argparse.Name
             store.revert(eid)
             del live[eid]
         label = f"{method} +{args.replace} replace -{args.revert} revert"
-        rows += measure(store, world, label, list(live.values()), stale)
+        rows += measure(store, world, label, list(live.values()), args.lambda_e, stale)
     return rows
 
 
-def run_same_subject(world_path: Path, world: World, method: str, n: int, seed: int) -> list[tuple[str, Row, Row]]:
+def run_same_subject(world_path: Path, world: World, method: str, n: int, seed: int,
+                     lambdas: Sequence[float]) -> list[tuple[str, Row, Row]]:
     groups = shuffled_subjects(read_jsonl(world_path / "requests.jsonl"), seed + 2)[:n]
     first = [g[0] for g in groups]
     second = [g[1 + i % (len(g) - 1)] for i, g in enumerate(groups)]
@@ -207,15 +218,16 @@ def run_same_subject(world_path: Path, world: World, method: str, n: int, seed: 
     with new_store(world_path) as store:
         for r in first + second:
             edit(store, [r], method=method, hparams=hp, device="cpu")
-        for compose in ("sequential", "batched"):
+        for name, compose, lambda_e in checkouts(lambdas):
+            store.set_config("checkout.lambda_e", str(lambda_e))
             with checked_out(store.root, compose) as (model, tok, seconds, peak):
                 untouched, others = world.recall(model, tok, first + second)
                 rows = []
                 for part in (first, second):
                     m = evaluate_requests(model, tok, part, batch_size=256)
-                    rows.append(Row(method, 2 * n, compose, m.efficacy, m.paraphrase, m.specificity, untouched, others,
+                    rows.append(Row(method, 2 * n, name, m.efficacy, m.paraphrase, m.specificity, untouched, others,
                                     seconds, peak))
-            out.append((compose, rows[0], rows[1]))
+            out.append((name, rows[0], rows[1]))
     return out
 
 
@@ -259,6 +271,8 @@ def main() -> None:
     parser.add_argument("--same-subject", type=int, default=200, help="Subjects with two edits each (0: skip).")
     parser.add_argument("--recall", type=int, default=1000, help="Facts per recall measurement.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lambda-e", type=float, nargs="+", default=[0.0],
+                        help="checkout.lambda_e of each batched checkout (0: batched ROME, every edit exact).")
     parser.add_argument("--plot", type=Path, default=Path("lifelong.png"))
     parser.add_argument("--parts", nargs="+", default=["history", "same-subject"], choices=["history", "same-subject"])
     parser.add_argument("--without-shared-subjects", action="store_true",
@@ -295,7 +309,7 @@ def main() -> None:
                       "untouched recall", title=f"{args.same_subject} subjects with two edited relations each "
                                                 f"({args.arch} {args.size} world, one commit per edit)")
         for method in args.methods:
-            for compose, a, b in run_same_subject(path, world, method, args.same_subject, args.seed):
+            for compose, a, b in run_same_subject(path, world, method, args.same_subject, args.seed, args.lambda_e):
                 table.add_row(method, compose, fmt(a.efficacy), fmt(b.efficacy),
                               f"{fmt(a.paraphrase)} / {fmt(b.paraphrase)}", fmt(a.untouched))
         console.print(table)

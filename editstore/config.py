@@ -3,6 +3,7 @@
 | key | values | default |
 |---|---|---|
 | ``checkout.compose`` | ``sequential`` or ``batched`` | ``sequential`` |
+| ``checkout.lambda_e`` | EMMET's λ_e (≥ 0) for re-solved groups of ROME edits: 0 keeps every edit an equality constraint; > 0 softens them, as a long history needs once its keys outnumber their directions | 0 |
 | ``cache.max_bytes`` | bytes the composed-parameter cache may hold (0 turns it off) | 4 GiB |
 | ``conflicts.backend`` | ``model`` (the base's hidden states) or ``sentence-transformers:PATH`` | ``model`` |
 | ``conflicts.relation_threshold`` | relation cosine from which same-subject edits are the same fact | 0.55 |
@@ -49,10 +50,12 @@ def _backend(value: str) -> str:
 
 _size = _number(int, 0, 2**63 - 1, "a whole number from 0 to 2^63 - 1")
 _cosine = _number(float, -1.0, 1.0, "a number in [-1, 1]")
+_non_negative = _number(float, 0.0, 1e12, "a number from 0 to 1e12")
 
 
 SETTINGS: dict[str, tuple[str, Callable[[str], str]]] = {
     "checkout.compose": ("sequential", _compose),
+    "checkout.lambda_e": ("0.0", _non_negative),
     "cache.max_bytes": (str(4 * 2**30), _size),
     "conflicts.backend": ("model", _backend),
     "conflicts.relation_threshold": ("0.55", _cosine),

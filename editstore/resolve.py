@@ -3,10 +3,10 @@
 A tree's edits fall into groups of equal hyperparameters (method, layers, solver,
 statistics). Each group becomes one joint solve with its method's closed form: a
 group of MEMIT or EMMET edits is one MEMIT or EMMET batch, a group of ROME edits is
-batched ROME (EMMET with λ_e = 0), AlphaEdit keeps its null-space projection. Edits
-that carry no keys (fine-tuning, imported deltas) cannot be re-solved and are added
-as they are, first; the groups follow in the order of their first edit in the tree,
-each solved on top of what came before.
+batched ROME (EMMET with λ_e = 0, or the store's ``checkout.lambda_e``), AlphaEdit keeps
+its null-space projection. Edits that carry no keys (fine-tuning, imported deltas) cannot
+be re-solved and are added as they are, first; the groups follow in the order of their
+first edit in the tree, each solved on top of what came before.
 
 A single-layer group needs no model: at the subject token the block writes
 ``a + W k`` (``a`` does not depend on W), and the stored target value is
@@ -147,8 +147,12 @@ def batched_factors(
     tree: Sequence[str],
     *,
     device: torch.device,
+    lambda_e: float = 0.0,
 ) -> dict[str, list[Factors]]:
-    """Per parameter, the factors of the re-solved version: fixed ones, then one solution per group."""
+    """Per parameter, the factors of the re-solved version: fixed ones, then one solution per group.
+
+    ``lambda_e``: groups of ROME edits are solved as EMMET with this λ_e (0: batched ROME, each edit exact).
+    """
     fixed, groups = plan(store, tree)
     if not groups:
         return fixed
@@ -157,6 +161,8 @@ def batched_factors(
     model = None
     for group in groups:
         hp = group.hp
+        if hp.method == "rome" and lambda_e:
+            hp = hp.replace(method="emmet", **{"solver.lambda_e": lambda_e})
         sigmas = sigmas_for(store, hp, tokenizer, device=device)
         if len(hp.layers) == 1:
             name = hp.module_name(hp.layers[0])

@@ -14,7 +14,8 @@ from editstore import Store
 from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
-from editstore.resolve import batched_factors, plan
+from editstore.editing import sigmas_for
+from editstore.resolve import batched_factors, linear_base_weight, plan
 from editstore.world.build import build_world, read_jsonl
 
 from .conftest import SAMPLES, invoke
@@ -113,6 +114,38 @@ def test_batched_composition_does_not_depend_on_the_order_of_edits(tmp_path: Pat
         W = edited(store, "batched")[param].double()
         W = W.T if store.base.orientations[param] == "conv1d" else W
         torch.testing.assert_close(W @ K, T, rtol=1e-4, atol=1e-4)
+
+
+def test_checkout_lambda_e_softens_the_re_solve_of_a_rome_history(tmp_path: Path, world: Path, requests: list[dict]) -> None:
+    """``checkout.lambda_e`` solves a ROME group as EMMET: λ_e → 0 is batched ROME (exact), λ_e > 0 the
+    regularised least squares R Kᵀ (K Kᵀ + λ_e Σ)⁻¹, which no longer writes each key exactly."""
+    with Store.init(world, tmp_path / "s") as store:
+        hp = hparams(world, "rome")
+        for r in requests[:4]:
+            edit(store, [r], method="rome", hparams=hp, device="cpu")
+        param = f"{hp.module_name(hp.layers[0])}.weight"
+        group = plan(store, store.tree())[1][0]
+        K, T = group.stacked(param, "keys"), group.stacked(param, "targets")  # (d_in, 4), (d_out, 4)
+        W0 = linear_base_weight(store.base, param)  # (d_out, d_in)
+        conv = store.base.orientations[param] == "conv1d"
+        linear = (lambda w: w.T) if conv else (lambda w: w)  # noqa: E731  (state dict → (d_out, d_in))
+        exact = linear(edited(store, "batched")[param].double())
+        keys = store.composition(store.tree(), compose="batched", device=torch.device("cpu")).keys
+
+        store.set_config("checkout.lambda_e", "1e-9")
+        assert store.composition(store.tree(), compose="batched", device=torch.device("cpu")).keys != keys
+        torch.testing.assert_close(linear(edited(store, "batched")[param].double()), exact, rtol=1e-4, atol=1e-5)
+
+        store.set_config("checkout.lambda_e", "100")
+        soft = linear(edited(store, "batched")[param].double())
+        sigma = sigmas_for(store, hp, None, device=torch.device("cpu"))[hp.module_name(hp.layers[0])].double()
+        R = T - W0 @ K
+        expected = W0 + R @ torch.linalg.solve(K @ K.T + 100 * hp.solver.mom2_weight * sigma, K).T
+        torch.testing.assert_close(soft, expected, rtol=1e-4, atol=1e-5)
+        assert (soft @ K - T).norm() > 1e-2 * R.norm()  # the constraints are soft now
+        assert (soft - W0).norm() < (exact - W0).norm()
+    invoke("--store", tmp_path / "s", "config", "checkout.lambda_e", "-1", code=2)
+    assert invoke("--store", tmp_path / "s", "config", "checkout.lambda_e").strip() == "100.0"
 
 
 def test_compose_mode_from_the_cli_and_the_store_setting(tmp_path: Path, world: Path, requests: list[dict]) -> None:
