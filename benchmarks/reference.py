@@ -3,7 +3,7 @@ implementations, on the same world model, requests, hyperparameters and Σ, in o
 
     python benchmarks/reference.py --memit PATH [--alphaedit PATH] [--arch gpt2] [--size small|large]
                                    [--single 20] [--batch 100]
-                                   [--seeds 0] [--parts rome memit alphaedit] [--set KEY=JSON ...]
+                                   [--seeds 0] [--parts rome memit alphaedit alphaedit-batch] [--set KEY=JSON ...]
 
 PATH is a checkout of a reference implementation that you provide (this project never vendors or
 downloads it): ``git clone https://github.com/kmeng01/memit`` for ROME and MEMIT, ``git clone
@@ -27,6 +27,7 @@ rome:      --single requests, each edited alone on the base.
 memit:     one batch of --batch requests.
 alphaedit: --single requests, each alone on the base (an empty K_p K_pᵀ), the null-space projection
            P of Σ's eigenvectors below τ computed as the reference's get_project does.
+alphaedit-batch: one batch of --batch requests on the base, otherwise as alphaedit.
 --seeds:   each seed takes the requests at another offset and seeds torch before each side.
 """
 
@@ -220,6 +221,8 @@ def reference_alphaedit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp
 
 REFERENCE = {"rome": reference_rome, "memit": reference_memit, "alphaedit": reference_alphaedit}
 REPOSITORY = {"rome": "memit", "memit": "memit", "alphaedit": "alphaedit"}
+PARTS = ("rome", "memit", "alphaedit", "alphaedit-batch")  # a part is a method, "-batch": on one batch
+BATCHED = ("memit", "alphaedit-batch")  # parts that edit one batch of --batch requests
 
 
 # ----------------------------------------------------------------------------- the table
@@ -239,7 +242,7 @@ def main() -> None:
     parser.add_argument("--alphaedit", type=Path, help="A checkout of github.com/jianghoucheng/AlphaEdit.")
     parser.add_argument("--arch", default="gpt2", choices=[a for a in ARCHES if a == "gpt2"])
     parser.add_argument("--size", default="small", choices=SIZES, help="The world (large: 2,000 subjects).")
-    parser.add_argument("--parts", nargs="+", default=["rome", "memit", "alphaedit"], choices=list(REFERENCE))
+    parser.add_argument("--parts", nargs="+", default=["rome", "memit", "alphaedit"], choices=PARTS)
     parser.add_argument("--single", type=int, default=20)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -259,12 +262,13 @@ def main() -> None:
 
     table = Table("method", "side", "efficacy", "paraphrase", "specificity", "s / edit",
                   title=f"{args.arch} {args.size} world, seeds {args.seeds}" + (f", editstore with {args.set}" if args.set else ""))
-    for method in args.parts:
+    for part in args.parts:
+        method = part.removesuffix("-batch")
         path = paths[REPOSITORY[method]]
         hp = bench.hparams[method]
         rows: dict[str, list[tuple[float, ...]]] = {"editstore": [], "reference": []}
         for seed in args.seeds:
-            if method == "memit":
+            if part in BATCHED:
                 batches = [bench.take(args.batch, offset=seed)]
             else:
                 batches = [[r] for r in bench.held_out(args.single + seed)[seed:]]
@@ -277,7 +281,7 @@ def main() -> None:
                 torch.manual_seed(seed)
                 deltas, seconds = REFERENCE[method](bench, batches, hp)
             rows["reference"].append((*score(bench, batches, deltas), seconds / sum(map(len, batches))))
-        label = f"{method}, {args.single} single edits" if method != "memit" else f"memit, one batch of {args.batch}"
+        label = f"{method}, one batch of {args.batch}" if part in BATCHED else f"{method}, {args.single} single edits"
         for side, values in rows.items():
             if not values:
                 table.add_row(label, side, *["(no --" + REPOSITORY[method] + " checkout)"] + ["-"] * 3)

@@ -165,6 +165,18 @@ def test_alphaedit_leaves_the_preserved_keys_alone() -> None:
     assert torch.linalg.norm(delta @ preserved) <= 1e-8 * torch.linalg.norm(delta)
 
 
+def test_null_space_projector_is_kept_by_the_content_of_sigma() -> None:
+    """P is cached by Σ's bytes: Σ changed in place gives the new Σ's P, and a caller's P cannot alter the cache."""
+    _, _, sigma = _random_problem(d_in=12, n=3)
+    tau = float(torch.linalg.eigvalsh(sigma)[5])
+    first = null_space_projector(sigma, tau)
+    first.zero_()  # the caller's copy
+    again = null_space_projector(sigma, tau)
+    assert torch.linalg.matrix_rank(again) == 5
+    sigma += 10 * torch.eye(12, dtype=sigma.dtype)  # every eigenvalue above τ: an empty null space
+    assert null_space_projector(sigma, tau).abs().max() == 0
+
+
 def test_mean_keys_weighs_the_unprefixed_prompt_as_asked(gpt2_dir: Path) -> None:
     """None: every prompt alike (ROME's code); 0.5: half for the unprefixed prompt (MEMIT's and AlphaEdit's)."""
     from editstore.methods.targets import Prompts

@@ -8,7 +8,9 @@ rank-one edit per request and each can be reverted on its own.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -54,11 +56,25 @@ def equality(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, lambda_e: float)
 
 
 def null_space_projector(sigma: torch.Tensor, threshold: float) -> torch.Tensor:
-    """AlphaEdit's P = Û Ûᵀ over the eigenvectors of Σ whose eigenvalue is below ``threshold``."""
-    values, vectors = torch.linalg.eigh(sigma.double())
-    small = vectors[:, values < threshold]
-    log.info("AlphaEdit: null space of dimension %d of %d (τ = %g)", small.shape[1], sigma.shape[0], threshold)
-    return small @ small.T
+    """AlphaEdit's P = Û Ûᵀ over the eigenvectors of Σ whose eigenvalue is below ``threshold``.
+
+    The eigendecomposition is the costly part of a single AlphaEdit edit, and a history edits
+    against the same Σ over and over, so the last few projectors are kept, keyed by Σ's bytes.
+    """
+    sigma = sigma.detach().double()
+    key = (hashlib.blake2b(sigma.cpu().numpy().tobytes(), digest_size=16).hexdigest(), threshold, str(sigma.device))
+    if key not in _PROJECTORS:
+        values, vectors = torch.linalg.eigh(sigma)
+        small = vectors[:, values < threshold]
+        log.info("AlphaEdit: null space of dimension %d of %d (τ = %g)", small.shape[1], sigma.shape[0], threshold)
+        _PROJECTORS[key] = small @ small.T
+        while len(_PROJECTORS) > 4:
+            _PROJECTORS.popitem(last=False)
+    _PROJECTORS.move_to_end(key)
+    return _PROJECTORS[key].clone()
+
+
+_PROJECTORS: OrderedDict[tuple[str, float, str], torch.Tensor] = OrderedDict()  # the last few P, newest last
 
 
 def null_space(K: torch.Tensor, R: torch.Tensor, P: torch.Tensor, K_prior: torch.Tensor, alpha: float) -> Solution:
