@@ -413,7 +413,7 @@ def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
 @store_option
 @click.pass_context
 def config(ctx: click.Context, key: str | None, value: str | None, store_dir: Path | None) -> None:
-    """Show every setting, print KEY's value, or set KEY to VALUE (checkout.compose, checkout.lambda_e, cache.max_bytes, conflicts.*)."""
+    """Show every setting, print KEY's value, or set KEY to VALUE (checkout.*, cache.max_bytes, conflicts.*)."""
     store = open_store(ctx, store_dir)
     if key is None:
         for name in SETTINGS:
