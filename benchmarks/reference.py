@@ -2,7 +2,7 @@
 implementations, on the same world model, requests, hyperparameters and Σ, in one process.
 
     python benchmarks/reference.py --memit PATH [--alphaedit PATH] [--arch gpt2] [--size small|large]
-                                   [--single 20] [--batch 100]
+                                   [--single 20] [--batch 100] [--set-both KEY=JSON ...]
                                    [--seeds 0] [--parts rome memit alphaedit alphaedit-batch] [--set KEY=JSON ...]
 
 PATH is a checkout of a reference implementation that you provide (this project never vendors or
@@ -13,10 +13,10 @@ skipped with a message. The checkout is copied to a temporary directory in which
 returns a tensor where the code expects a tuple, its trace hook (util/nethook.py) wraps a block's
 output in a tuple and unwraps it again; nothing else in it changes.
 
-Both sides get editstore's packaged hparams for the world (``--set`` overrides editstore's side only,
-for ablations), translated field by field into the reference's hparams, and the same Σ: the
-reference's ``get_cov`` / ``get_inv_cov`` are replaced by lookups of the world corpus' Σ that
-editstore uses (``editstore.world.bench``). Context templates are each side's own (the reference
+Both sides get editstore's packaged hparams for the world (``--set-both`` overrides both sides,
+``--set`` editstore's side only, for ablations), translated field by field into the reference's
+hparams, and the same Σ: the reference's ``get_cov`` / ``get_inv_cov`` are replaced by lookups of
+the world corpus' Σ that editstore uses (``editstore.world.bench``). Context templates are each side's own (the reference
 samples them after "The", "Therefore", ...; editstore after the empty prompt). The reference's edited
 weights are read back as a dense ΔW and scored by the same evaluator (``WorldBench.evaluate``).
 Both sides, and the evaluator, tokenize without the world tokenizer's <bos> (see ``without_bos``): the
@@ -249,19 +249,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help="Override editstore's hparams (not the reference's), e.g. targets.nll_stop=0.")
+    parser.add_argument("--set-both", nargs="*", default=[], metavar="KEY=JSON",
+                        help="Override the hparams of both sides (the reference's translated from them), e.g. "
+                             "solver.mom2_weight=250.")
     args = parser.parse_args()
     paths = {"memit": args.memit, "alphaedit": args.alphaedit}
-    overrides = settings(args.set)
+    both = settings(args.set_both)
+    overrides = both | settings(args.set)
     methods = ("rome", "memit", "alphaedit")
-    bench = WorldBench(args.arch, size=args.size, methods=methods)
-    ours_bench = WorldBench(args.arch, overrides=overrides, size=args.size, methods=methods) if overrides else bench
+    bench = WorldBench(args.arch, overrides=both, size=args.size, methods=methods)
+    ours_bench = WorldBench(args.arch, overrides=overrides, size=args.size, methods=methods) if args.set else bench
     for b in {id(bench): bench, id(ours_bench): ours_bench}.values():
         b.model.to(args.device)
         without_bos(b.tokenizer)
     bench.orientations = Checkpoint(bench.path).orientations
 
     table = Table("method", "side", "efficacy", "paraphrase", "specificity", "s / edit",
-                  title=f"{args.arch} {args.size} world, seeds {args.seeds}" + (f", editstore with {args.set}" if args.set else ""))
+                  title=f"{args.arch} {args.size} world, seeds {args.seeds}" + (f", both with {args.set_both}" if both else "")
+                  + (f", editstore with {args.set}" if args.set else ""))
     for part in args.parts:
         method = part.removesuffix("-batch")
         path = paths[REPOSITORY[method]]
