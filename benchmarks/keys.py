@@ -1,6 +1,7 @@
 """How much room a world's MLPs give subject-keyed edits: the geometry of the subjects' keys.
 
     python benchmarks/keys.py [--arch gpt2] [--size small|large] [--layers 0 1 2]
+                              [--world KEY=JSON ...] [--train KEY=JSON ...]
 
 For every subject, the key an edit would write at (the input of the MLP's output projection at
 the subject's last token, in the prompt "{subject} was born in") at each layer; then, over all
@@ -26,7 +27,8 @@ from editstore.evaluate import pad_id
 from editstore.methods.hooks import capture
 from editstore.stats import second_moment
 from editstore.tokens import subject_span
-from editstore.world.build import CORPUS_FILE, SIZES, build_world, read_jsonl, world_config
+from editstore.world.bench import design, settings
+from editstore.world.build import CORPUS_FILE, SIZES, build_world, read_jsonl
 
 
 def participation(second: torch.Tensor) -> float:
@@ -40,8 +42,10 @@ def main() -> None:
     parser.add_argument("--arch", default="gpt2", choices=["gpt2"])
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--world", nargs="+", default=[], metavar="KEY=JSON", help="Change the world's WorldSpec.")
+    parser.add_argument("--train", nargs="+", default=[], metavar="KEY=JSON", help="Change the world model's TrainSpec.")
     args = parser.parse_args()
-    path = build_world(config=world_config(args.arch, 0, args.size))
+    path = build_world(config=design(args.arch, args.size, world=settings(args.world), train=settings(args.train)))
     model, tok = from_pretrained(path), AutoTokenizer.from_pretrained(path)
     subjects = sorted({f["subject"] for f in read_jsonl(path / "facts.jsonl")})
     spans = [subject_span(tok, f"{s} was born in", s) for s in subjects]

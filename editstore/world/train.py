@@ -43,6 +43,7 @@ class TrainSpec:
     subject_mlp_layers: tuple[int, ...] = ()  # for a fraction subject_mlp of the lines, these MLPs act only at subjects
     subject_mlp: float = 0.0
     subject_attn_layers: tuple[int, ...] = ()  # in those lines, these attentions cannot read the subject from after it
+    activation: str = ""  # the MLPs' activation ("relu", "gelu_new", ...); empty: the architecture's default
     n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
     tie: bool = True  # T5: transformers 5 always ties its embeddings; False turns off the d_model^-0.5 output scaling
     seed: int = 0
@@ -53,6 +54,8 @@ class TrainSpec:
             del out["subject_mlp_layers"], out["subject_mlp"]
         if not self.subject_attn_layers:
             del out["subject_attn_layers"]
+        if not self.activation:
+            del out["activation"]
         return out
 
 
@@ -63,13 +66,14 @@ def model_config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast, max_len: i
     if spec.arch == "gpt2":
         return AutoConfig.for_model(
             "gpt2", n_layer=spec.n_layer, n_embd=spec.d_model, n_head=spec.n_head, n_inner=spec.d_ff,
-            n_positions=max_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
+            n_positions=max_len, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            **common, **({"activation_function": spec.activation} if spec.activation else {}),
         )
     if spec.arch == "llama":
         return AutoConfig.for_model(
             "llama", num_hidden_layers=spec.n_layer, hidden_size=spec.d_model, num_attention_heads=spec.n_head,
             num_key_value_heads=spec.n_head, intermediate_size=spec.d_ff, max_position_embeddings=max_len,
-            tie_word_embeddings=True, **common,
+            tie_word_embeddings=True, **common, **({"hidden_act": spec.activation} if spec.activation else {}),
         )
     if spec.arch == "t5":
         return AutoConfig.for_model(
