@@ -170,3 +170,24 @@ def test_subject_restrictions_hide_the_subject_from_later_positions(arch: str) -
     torch.testing.assert_close(changed[1, 4:], out[1, 4:])  # after the subject: untouched by it
     assert not torch.allclose(changed[1, 2:4], out[1, 2:4])  # at the subject: its own tokens
     assert not torch.allclose(free[1, 4:], out[1, 4:])  # and without the restrictions the subject shows
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_designs_activation_reaches_the_model_and_its_key_only_when_set(arch: str) -> None:
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from editstore.world.tokenizer import build_tokenizer
+    from editstore.world.train import model_config
+
+    spec = replace(SMALL.train, arch=arch)
+    relu = replace(spec, activation="relu")
+    assert "activation" not in spec.to_json() and relu.to_json()["activation"] == "relu"
+    assert WorldConfig(SMALL.world, relu).key != WorldConfig(SMALL.world, spec).key
+    tokenizer = build_tokenizer(["Ada was born in Rome ."])
+    acts = {name: getattr(model_config(s, tokenizer, 16), "activation_function" if arch == "gpt2" else "hidden_act")
+            for name, s in (("default", spec), ("relu", relu))}
+    assert acts["relu"] == "relu" and acts["default"] != "relu"
+    model = AutoModelForCausalLM.from_config(model_config(relu, tokenizer, 16))
+    assert model(input_ids=tokenizer("Ada was born in", return_tensors="pt")["input_ids"]).logits.isfinite().all()
