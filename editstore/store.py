@@ -643,8 +643,9 @@ class Store:
         hashes = self.base_hashes()
         objects, sources = self._tree_deltas(tree)
         whole = [tree_id(list(tree))]
-        lambda_e = float(self.config("checkout.lambda_e"))
+        lambda_e = 0.0
         if mode == "batched":  # the solve also depends on Σ and λ_e: a change of either is a new key
+            lambda_e = float(self.config("checkout.lambda_e"))
             modules = sorted({p.removesuffix(".weight") for p in sources})
             query = f"SELECT object FROM stats WHERE module IN ({', '.join('?' * len(modules))})"
             whole += sorted(row[0] for row in self.db.execute(query, modules))

@@ -11,10 +11,9 @@ import torch
 from transformers import PreTrainedModel
 
 from editstore import Store
-from editstore.editing import edit
+from editstore.editing import edit, sigmas_for
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
-from editstore.editing import sigmas_for
 from editstore.resolve import batched_factors, linear_base_weight, plan
 from editstore.world.build import build_world, read_jsonl
 
