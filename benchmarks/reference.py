@@ -29,6 +29,12 @@ alphaedit: --single requests, each alone on the base (an empty K_p K_pᵀ), the 
            P of Σ's eigenvectors below τ computed as the reference's get_project does.
 alphaedit-batch: one batch of --batch requests on the base, otherwise as alphaedit.
 --seeds:   each seed takes the requests at another offset and seeds torch before each side.
+--as-reference: editstore's MEMIT and AlphaEdit run again, in a row of their own, on the same inputs as the
+           reference: its context
+           templates of that seed (``prefixes.texts``) instead of sampling their own, and its target step's
+           rules, which editstore's packaged hparams do otherwise: stop once the whole loss (not the target
+           NLL) is below the threshold (``targets.stop_on="loss"``) and keep the distribution after the
+           subject, not after "{subject} is a" (``targets.kl_at="subject"``).
 """
 
 from __future__ import annotations
@@ -219,6 +225,24 @@ def reference_alphaedit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp
         bench.model, bench.tokenizer, requests, ahp, cache_c=torch.zeros_like(P), P=P))
 
 
+def as_reference(bench: WorldBench, method: str, hp: Hparams) -> Hparams:
+    """``hp`` with the inputs and rules of the reference's target step (``--as-reference``): call inside its
+    checkout, seeded as before its run, which then samples the same templates."""
+    return hp.replace(**{"prefixes.texts": reference_templates(bench, method), "targets.stop_on": "loss",
+                         "targets.kl_at": "subject"})
+
+
+def reference_templates(bench: WorldBench, method: str) -> tuple[str, ...]:
+    """The context templates the reference's MEMIT or AlphaEdit samples next, as editstore's prefixes: "T. {}"
+    becomes "T.", which editstore puts before the prompt with a space, giving the same text."""
+    if method == "memit":
+        from memit.memit_main import get_context_templates
+    else:
+        from AlphaEdit.AlphaEdit_main import get_context_templates
+    templates = quiet(get_context_templates, bench.model, bench.tokenizer)
+    return tuple(t.removesuffix("{}").rstrip() for group in templates[1:] for t in group)
+
+
 REFERENCE = {"rome": reference_rome, "memit": reference_memit, "alphaedit": reference_alphaedit}
 REPOSITORY = {"rome": "memit", "memit": "memit", "alphaedit": "alphaedit"}
 PARTS = ("rome", "memit", "alphaedit", "alphaedit-batch")  # a part is a method, "-batch": on one batch
@@ -249,6 +273,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help="Override editstore's hparams (not the reference's), e.g. targets.nll_stop=0.")
+    parser.add_argument("--as-reference", action="store_true",
+                        help="Run editstore's MEMIT and AlphaEdit on the reference's context templates of each seed, "
+                             "with its target step's stop and KL rules.")
     parser.add_argument("--set-both", nargs="*", default=[], metavar="KEY=JSON",
                         help="Override the hparams of both sides (the reference's translated from them), e.g. "
                              "solver.mom2_weight=250.")
@@ -271,7 +298,9 @@ def main() -> None:
         method = part.removesuffix("-batch")
         path = paths[REPOSITORY[method]]
         hp = bench.hparams[method]
-        rows: dict[str, list[tuple[float, ...]]] = {"editstore": [], "reference": []}
+        same = args.as_reference and method != "rome"
+        sides = ["editstore", *(["editstore as the reference"] if same else []), "reference"]
+        rows: dict[str, list[tuple[float, ...]]] = {side: [] for side in sides}
         for seed in args.seeds:
             if part in BATCHED:
                 batches = [bench.take(args.batch, offset=seed)]
@@ -282,6 +311,16 @@ def main() -> None:
             rows["editstore"].append((*score(ours_bench, batches, deltas), seconds / sum(map(len, batches))))
             if path is None:
                 continue
+            if same:
+                ours_hp = ours_bench.hparams[method]
+                with reference_checkout(path.resolve(), args.device):
+                    torch.manual_seed(seed)  # as before the reference's run below
+                    ours_bench.hparams[method] = as_reference(bench, method, ours_hp)
+                torch.manual_seed(seed)
+                deltas, seconds = ours(ours_bench, method, batches)
+                ours_bench.hparams[method] = ours_hp
+                rows["editstore as the reference"].append(
+                    (*score(ours_bench, batches, deltas), seconds / sum(map(len, batches))))
             with reference_checkout(path.resolve(), args.device):
                 torch.manual_seed(seed)
                 deltas, seconds = REFERENCE[method](bench, batches, hp)

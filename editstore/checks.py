@@ -167,9 +167,9 @@ def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, reque
                      hp: Hparams) -> list[dict[str, np.ndarray]]:
     """Per request, the whitened keys it would have at ``hp``'s modules on the version in ``model``."""
     from .evaluate import pad_id
-    from .methods.targets import mean_keys, sample_prefixes, tokenize_request
+    from .methods.targets import context_prefixes, mean_keys, tokenize_request
 
-    prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
+    prefixes = context_prefixes(model, tokenizer, hp.prefixes)
     prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
     whitener = Whitener(store)
     out: list[dict[str, np.ndarray]] = [{} for _ in requests]

@@ -52,7 +52,7 @@ from .methods.hooks import patched
 from .methods.hparams import Hparams
 from .methods.locate import solve, spread
 from .methods.solvers import Solution
-from .methods.targets import outputs_at_subject, sample_prefixes, tokenize_request
+from .methods.targets import context_prefixes, outputs_at_subject, tokenize_request
 from .index import normalise_subject
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def batched_factors(
                 model = load_model(store.base, fixed, device=device, base_hashes=store.base_hashes())
             updates = {p.removesuffix(".weight"): [(f.U, f.V) for f in fs] for p, fs in solved.items()}
             with patched(model, updates):
-                prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
+                prefixes = context_prefixes(model, tokenizer, hp.prefixes)
             prompts = [tokenize_request(tokenizer, r, prefixes) for r in group.requests]
             z = group.stacked(f"{hp.module_name(hp.layers[-1])}.weight", "hidden").to(device)  # (d, n)
             if group.shared_subjects():

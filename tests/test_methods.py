@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM
 from editstore.methods import METHODS, compute_edits, find_hparams
 from editstore.methods.hooks import as_updates, linear_weight, patched
 from editstore.methods.mend import Editor, MendHparams
-from editstore.methods.targets import mean_keys, sample_prefixes, tokenize_request
+from editstore.methods.hparams import Hparams
+from editstore.methods.targets import context_prefixes, mean_keys, optimise_deltas, sample_prefixes, tokenize_request
 from editstore.methods.solvers import equality, least_squares, null_space, null_space_projector
 from editstore.stats import second_moment
 from editstore.synthetic import TINY_CONFIGS, tiny_model
@@ -190,3 +191,57 @@ def test_mean_keys_weighs_the_unprefixed_prompt_as_asked(gpt2_dir: Path) -> None
     torch.testing.assert_close(mean_keys(model, request(rows, last), module, pad=0), (k0 + 2 * rest) / 3)
     torch.testing.assert_close(mean_keys(model, request(rows, last), module, pad=0, unprefixed_weight=0.5),
                                0.5 * k0 + 0.5 * rest)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory, tok):  # noqa: ANN001, ANN201
+    path = tiny_model("gpt2", tmp_path_factory.mktemp("gpt2-rules") / "base", vocab_size=len(tok),
+                      pad_token_id=tok.pad_token_id, n_layer=3)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, json.loads((Path(path) / "config.json").read_text())
+
+
+def test_fixed_prefixes_replace_the_sampled_ones_in_the_keys(tiny_gpt2, tok) -> None:
+    model, config = tiny_gpt2
+    texts = ("Alan Turing works as a scientist .", "The capital of France is Paris .")
+    hp = _hparams("rome", config, **{"prefixes.texts": texts})
+    assert context_prefixes(model, tok, hp.prefixes) == ["", *texts]
+    name = hp.module_name(1)
+    result = compute_edits(model, tok, REQUESTS[:1], hp, sigmas=_sigmas(model, tok, hp))
+    key = result.deltas[0].factors[f"{name}.weight"].keys[:, 0]
+    fixed = mean_keys(model, [tokenize_request(tok, REQUESTS[0], ["", *texts])], name, tok.pad_token_id)[0]
+    sampled = mean_keys(model, [tokenize_request(tok, REQUESTS[0], context_prefixes(model, tok, hp.replace(
+        **{"prefixes.texts": None}).prefixes))], name, tok.pad_token_id)[0]
+    assert torch.allclose(key, fixed, atol=1e-5)
+    assert not torch.allclose(key, sampled, atol=1e-3)
+    assert Hparams.from_json(hp.to_json()).prefixes.texts == texts  # a JSON array comes back as the tuple
+
+
+def test_the_kl_prompt_reads_after_is_a_or_at_the_subject(tok) -> None:
+    request = REQUESTS[0]
+    after = tokenize_request(tok, request, [""])
+    at = tokenize_request(tok, request, [""], kl_at="subject")
+    subject = tok(request["subject"])["input_ids"]
+    assert after.kl_row == tok(f"{request['subject']} is a")["input_ids"]
+    assert at.kl_row == subject and at.kl_subject_last == len(subject) - 1 == after.kl_subject_last
+
+
+def test_stopping_on_the_whole_loss_differs_only_through_the_kl_and_norm_terms(tiny_gpt2, tok) -> None:
+    model, config = tiny_gpt2
+    hp = _hparams("rome", config, **{"targets.v_steps": 20})
+    name = hp.module_name(1)
+    prompts = [tokenize_request(tok, r, [""]) for r in REQUESTS]
+
+    def deltas(**changes: object) -> torch.Tensor:
+        targets = hp.replace(**{f"targets.{k}": v for k, v in changes.items()}).targets
+        return optimise_deltas(model, tok, prompts, name, targets)[0]
+
+    plain = {"kl_factor": 0.0, "v_weight_decay": 0.0}  # the whole loss is the target NLL
+    _, before, after = optimise_deltas(model, tok, prompts, name, hp.replace(
+        **{f"targets.{k}": v for k, v in {**plain, "nll_stop": 0.0}.items()}).targets)
+    assert bool((after < before).all())
+    halfway = float((before + after).min() / 2)  # below every NLL before, above most after
+    free = {**plain, "nll_stop": halfway}
+    assert torch.equal(deltas(stop_on="nll", **free), deltas(stop_on="loss", **free))  # the loss is the NLL then
+    strict = {"kl_factor": 100.0, "nll_stop": halfway}  # NLL + 100 KL stays above it for longer
+    assert not torch.allclose(deltas(stop_on="nll", **strict), deltas(stop_on="loss", **strict))

@@ -38,6 +38,7 @@ class PrefixHparams:
     length: int = 5
     seed: int = 0
     unprefixed_weight: float | None = None  # share of the unprefixed prompt in k̄ (None: 1 / (n + 1), see mean_keys)
+    texts: tuple[str, ...] | None = None  # fixed prefixes instead of n sampled ones (e.g. another tool's templates)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class Hparams:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["layers"] = list(self.layers)
+        if self.prefixes.texts is not None:
+            data["prefixes"]["texts"] = list(self.prefixes.texts)
         return data
 
     @classmethod
@@ -97,6 +100,8 @@ class Hparams:
         kwargs = {k: v for k, v in data.items() if k not in parts and k != "$schema"}
         kwargs["layers"] = tuple(data["layers"])
         kwargs.update({k: t(**data.get(k, {})) for k, t in parts.items()})
+        if kwargs["prefixes"].texts is not None:  # JSON arrays become tuples, as the frozen dataclass holds them
+            kwargs["prefixes"] = dataclasses.replace(kwargs["prefixes"], texts=tuple(kwargs["prefixes"].texts))
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Hparams:

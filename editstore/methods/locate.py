@@ -30,7 +30,7 @@ from ..evaluate import pad_id
 from .hooks import linear_weight, model_device, patched
 from .hparams import Hparams
 from .solvers import Solution, equality, least_squares, null_space, null_space_projector
-from .targets import Prompts, mean_keys, optimise_deltas, outputs_at_subject, sample_prefixes, tokenize_request
+from .targets import Prompts, context_prefixes, mean_keys, optimise_deltas, outputs_at_subject, tokenize_request
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def locate_and_edit(
     pad = pad_id(tokenizer)
     updates: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: list(v) for k, v in (pending or {}).items()}
     with patched(model, updates):
-        prefixes = sample_prefixes(model, tokenizer, hp.prefixes.n, hp.prefixes.length, hp.prefixes.seed)
-        prompts = [tokenize_request(tokenizer, r, prefixes, companions=c)
+        prefixes = context_prefixes(model, tokenizer, hp.prefixes)
+        prompts = [tokenize_request(tokenizer, r, prefixes, companions=c, kl_at=hp.targets.kl_at)
                    for r, c in zip(requests, companions or [()] * len(requests))]
         deltas, nll0, nll1 = optimise_deltas(
             model, tokenizer, prompts, hp.module_name(hp.layers[-1]), hp.targets, progress=progress

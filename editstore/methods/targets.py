@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,9 @@ from ..forward import is_encoder_decoder, on_decoder, tails_after, target_logits
 from ..requests import is_deletion
 from ..tokens import subject_span
 from .hooks import capture, frozen, model_device
+
+if TYPE_CHECKING:  # hparams.py imports TargetHparams from here
+    from .hparams import PrefixHparams
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,13 @@ def key_positions(model: torch.nn.Module, module: str, subject_last: Sequence[in
     return [0] * len(subject_last) if on_decoder(model, module) else list(subject_last)
 
 
+def context_prefixes(model: torch.nn.Module, tokenizer: Any, hp: PrefixHparams) -> list[str]:
+    """The empty prefix and ``hp.texts`` when given, else the empty prefix and ``hp.n`` sampled ones."""
+    if hp.texts is not None:
+        return ["", *hp.texts]
+    return sample_prefixes(model, tokenizer, hp.n, hp.length, hp.seed)
+
+
 @torch.no_grad()
 def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int, seed: int) -> list[str]:
     """``n`` short texts sampled from the model (ROME's context templates), plus the empty prefix."""
@@ -97,16 +107,21 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
 
 
 def tokenize_request(
-    tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str], *, companions: Sequence[dict[str, Any]] = ()
+    tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str], *, companions: Sequence[dict[str, Any]] = (),
+    kl_at: str = "next",
 ) -> Prompts:
     """Token rows of one request (and of its ``companions``); raises :class:`SubjectNotInPromptError` when
     the subject is missing.
 
-    A request without ``target_new`` is a behaviour deletion of its ``target_true``.
+    A request without ``target_new`` is a behaviour deletion of its ``target_true``. ``kl_at``: where the
+    KL term reads the distribution it keeps, "next" (the token after "{subject} is a", as the ROME paper
+    writes it) or "subject" (the token after the subject, as ROME's and MEMIT's code compute it).
     """
     own = _objective(tokenizer, request, prefixes)
     subject = request["subject"]
     kl_ids, _, kl_end = subject_span(tokenizer, f"{subject} is a", subject)
+    if kl_at == "subject":
+        kl_ids = kl_ids[:kl_end]
     return Prompts(rows=own.rows, subject_last=own.subject_last, kl_row=kl_ids, kl_subject_last=kl_end - 1,
                    target=own.target, suppress=own.suppress,
                    companions=tuple(_objective(tokenizer, c, prefixes) for c in companions))
@@ -160,6 +175,8 @@ class TargetHparams:
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     nll_stop: float = 0.05
+    stop_on: str = "nll"  # a request stops once this is below nll_stop: its target "nll", or the whole "loss"
+    kl_at: str = "next"  # the KL prompt's position: "next" token after "{subject} is a", or the "subject"'s last
     chunk: int = 16
 
 
@@ -252,12 +269,13 @@ def _optimise_chunk(
             done = torch.zeros(n, dtype=torch.bool, device=device)
             for _ in range(hp.v_steps):
                 _, objective, kl_logp = losses()
-                done |= objective.detach() < hp.nll_stop
-                if bool(done.all()):
-                    break
                 kl = torch.nn.functional.kl_div(kl_logp, kl_ref, log_target=True, reduction="none").sum(1)
                 decay = delta.norm(dim=1) / v0.norm(dim=1) ** 2
-                loss = ((objective + hp.kl_factor * kl + hp.v_weight_decay * decay) * ~done).sum()
+                whole = objective + hp.kl_factor * kl + hp.v_weight_decay * decay  # (n,)
+                done |= (whole if hp.stop_on == "loss" else objective).detach() < hp.nll_stop
+                if bool(done.all()):
+                    break
+                loss = (whole * ~done).sum()
                 kept = delta.detach().clone()
                 opt.zero_grad()
                 loss.backward()
