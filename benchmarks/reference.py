@@ -29,12 +29,13 @@ alphaedit: --single requests, each alone on the base (an empty K_p K_pᵀ), the 
            P of Σ's eigenvectors below τ computed as the reference's get_project does.
 alphaedit-batch: one batch of --batch requests on the base, otherwise as alphaedit.
 --seeds:   each seed takes the requests at another offset and seeds torch before each side.
---as-reference: editstore's MEMIT and AlphaEdit run again, in a row of their own, on the same inputs as the
-           reference: its context
-           templates of that seed (``prefixes.texts``) instead of sampling their own, and its target step's
-           rules, which editstore's packaged hparams do otherwise: stop once the whole loss (not the target
-           NLL) is below the threshold (``targets.stop_on="loss"``) and keep the distribution after the
-           subject, not after "{subject} is a" (``targets.kl_at="subject"``).
+--as-reference [templates] [stop] [kl]: editstore's MEMIT and AlphaEdit run again, in a row of their own,
+           with what the reference does differently (all three when none is named; give the flag several
+           times for several rows, against one run of the reference): its context templates of
+           that seed (``prefixes.texts``) instead of sampling their own, and its target step's two rules,
+           stopping once the whole loss rather than the target NLL is below the threshold
+           (``targets.stop_on="loss"``) and keeping the distribution after the subject rather than after
+           "{subject} is a" (``targets.kl_at="subject"``).
 """
 
 from __future__ import annotations
@@ -225,11 +226,16 @@ def reference_alphaedit(bench: WorldBench, batches: Sequence[Sequence[dict]], hp
         bench.model, bench.tokenizer, requests, ahp, cache_c=torch.zeros_like(P), P=P))
 
 
-def as_reference(bench: WorldBench, method: str, hp: Hparams) -> Hparams:
-    """``hp`` with the inputs and rules of the reference's target step (``--as-reference``): call inside its
+AS_REFERENCE = {"stop": {"targets.stop_on": "loss"}, "kl": {"targets.kl_at": "subject"}}  # and "templates"
+
+
+def as_reference(bench: WorldBench, method: str, hp: Hparams, parts: Sequence[str]) -> Hparams:
+    """``hp`` with ``parts`` of what the reference's target step does (``--as-reference``): call inside its
     checkout, seeded as before its run, which then samples the same templates."""
-    return hp.replace(**{"prefixes.texts": reference_templates(bench, method), "targets.stop_on": "loss",
-                         "targets.kl_at": "subject"})
+    changes = {k: v for part in parts for k, v in AS_REFERENCE.get(part, {}).items()}
+    if "templates" in parts:
+        changes["prefixes.texts"] = reference_templates(bench, method)
+    return hp.replace(**changes)
 
 
 def reference_templates(bench: WorldBench, method: str) -> tuple[str, ...]:
@@ -273,9 +279,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                         help="Override editstore's hparams (not the reference's), e.g. targets.nll_stop=0.")
-    parser.add_argument("--as-reference", action="store_true",
-                        help="Run editstore's MEMIT and AlphaEdit on the reference's context templates of each seed, "
-                             "with its target step's stop and KL rules.")
+    parser.add_argument("--as-reference", nargs="*", action="append", choices=["templates", *AS_REFERENCE],
+                        metavar="PART",
+                        help="Run editstore's MEMIT and AlphaEdit again with the reference's context templates of "
+                             "each seed (templates), its stop rule (stop) and its KL position (kl); all three when "
+                             "none is named; repeat the flag for several rows.")
     parser.add_argument("--set-both", nargs="*", default=[], metavar="KEY=JSON",
                         help="Override the hparams of both sides (the reference's translated from them), e.g. "
                              "solver.mom2_weight=250.")
@@ -298,9 +306,9 @@ def main() -> None:
         method = part.removesuffix("-batch")
         path = paths[REPOSITORY[method]]
         hp = bench.hparams[method]
-        same = args.as_reference and method != "rome"
-        sides = ["editstore", *(["editstore as the reference"] if same else []), "reference"]
-        rows: dict[str, list[tuple[float, ...]]] = {side: [] for side in sides}
+        variants = [parts or ["templates", *AS_REFERENCE] for parts in args.as_reference or []] if method != "rome" else []
+        labels = [f"editstore as the reference ({', '.join(parts)})" for parts in variants]
+        rows: dict[str, list[tuple[float, ...]]] = {side: [] for side in ["editstore", *labels, "reference"]}
         for seed in args.seeds:
             if part in BATCHED:
                 batches = [bench.take(args.batch, offset=seed)]
@@ -311,16 +319,15 @@ def main() -> None:
             rows["editstore"].append((*score(ours_bench, batches, deltas), seconds / sum(map(len, batches))))
             if path is None:
                 continue
-            if same:
-                ours_hp = ours_bench.hparams[method]
+            ours_hp = ours_bench.hparams[method]
+            for parts, side in zip(variants, labels):
                 with reference_checkout(path.resolve(), args.device):
                     torch.manual_seed(seed)  # as before the reference's run below
-                    ours_bench.hparams[method] = as_reference(bench, method, ours_hp)
+                    ours_bench.hparams[method] = as_reference(bench, method, ours_hp, parts)
                 torch.manual_seed(seed)
                 deltas, seconds = ours(ours_bench, method, batches)
                 ours_bench.hparams[method] = ours_hp
-                rows["editstore as the reference"].append(
-                    (*score(ours_bench, batches, deltas), seconds / sum(map(len, batches))))
+                rows[side].append((*score(ours_bench, batches, deltas), seconds / sum(map(len, batches))))
             with reference_checkout(path.resolve(), args.device):
                 torch.manual_seed(seed)
                 deltas, seconds = REFERENCE[method](bench, batches, hp)

@@ -13,9 +13,12 @@ subject's key keeps their facts as well as its own. δ cannot change a causal LM
 before the subject's last one, so those run once and each step runs only the rest of each
 prompt (:func:`editstore.forward.tails_after`).
 
-Two choices differ from ROME's code: the target NLL is summed over the target's tokens
-(not averaged), and the KL term is KL(unedited ‖ edited). The residual a solver must
-write is δ itself (z − h), so ΔW k̄ = δ: the same k̄ in the residual and the denominator.
+Four choices differ from ROME's and MEMIT's code: the target NLL is summed over the target's
+tokens (not averaged); the KL term is KL(unedited ‖ edited); it keeps the distribution after
+"{subject} is a", as the ROME paper writes it, where the code reads it after the subject
+(``kl_at="subject"``); and a request stops once its target NLL is below ``nll_stop``, where the code
+stops once its whole loss is (``stop_on="loss"``). The residual a solver must write is δ itself
+(z − h), so ΔW k̄ = δ: the same k̄ in the residual and the denominator.
 
 Encoder-decoders (:mod:`editstore.forward`): an encoder module's key is read at the
 subject's last source token; a decoder module's at the decoder position that produces
