@@ -4,14 +4,16 @@
                                   [--edits 1000] [--at 100 250 500 1000] [--replace 100] [--revert 50]
                                   [--same-subject 200] [--recall 1000] [--plot lifelong.png]
                                   [--parts history same-subject] [--without-shared-subjects]
-                                  [--lambda-e 0 100]
+                                  [--lambda-e 0 100] [--targets rebased stored]
 
 For each method, a store on the world gets --edits edits, one commit each through the library
 (`editstore.editing.edit`, as `editstore edit` does): the world's counterfactuals on distinct
 subjects, cycling over all relations. At each --at count the version is checked out twice by
 the whole command `editstore checkout HEAD --out DIR` (--compose sequential, the history as
 committed, and --compose batched, every edit re-solved jointly, once for each --lambda-e, the
-store's checkout.lambda_e: how softly a group of ROME edits is re-solved), each timed with its
+store's checkout.lambda_e: how softly a group of ROME edits is re-solved, and for each --targets,
+its checkout.targets: each edit's residual δ rebased onto the weight solved on, or the target
+each edit computed on its own version), each timed with its
 peak memory (the process's max RSS), and each checkout is loaded and measured:
 
 efficacy      every live edit's target beats the true object on its prompt (P(new) > P(true));
@@ -157,18 +159,27 @@ class World:
         return out[0], out[1]
 
 
-def checkouts(lambdas: Sequence[float]) -> list[tuple[str, str, float]]:
-    """(label, --compose, checkout.lambda_e) of each checkout measured: sequential, then batched at each λ_e."""
-    return [("sequential", "sequential", 0.0)] + [
-        ("batched" if not x else f"batched λ_e={x:g}", "batched", x) for x in lambdas
-    ]
+def checkouts(lambdas: Sequence[float], targets: Sequence[str]) -> list[tuple[str, str, float, str]]:
+    """(label, --compose, checkout.lambda_e, checkout.targets) of each checkout measured: sequential, then
+    batched at each λ_e with each kind of targets."""
+    out = [("sequential", "sequential", 0.0, "rebased")]
+    for x in lambdas:
+        for t in targets:
+            label = " ".join(["batched"] + ([f"λ_e={x:g}"] if x else []) + ([f"{t} targets"] if len(targets) > 1 else []))
+            out.append((label, "batched", x, t))
+    return out
 
 
-def measure(store: Store, world: World, label: str, live: Sequence[dict[str, Any]], lambdas: Sequence[float],
+def configure(store: Store, lambda_e: float, targets: str) -> None:
+    store.set_config("checkout.lambda_e", str(lambda_e))
+    store.set_config("checkout.targets", targets)
+
+
+def measure(store: Store, world: World, label: str, live: Sequence[dict[str, Any]], args: argparse.Namespace,
             stale: Sequence[dict[str, Any]] = ()) -> list[Row]:
     rows = []
-    for name, compose, lambda_e in checkouts(lambdas):
-        store.set_config("checkout.lambda_e", str(lambda_e))
+    for name, compose, lambda_e, targets in checkouts(args.lambda_e, args.targets):
+        configure(store, lambda_e, targets)
         with checked_out(store.root, compose) as (model, tok, seconds, peak):
             m = evaluate_requests(model, tok, live, batch_size=256)
             untouched, others = world.recall(model, tok, live)
@@ -193,7 +204,7 @@ def run_history(world_path: Path, world: World, method: str, args: argparse.Name
             live[store.tree()[-1]] = r
             if i in args.at:
                 console.log(f"{method}: {i} edits committed in {time.perf_counter() - start:.0f} s")
-                rows += measure(store, world, method, list(live.values()), args.lambda_e)
+                rows += measure(store, world, method, list(live.values()), args)
         stale = []
         for eid in rng.sample(list(live), args.replace):
             new = update_of(live[eid], rng)
@@ -204,12 +215,12 @@ def run_history(world_path: Path, world: World, method: str, args: argparse.Name
             store.revert(eid)
             del live[eid]
         label = f"{method} +{args.replace} replace -{args.revert} revert"
-        rows += measure(store, world, label, list(live.values()), args.lambda_e, stale)
+        rows += measure(store, world, label, list(live.values()), args, stale)
     return rows
 
 
 def run_same_subject(world_path: Path, world: World, method: str, n: int, seed: int,
-                     lambdas: Sequence[float]) -> list[tuple[str, Row, Row]]:
+                     args: argparse.Namespace) -> list[tuple[str, Row, Row]]:
     groups = shuffled_subjects(read_jsonl(world_path / "requests.jsonl"), seed + 2)[:n]
     first = [g[0] for g in groups]
     second = [g[1 + i % (len(g) - 1)] for i, g in enumerate(groups)]
@@ -218,8 +229,8 @@ def run_same_subject(world_path: Path, world: World, method: str, n: int, seed: 
     with new_store(world_path) as store:
         for r in first + second:
             edit(store, [r], method=method, hparams=hp, device="cpu")
-        for name, compose, lambda_e in checkouts(lambdas):
-            store.set_config("checkout.lambda_e", str(lambda_e))
+        for name, compose, lambda_e, targets in checkouts(args.lambda_e, args.targets):
+            configure(store, lambda_e, targets)
             with checked_out(store.root, compose) as (model, tok, seconds, peak):
                 untouched, others = world.recall(model, tok, first + second)
                 rows = []
@@ -273,6 +284,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lambda-e", type=float, nargs="+", default=[0.0],
                         help="checkout.lambda_e of each batched checkout (0: batched ROME, every edit exact).")
+    parser.add_argument("--targets", nargs="+", default=["rebased"], choices=["rebased", "stored"],
+                        help="checkout.targets of each batched checkout (rebased: each edit's δ on the weight "
+                             "solved on; stored: the targets computed on each edit's own version).")
     parser.add_argument("--plot", type=Path, default=Path("lifelong.png"))
     parser.add_argument("--parts", nargs="+", default=["history", "same-subject"], choices=["history", "same-subject"])
     parser.add_argument("--without-shared-subjects", action="store_true",
@@ -284,7 +298,7 @@ def main() -> None:
         import editstore.resolve
 
         editstore.editing.companions = lambda store, tree, requests, contradicted=(): [[] for _ in requests]
-        editstore.resolve.Group.shared_subjects = lambda self: []
+        editstore.resolve.Group.rebased_subjects = lambda self, every: []
     args.at = sorted(a for a in args.at if a <= args.edits)
     path = build_world(config=world_config(args.arch, 0, args.size))
     world = World(path, args.recall)
@@ -309,7 +323,7 @@ def main() -> None:
                       "untouched recall", title=f"{args.same_subject} subjects with two edited relations each "
                                                 f"({args.arch} {args.size} world, one commit per edit)")
         for method in args.methods:
-            for compose, a, b in run_same_subject(path, world, method, args.same_subject, args.seed, args.lambda_e):
+            for compose, a, b in run_same_subject(path, world, method, args.same_subject, args.seed, args):
                 table.add_row(method, compose, fmt(a.efficacy), fmt(b.efficacy),
                               f"{fmt(a.paraphrase)} / {fmt(b.paraphrase)}", fmt(a.untouched))
         console.print(table)

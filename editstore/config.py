@@ -4,6 +4,7 @@
 |---|---|---|
 | ``checkout.compose`` | ``sequential`` or ``batched`` | ``sequential`` |
 | ``checkout.lambda_e`` | EMMET's λ_e (≥ 0) for re-solved groups of ROME edits: 0 keeps every edit an equality constraint; > 0 softens them, as a long history needs once its keys outnumber their directions | 0 |
+| ``checkout.targets`` | ``rebased`` (a re-solve writes each edit's residual δ onto the value its key has on the weight solved on) or ``stored`` (the target each edit computed on its own version, which carries what the edits before it wrote onto its key) | ``rebased`` |
 | ``cache.max_bytes`` | bytes the composed-parameter cache may hold (0 turns it off) | 4 GiB |
 | ``conflicts.backend`` | ``model`` (the base's hidden states) or ``sentence-transformers:PATH`` | ``model`` |
 | ``conflicts.relation_threshold`` | relation cosine from which same-subject edits are the same fact | 0.55 |
@@ -19,11 +20,18 @@ from collections.abc import Callable
 from .errors import ConfigError
 
 COMPOSE_MODES = ("sequential", "batched")
+TARGET_MODES = ("rebased", "stored")
 
 
 def _compose(value: str) -> str:
     if value not in COMPOSE_MODES:
         raise ConfigError(f"checkout.compose takes {' or '.join(COMPOSE_MODES)}, not {value!r}")
+    return value
+
+
+def _targets(value: str) -> str:
+    if value not in TARGET_MODES:
+        raise ConfigError(f"checkout.targets takes {' or '.join(TARGET_MODES)}, not {value!r}")
     return value
 
 
@@ -56,6 +64,7 @@ _non_negative = _number(float, 0.0, 1e12, "a number from 0 to 1e12")
 SETTINGS: dict[str, tuple[str, Callable[[str], str]]] = {
     "checkout.compose": ("sequential", _compose),
     "checkout.lambda_e": ("0.0", _non_negative),
+    "checkout.targets": ("rebased", _targets),
     "cache.max_bytes": (str(4 * 2**30), _size),
     "conflicts.backend": ("model", _backend),
     "conflicts.relation_threshold": ("0.55", _cosine),

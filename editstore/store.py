@@ -636,21 +636,23 @@ class Store:
         """How the edited parameters of ``tree`` are composed in mode ``compose`` (default: the store's setting).
 
         Cache keys: sequential, the delta objects touching each parameter in order;
-        batched, the whole tree, the statistics stored for its modules and ``checkout.lambda_e``
-        (a re-solve couples the edits of a group and depends on Σ and on how ROME groups are solved).
+        batched, the whole tree, the statistics stored for its modules, ``checkout.lambda_e`` and
+        ``checkout.targets`` (a re-solve couples the edits of a group and depends on Σ and on how
+        groups are solved).
         """
         mode = self.compose_mode(compose)
         hashes = self.base_hashes()
         objects, sources = self._tree_deltas(tree)
         whole = [tree_id(list(tree))]
-        lambda_e = 0.0
-        if mode == "batched":  # the solve also depends on Σ and λ_e: a change of either is a new key
-            lambda_e = float(self.config("checkout.lambda_e"))
+        lambda_e, targets = 0.0, "rebased"
+        if mode == "batched":  # the solve also depends on Σ, λ_e and the targets: a change of any is a new key
+            lambda_e, targets = float(self.config("checkout.lambda_e")), self.config("checkout.targets")
             modules = sorted({p.removesuffix(".weight") for p in sources})
             query = f"SELECT object FROM stats WHERE module IN ({', '.join('?' * len(modules))})"
             whole += sorted(row[0] for row in self.db.execute(query, modules))
             if lambda_e:
                 whole.append(f"lambda_e={lambda_e!r}")
+            whole.append(f"targets={targets}")
         keys = {
             param: sha256_json({"mode": mode, "param": param, "base": hashes.get(param), "device": device.type,
                                 "from": deltas if mode == "sequential" else whole})
@@ -661,7 +663,7 @@ class Store:
                                factors_in_background=True)
         from .resolve import batched_factors  # resolve → editing → store
 
-        return Composition(sorted(sources), lambda: batched_factors(self, tree, device=device, lambda_e=lambda_e),
+        return Composition(sorted(sources), lambda: batched_factors(self, tree, device=device, lambda_e=lambda_e, targets=targets),
                            keys, self.cache)
 
     def checkout(

@@ -106,13 +106,20 @@ def test_batched_composition_does_not_depend_on_the_order_of_edits(tmp_path: Pat
         for p in forward:
             dense = [sum(f.dense() for f in fs) for fs in (forward[p], backward[p])]
             torch.testing.assert_close(dense[0], dense[1], rtol=1e-4, atol=1e-6)
-        # batched ROME writes every edit's key to its target exactly: ΔK = R for the group
+        # batched ROME writes every edit's key to its target exactly: its residual δ on the base's value
+        # (rebased targets, the default), or the target it computed on its own version (stored targets)
         param = f"{hp.module_name(hp.layers[0])}.weight"
         K = groups[0].stacked(param, "keys")
+        W = linear_base_weight(store.base, param)  # (d_out, d_in): the weight solved on, the base and the FT edit
+        W += sum(f.U.double() @ f.V.double().T for f in fixed.get(param, []))
+        linear = (lambda w: w.T) if store.base.orientations[param] == "conv1d" else (lambda w: w)  # noqa: E731
+        rebased = W @ K + groups[0].stacked(param, "residuals")
+        torch.testing.assert_close(linear(edited(store, "batched")[param].double()) @ K, rebased, rtol=1e-4, atol=1e-4)
+        store.set_config("checkout.targets", "stored")
         T = groups[0].stacked(param, "targets")
-        W = edited(store, "batched")[param].double()
-        W = W.T if store.base.orientations[param] == "conv1d" else W
-        torch.testing.assert_close(W @ K, T, rtol=1e-4, atol=1e-4)
+        assert (T - rebased).norm() > 1e-3 * (T - W @ K).norm()  # the later edits' targets carry the earlier ones
+        torch.testing.assert_close(linear(edited(store, "batched")[param].double()) @ K, T, rtol=1e-4, atol=1e-4)
+    invoke("--store", tmp_path / "s", "config", "checkout.targets", "latest", code=2)
 
 
 def test_checkout_lambda_e_softens_the_re_solve_of_a_rome_history(tmp_path: Path, world: Path, requests: list[dict]) -> None:
@@ -124,8 +131,9 @@ def test_checkout_lambda_e_softens_the_re_solve_of_a_rome_history(tmp_path: Path
             edit(store, [r], method="rome", hparams=hp, device="cpu")
         param = f"{hp.module_name(hp.layers[0])}.weight"
         group = plan(store, store.tree())[1][0]
-        K, T = group.stacked(param, "keys"), group.stacked(param, "targets")  # (d_in, 4), (d_out, 4)
         W0 = linear_base_weight(store.base, param)  # (d_out, d_in)
+        K, R = group.stacked(param, "keys"), group.stacked(param, "residuals")  # (d_in, 4), (d_out, 4)
+        T = W0 @ K + R  # the rebased targets
         conv = store.base.orientations[param] == "conv1d"
         linear = (lambda w: w.T) if conv else (lambda w: w)  # noqa: E731  (state dict → (d_out, d_in))
         exact = linear(edited(store, "batched")[param].double())
@@ -138,7 +146,6 @@ def test_checkout_lambda_e_softens_the_re_solve_of_a_rome_history(tmp_path: Path
         store.set_config("checkout.lambda_e", "100")
         soft = linear(edited(store, "batched")[param].double())
         sigma = sigmas_for(store, hp, None, device=torch.device("cpu"))[hp.module_name(hp.layers[0])].double()
-        R = T - W0 @ K
         expected = W0 + R @ torch.linalg.solve(K @ K.T + 100 * hp.solver.mom2_weight * sigma, K).T
         torch.testing.assert_close(soft, expected, rtol=1e-4, atol=1e-5)
         assert (soft @ K - T).norm() > 1e-2 * R.norm()  # the constraints are soft now

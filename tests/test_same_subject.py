@@ -58,7 +58,7 @@ def test_a_later_edit_of_a_subject_keeps_the_earlier_ones(store: Store, pairs: t
     assert companions(store, tree, first[:1]) == [[first[0], second[0]]]
     # every locate edit carries the residual the re-solve sums; each subject's two edits form one set
     _, [group] = plan(store, tree)
-    assert sorted(map(sorted, group.shared_subjects())) == [[i, i + N_SUBJECTS] for i in range(N_SUBJECTS)]
+    assert sorted(map(sorted, group.rebased_subjects(every=False))) == [[i, i + N_SUBJECTS] for i in range(N_SUBJECTS)]
     for compose in ("sequential", "batched"):
         assert efficacy(store, first, compose) >= 0.75, compose
         assert efficacy(store, second, compose) >= 0.75, compose
@@ -69,7 +69,7 @@ def test_one_target_per_subject_key_in_the_re_solve(store: Store) -> None:
     param = f"{group.hp.module_name(group.hp.layers[0])}.weight"
     K = group.stacked(param, "keys")
     current = torch.randn(group.stacked(param, "targets").shape, dtype=torch.float64)
-    values = group.shared_values(current, group.stacked(param, "targets"))
+    values = group.rebased_values(current, group.stacked(param, "targets"), group.rebased_subjects(every=False))
     residuals = group.stacked(param, "residuals")
     for i in range(N_SUBJECTS):
         cols = [i, i + N_SUBJECTS]
@@ -84,7 +84,7 @@ def test_reverting_one_edit_of_a_subject_leaves_the_other(store: Store, pairs: t
     store.revert(reverted)
     try:
         _, [group] = plan(store, store.tree())
-        assert len(group.shared_subjects()) == N_SUBJECTS - 1
+        assert len(group.rebased_subjects(every=False)) == N_SUBJECTS - 1
         model = store.checkout(device="cpu", compose="batched")
         tok = load_tokenizer(store)
         assert evaluate_requests(model, tok, first[:1]).efficacy == 1.0

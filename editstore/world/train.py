@@ -44,6 +44,8 @@ class TrainSpec:
     subject_mlp: float = 0.0
     subject_attn_layers: tuple[int, ...] = ()  # in those lines, these attentions cannot read the subject from after it
     activation: str = ""  # the MLPs' activation ("relu", "gelu_new", ...); empty: the architecture's default
+    sparse_layers: tuple[int, ...] = ()  # MLPs whose activations (their output projection's input) get an L1 penalty
+    sparse_l1: float = 0.0  # its weight: the mean |activation| over all tokens, added to the loss per layer
     n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
     tie: bool = True  # T5: transformers 5 always ties its embeddings; False turns off the d_model^-0.5 output scaling
     seed: int = 0
@@ -56,6 +58,8 @@ class TrainSpec:
             del out["subject_attn_layers"]
         if not self.activation:
             del out["activation"]
+        if not self.sparse_layers:
+            del out["sparse_layers"], out["sparse_l1"]
         return out
 
 
@@ -119,6 +123,7 @@ def train_lm(
     at_subject = _SubjectMask(subject_mask(tokenizer, ids, subjects) if shaped else None, spec.subject_mlp, spec.seed)
     hooks += [at_subject.restrict_mlp(model, layer) for layer in spec.subject_mlp_layers]
     hooks += [at_subject.restrict_attention(model, layer) for layer in spec.subject_attn_layers]
+    sparse = _ActivationL1(model, spec.sparse_layers)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
     lengths = mask.sum(1)  # (N,)
     steps_per_epoch = sum(math.ceil(len(c) / spec.batch_size) for c in torch.arange(len(ids)).split(spec.batch_size * 16))
@@ -137,8 +142,9 @@ def train_lm(
             at_subject.select(idx, width, device)
             out = model(input_ids=ids[idx, :width].to(device), attention_mask=mask[idx, :width].to(device),
                         labels=batch_labels.to(device))
+            loss = out.loss + spec.sparse_l1 * sparse.take() if spec.sparse_layers else out.loss
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -151,7 +157,7 @@ def train_lm(
             model.train()
             if stop:
                 break
-    for h in hooks:
+    for h in hooks + sparse.hooks:
         h.remove()
     model.eval()
     return model
@@ -235,6 +241,40 @@ class _SubjectMask:
 
         attention = child(transformer_blocks(model)[layer], ATTN_NAMES)
         return attention.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+class _ActivationL1:
+    """The mean |activation| of some MLPs (the input of their output projection, over a batch's positions),
+    collected during a forward pass for an L1 penalty.
+
+    Real transformers' MLP activations are sparse (most neurons are near zero on a token), so different
+    subjects' keys use different neurons and lie far apart; a small model trained from scratch gets dense,
+    overlapping keys, and an edit of one subject then leaks onto the others. The penalty makes each
+    subject's key use few neurons of the layers that hold the facts.
+    """
+
+    def __init__(self, model: PreTrainedModel, layers: Sequence[int]) -> None:
+        self.terms: list[torch.Tensor] = []
+        blocks = transformer_blocks(model)
+        self.hooks = [_output_projection(child(blocks[layer], MLP_NAMES)).register_forward_pre_hook(self._hook)
+                      for layer in layers]
+
+    def _hook(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if module.training:
+            self.terms.append(args[0].abs().mean())  # (B, T, d_ff) -> ()
+
+    def take(self) -> torch.Tensor:
+        """The sum of this forward pass's terms (and forget them)."""
+        total, self.terms = torch.stack(self.terms).sum(), []
+        return total
+
+
+def _output_projection(mlp: torch.nn.Module) -> torch.nn.Module:
+    """An MLP's last linear map (GPT-2's ``c_proj``, Llama's ``down_proj``, ...)."""
+    for name in ("c_proj", "down_proj", "fc_out", "dense_4h_to_h", "wo", "fc2"):
+        if hasattr(mlp, name):
+            return getattr(mlp, name)
+    raise ValueError(f"{type(mlp).__name__} has no known output projection")
 
 
 def _drop_mlp_output(model: PreTrainedModel, layer: int, p: float, seed: int) -> torch.utils.hooks.RemovableHandle:
