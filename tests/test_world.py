@@ -191,3 +191,37 @@ def test_a_designs_activation_reaches_the_model_and_its_key_only_when_set(arch: 
     assert acts["relu"] == "relu" and acts["default"] != "relu"
     model = AutoModelForCausalLM.from_config(model_config(relu, tokenizer, 16))
     assert model(input_ids=tokenizer("Ada was born in", return_tensors="pt")["input_ids"]).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_activation_penalty_is_the_mean_magnitude_of_the_chosen_mlps(arch: str) -> None:
+    """sparse_layers/sparse_l1: one term per chosen MLP per training forward, its mean |activation| (the
+    input of the output projection); nothing in eval mode; absent from the spec's key when off."""
+    from dataclasses import replace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from editstore.world.tokenizer import build_tokenizer
+    from editstore.world.train import _ActivationL1, _output_projection, model_config
+
+    spec = replace(SMALL.train, arch=arch)
+    sparse = replace(spec, n_layer=3, sparse_layers=(1, 2), sparse_l1=0.1)
+    assert "sparse_l1" not in spec.to_json() and sparse.to_json()["sparse_layers"] == [1, 2]
+    assert WorldConfig(SMALL.world, sparse).key != WorldConfig(SMALL.world, spec).key
+    tokenizer = build_tokenizer(["Ada was born in Rome ."])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config(sparse, tokenizer, 16)).train()
+    ids = tokenizer("Ada was born in Rome", return_tensors="pt")["input_ids"]
+    seen = {}
+    blocks = model.model.layers if arch == "llama" else model.transformer.h
+    taps = [_output_projection(blocks[i].mlp).register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0]))
+            for i in (1, 2)]
+    penalty = _ActivationL1(model, sparse.sparse_layers)
+    model(input_ids=ids)
+    torch.testing.assert_close(penalty.take(), seen[1].abs().mean() + seen[2].abs().mean())
+    model.eval()
+    model(input_ids=ids)
+    assert penalty.terms == []
+    for h in taps + penalty.hooks:
+        h.remove()
