@@ -45,7 +45,7 @@ class TrainSpec:
     subject_attn_layers: tuple[int, ...] = ()  # in those lines, these attentions cannot read the subject from after it
     activation: str = ""  # the MLPs' activation ("relu", "gelu_new", ...); empty: the architecture's default
     sparse_layers: tuple[int, ...] = ()  # MLPs whose activations (their output projection's input) get an L1 penalty
-    sparse_l1: float = 0.0  # its weight: the mean |activation| over all tokens, added to the loss per layer
+    sparse_l1: float = 0.0  # its weight: each layer's mean |activation| is added to the loss times this
     n_decoder_layer: int = 0  # encoder-decoders: 0 means n_layer
     tie: bool = True  # T5: transformers 5 always ties its embeddings; False turns off the d_model^-0.5 output scaling
     seed: int = 0
@@ -247,10 +247,10 @@ class _ActivationL1:
     """The mean |activation| of some MLPs (the input of their output projection, over a batch's positions),
     collected during a forward pass for an L1 penalty.
 
-    Real transformers' MLP activations are sparse (most neurons are near zero on a token), so different
-    subjects' keys use different neurons and lie far apart; a small model trained from scratch gets dense,
-    overlapping keys, and an edit of one subject then leaks onto the others. The penalty makes each
-    subject's key use few neurons of the layers that hold the facts.
+    A world design tried for key room: real transformers' MLP activations are sparse, and sparse keys
+    of different subjects would use different neurons and overlap less than the dense keys a small
+    model trained from scratch gets. On the small world it did the opposite (README, the scale world:
+    the keys used fewer whitened directions), so no packaged world sets it.
     """
 
     def __init__(self, model: PreTrainedModel, layers: Sequence[int]) -> None:
