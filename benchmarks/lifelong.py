@@ -298,7 +298,10 @@ def main() -> None:
         import editstore.resolve
 
         editstore.editing.companions = lambda store, tree, requests, contradicted=(): [[] for _ in requests]
-        editstore.resolve.Group.rebased_subjects = lambda self, every: []
+        # each edit on its own target: its own δ rebased (rebased targets) or its stored target (stored targets)
+        grouped = editstore.resolve.Group.rebased_subjects
+        editstore.resolve.Group.rebased_subjects = (
+            lambda self, every: [[c] for cols in grouped(self, every) for c in cols] if every else [])
     args.at = sorted(a for a in args.at if a <= args.edits)
     path = build_world(config=world_config(args.arch, 0, args.size))
     world = World(path, args.recall)
