@@ -19,9 +19,9 @@ store:   a GPT-2-small-sized model (GPT2Config(), 124M parameters, random weight
          times them (Python's start and every import inside the clock): `editstore checkout
          HEAD --out` against `python -c` from_pretrained + save_pretrained; bar ≤ 0.5.
 compose: one (6400 x 1600) parameter (GPT-2 XL's mlp.c_proj: d_in 6400, d_out 1600) and
-         --compose-edits rank-one edits: sequential composition (editstore.compose.apply_factors,
+         --compose-edits rank-one edits: sequential composition (editstore.compose.sequential.apply_factors,
          W₀ + U Vᵀ with the factors concatenated) and the batched re-solve
-         (editstore.resolve.solve_single_layer) with EMMET's GPT-2 XL solver settings (w 1000,
+         (editstore.compose.resolve.solve_single_layer) with EMMET's GPT-2 XL solver settings (w 1000,
          λ_e 0.1) and with λ_e 0 (batched ROME: over-determined, pseudo-inverse), on keys
          drawn from a distribution with a decaying spectrum (10⁰ to 10⁻³) plus 64
          correlated directions, and Σ its covariance. Runs --compose-repeat times.
@@ -95,7 +95,7 @@ def build_store(work: Path, base: Path, edits: int, layers_per_edit: int) -> Pat
     """A store whose HEAD holds ``edits`` edits on layers 5 and 6 (one commit): each rank one on one of
     them in turn, or (``layers_per_edit`` 2) rank one on both."""
     from editstore import NewEdit, Store
-    from editstore.synthetic import random_delta
+    from editstore.model.synthetic import random_delta
 
     root = work / f"store-{edits}x{layers_per_edit}"
     if (root / "store.db").is_file():
@@ -169,9 +169,9 @@ def _sync(device: torch.device) -> None:
 
 
 def case_compose_sequential(a: argparse.Namespace) -> dict[str, Any]:
-    from editstore.checkpoint import CONV1D
-    from editstore.compose import apply_factors, resolve_device
-    from editstore.delta import Factors
+    from editstore.compose.sequential import apply_factors, resolve_device
+    from editstore.model.checkpoint import CONV1D
+    from editstore.model.delta import Factors
 
     device = resolve_device(a.device)
     g = torch.Generator().manual_seed(0)
@@ -187,9 +187,9 @@ def case_compose_sequential(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def case_compose_batched(a: argparse.Namespace) -> dict[str, Any]:
-    from editstore.compose import resolve_device
+    from editstore.compose.resolve import solve_single_layer
+    from editstore.compose.sequential import resolve_device
     from editstore.methods.hparams import find_hparams
-    from editstore.resolve import solve_single_layer
 
     device = resolve_device(a.device)
     hp = find_hparams("emmet", {"model_type": "gpt2", "n_layer": 48, "n_embd": 1600})
@@ -282,7 +282,7 @@ def warm_imports() -> None:
     """Import what every case uses before its clock starts, so no case pays Python's import time."""
     import importlib
 
-    for module in ("transformers", "transformers.models.gpt2.modeling_gpt2", "editstore.store", "editstore.resolve"):
+    for module in ("transformers", "transformers.models.gpt2.modeling_gpt2", "editstore.store", "editstore.compose.resolve"):
         importlib.import_module(module)
 
 

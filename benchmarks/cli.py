@@ -34,7 +34,7 @@ def build_store(root: Path, commits: int) -> Path:
     from tqdm import tqdm
 
     from editstore import NewEdit, Store
-    from editstore.synthetic import random_delta, tiny_model
+    from editstore.model.synthetic import random_delta, tiny_model
 
     base = tiny_model("gpt2", root / "base")
     store = Store.init(base, root / "store")

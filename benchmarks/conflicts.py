@@ -37,11 +37,11 @@ from rich.table import Table
 
 from editstore import Store
 from editstore.behavior import load_tokenizer
-from editstore.checkout import load_model
-from editstore.checks import make_embedder, prospective_keys, version_checker
-from editstore.conflicts import Checker, Thresholds
+from editstore.compose.materialise import load_model
+from editstore.conflicts.checks import make_embedder, prospective_keys, version_checker
+from editstore.conflicts.detect import Checker, Thresholds
+from editstore.conflicts.index import ROWS, ConflictIndex
 from editstore.editing import edit, resolve_hparams
-from editstore.index import ROWS, ConflictIndex
 from editstore.methods import find_hparams
 from editstore.world.build import ARCHES, build_world, read_jsonl
 from editstore.world.conflict_cases import EXPECTED, KINDS, conflict_cases, distinct_subject_requests

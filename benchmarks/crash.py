@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from editstore import Store
-from editstore.synthetic import tiny_model
+from editstore.model.synthetic import tiny_model
 from editstore.torture import CONCURRENT, check_store, context, kill_loop, reader, writer
 
 console = Console(width=110)

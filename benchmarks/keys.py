@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer
 
-from editstore.checkpoint import from_pretrained
-from editstore.evaluate import pad_id
 from editstore.methods.hooks import capture
-from editstore.stats import second_moment
-from editstore.tokens import subject_span
+from editstore.model.checkpoint import from_pretrained
+from editstore.model.evaluate import pad_id
+from editstore.model.stats import second_moment
+from editstore.model.tokens import subject_span
 from editstore.world.bench import design, settings
 from editstore.world.build import CORPUS_FILE, SIZES, build_world, read_jsonl
 

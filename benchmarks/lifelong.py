@@ -53,11 +53,11 @@ from rich.table import Table
 from transformers import AutoTokenizer
 
 from editstore import Store
-from editstore.checkpoint import from_pretrained
 from editstore.editing import edit
-from editstore.evaluate import evaluate_requests, score_pairs
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
+from editstore.model.checkpoint import from_pretrained
+from editstore.model.evaluate import evaluate_requests, score_pairs
 from editstore.world.build import SIZES, build_world, read_jsonl, world_config
 from editstore.world.knowledge import RELATIONS
 
@@ -294,13 +294,13 @@ def main() -> None:
                              "re-solve (each edit keeps only its own target).")
     args = parser.parse_args()
     if args.without_shared_subjects:
+        import editstore.compose.resolve
         import editstore.editing
-        import editstore.resolve
 
         editstore.editing.companions = lambda store, tree, requests, contradicted=(): [[] for _ in requests]
         # each edit on its own target: its own δ rebased (rebased targets) or its stored target (stored targets)
-        grouped = editstore.resolve.Group.rebased_subjects
-        editstore.resolve.Group.rebased_subjects = (
+        grouped = editstore.compose.resolve.Group.rebased_subjects
+        editstore.compose.resolve.Group.rebased_subjects = (
             lambda self, every: [[c] for cols in grouped(self, every) for c in cols] if every else [])
     args.at = sorted(a for a in args.at if a <= args.edits)
     path = build_world(config=world_config(args.arch, 0, args.size))

@@ -42,12 +42,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from editstore.delta import Delta
-from editstore.evaluate import next_tokens, target_ids
+from editstore.core.requests import as_deletion
 from editstore.methods import METHODS
 from editstore.methods.hooks import as_updates, patched
+from editstore.model.delta import Delta
+from editstore.model.evaluate import next_tokens, target_ids
 from editstore.world.bench import WorldBench, settings
-from editstore.requests import as_deletion
 from editstore.world.build import ARCHES, SIZES, read_jsonl
 
 console = Console(width=130)

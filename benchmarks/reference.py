@@ -58,9 +58,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from editstore.checkpoint import CONV1D, Checkpoint
-from editstore.delta import Delta, Factors
 from editstore.methods.hparams import Hparams
+from editstore.model.checkpoint import CONV1D, Checkpoint
+from editstore.model.delta import Delta, Factors
 from editstore.world.bench import WorldBench, settings
 from editstore.world.build import ARCHES, SIZES
 

@@ -31,10 +31,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from editstore.checkpoint import Checkpoint
-from editstore.delta import Delta, Factors
+from editstore.compose.resolve import linear_base_weight, solve_single_layer
 from editstore.methods.solvers import Solution
-from editstore.resolve import linear_base_weight, solve_single_layer
+from editstore.model.checkpoint import Checkpoint
+from editstore.model.delta import Delta, Factors
 from editstore.world.bench import WorldBench
 from editstore.world.build import SIZES
 

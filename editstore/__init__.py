@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from .delta import Delta, Factors
 from .errors import EditStoreError
+from .model.delta import Delta, Factors
 from .store import NewEdit, Store
 
 __all__ = ["Delta", "EditStoreError", "Factors", "NewEdit", "Store", "edit"]

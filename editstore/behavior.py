@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from .core.hashing import sha256_json
+from .core.inputs import iter_jsonl
+from .core.records import now
+from .core.schema import validate
 from .errors import BaseModelError
-from .evaluate import Metrics, evaluate_requests, fill, next_tokens
-from .hashing import sha256_json
-from .inputs import iter_jsonl
-from .records import now
-from .schema import validate
+from .model.evaluate import Metrics, evaluate_requests, fill, next_tokens
 from .store import Store
 from .world.build import read_jsonl
 

@@ -19,20 +19,20 @@ from typing import Any
 import torch
 
 from .behavior import load_tokenizer
-from .checks import precheck
-from .checkout import load_model
-from .compose import resolve_device
-from .conflicts import Conflict, ConflictError, blocking
-from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
+from .compose.materialise import load_model
+from .compose.sequential import resolve_device
+from .conflicts.checks import precheck
+from .conflicts.detect import Conflict, ConflictError, blocking
+from .conflicts.index import Whitener, normalise_subject, whitened_keys
+from .core.requests import describe_target, require_writes
+from .core.schema import validate
 from .editors import load_editor
-from .evaluate import fill
-from .requests import describe_target, require_writes
-from .index import Whitener, normalise_subject, whitened_keys
+from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
 from .methods import NO_STATISTICS, compute_edits, edited_modules, find_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
+from .model.evaluate import fill
 from .moments import compute_stats, find_stats, load_sigma, read_corpus
-from .schema import validate
 from .store import NewEdit, Store
 from .world.build import CORPUS_FILE
 
@@ -134,7 +134,7 @@ def edit(
     """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id.
 
     Before anything is computed, the requests are checked against HEAD's version
-    (:mod:`editstore.conflicts`): a contradiction raises :class:`ConflictError` and
+    (:mod:`editstore.conflicts.detect`): a contradiction raises :class:`ConflictError` and
     leaves the store unchanged, unless ``force``. Every conflict found (with the
     interference the new keys show) is recorded with the commit.
 

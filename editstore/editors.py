@@ -20,13 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import safetensors_header
+from .core.hashing import canonical_json
+from .core.records import now
+from .core.schema import validate
 from .errors import EditStoreError, InvalidDeltaError, SchemaError
-from .hashing import canonical_json
 from .methods.hparams import Hparams
 from .methods.mend import Editor, MendHparams
-from .records import now
-from .schema import validate
+from .model.checkpoint import safetensors_header
 
 if TYPE_CHECKING:
     from .store import Store
@@ -116,11 +116,11 @@ def train_mend(
     import time
 
     from .behavior import load_tokenizer
-    from .checkout import load_model
-    from .compose import resolve_device
+    from .compose.materialise import load_model
+    from .compose.sequential import resolve_device
+    from .editing import check_requests
     from .methods.mend import train_editor
     from .world.build import read_jsonl
-    from .editing import check_requests
     from .world.splits import split_by_subject, training_requests
 
     if requests is None:

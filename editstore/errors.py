@@ -99,4 +99,4 @@ class UnknownWorldError(EditStoreError, ValueError):
 
 
 class InputError(EditStoreError):
-    """An input file or argument that cannot be read or parsed (see :mod:`editstore.inputs`)."""
+    """An input file or argument that cannot be read or parsed (see :mod:`editstore.core.inputs`)."""

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkout import staged_output
-from .checkpoint import CONV1D, Checkpoint, instantiate, resolve_module_name
-from .compose import concat_factors
+from .compose.materialise import staged_output
+from .compose.sequential import concat_factors
 from .errors import EditStoreError
+from .model.checkpoint import CONV1D, Checkpoint, instantiate, resolve_module_name
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -17,13 +17,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
-from .cache import TrimReport
-from .delta import SUPPORTED_DTYPES, Delta
+from .compose.cache import TrimReport
+from .core.hashing import sha256_bytes
+from .core.records import Commit, Edit, tree_id
+from .core.revisions import ref_name_problem
 from .errors import BaseModelError, CorruptObjectError, InvalidDeltaError
-from .hashing import sha256_bytes
+from .model.delta import SUPPORTED_DTYPES, Delta
 from .moments import stats_rows
-from .records import Commit, Edit, tree_id
-from .revisions import ref_name_problem
 from .store import HEADS, TAGS, Store
 
 log = logging.getLogger(__name__)

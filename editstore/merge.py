@@ -3,7 +3,7 @@
 The merged tree keeps our edits (less those the other branch removed since the merge
 base) and appends theirs that we do not have (less those we removed). Before
 anything is written, their new edits are checked against our edits that they do not
-have (:mod:`editstore.conflicts`); a contradiction stops the merge
+have (:mod:`editstore.conflicts.detect`); a contradiction stops the merge
 (:class:`MergeConflictError`, exit 3) unless a resolution is given:
 
 - ``ours``: drop their edits that contradict ours;
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checks import check_edits, lazy_embedder, semantic_vectors, version_checker
-from .conflicts import Conflict, ConflictError, blocking, tree_requests
+from .conflicts.checks import check_edits, lazy_embedder, semantic_vectors, version_checker
+from .conflicts.detect import Conflict, ConflictError, blocking, tree_requests
 from .errors import RevisionError
 
 if TYPE_CHECKING:

@@ -24,11 +24,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .core.hashing import sha256_bytes
+from .core.inputs import loads, read_bytes
+from .core.records import now
 from .errors import BaseModelError, EditStoreError
-from .hashing import sha256_bytes
-from .inputs import loads, read_bytes
-from .records import now
-from .stats import second_moment
+from .model.stats import second_moment
 
 if TYPE_CHECKING:
     from .store import Store

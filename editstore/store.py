@@ -19,14 +19,18 @@ from typing import Any
 
 import torch
 
-from . import db as dbmod
-from .cache import ComposedCache
-from .checkout import Composition, Progress, load_model, make_dir, write_checkout
-from .checkpoint import Checkpoint
-from .compose import resolve_device
-from .config import check_setting, default
-from .delta import Delta, FactorStacks, Factors
-from .diff import ParamDiff, param_diff
+from .compose.cache import ComposedCache
+from .compose.diff import ParamDiff, param_diff
+from .compose.materialise import Composition, Progress, load_model, make_dir, write_checkout
+from .compose.sequential import resolve_device
+from .core import db as dbmod
+from .core.config import check_setting, default
+from .core.hashing import HEX_ID_LENGTH, is_hex, sha256_json
+from .core.lock import writer_lock
+from .core.objects import ObjectStore
+from .core.records import Commit, Edit, author, conflict_row, embedding_row, now, tree_id
+from .core.revisions import MIN_PREFIX, check_ref_name, parse_revision
+from .core.schema import validate
 from .errors import (
     AmbiguousRevisionError,
     BaseModelError,
@@ -38,12 +42,8 @@ from .errors import (
     StoreNotFoundError,
     UnknownRevisionError,
 )
-from .hashing import HEX_ID_LENGTH, is_hex, sha256_json
-from .lock import writer_lock
-from .objects import ObjectStore
-from .records import Commit, Edit, author, conflict_row, embedding_row, now, tree_id
-from .revisions import MIN_PREFIX, check_ref_name, parse_revision
-from .schema import validate
+from .model.checkpoint import Checkpoint
+from .model.delta import Delta, Factors, FactorStacks
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class NewEdit:
     request: dict[str, Any] | None = None
     hparams: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    embedding: tuple[str, torch.Tensor] | None = None  # (backend, prompt embedding), see editstore.index
+    embedding: tuple[str, torch.Tensor] | None = None  # (backend, prompt embedding), see editstore.conflicts.index
     conflicts: Sequence[dict[str, Any]] = ()  # Conflict.to_json() of what this edit was committed despite
 
 
@@ -593,7 +593,7 @@ class Store:
     def _after_move(self, tree: list[str]) -> None:
         """Derived state that follows HEAD: the conflict index (a failure here is logged; the next check
         sees the index's manifest name another tree and syncs it)."""
-        from .checks import sync_index  # checks → conflicts → store
+        from .conflicts.checks import sync_index
 
         try:
             sync_index(self, tree)
@@ -661,7 +661,7 @@ class Store:
         if mode == "sequential":
             return Composition(sorted(sources), lambda: self._read_factors(objects), keys, self.cache,
                                factors_in_background=True)
-        from .resolve import batched_factors  # resolve → editing → store
+        from .compose.resolve import batched_factors
 
         return Composition(sorted(sources), lambda: batched_factors(self, tree, device=device, lambda_e=lambda_e, targets=targets),
                            keys, self.cache)
@@ -712,7 +712,7 @@ class Store:
 
         ``compose``: ``sequential`` or ``batched`` (default: the store's ``checkout.compose``).
         Shards no delta touches are reflinked where the filesystem can, else copied (``link``:
-        hard-linked to the base); see :mod:`editstore.checkout`.
+        hard-linked to the base); see :mod:`editstore.compose.materialise`.
         """
         commit_id = self.resolve(rev)
         tree = self.commit_tree(commit_id)
@@ -731,7 +731,7 @@ class Store:
     # ----------------------------------------------------------------- settings and cache
 
     def config(self, key: str) -> str:
-        """The value of setting ``key`` (see :mod:`editstore.config`)."""
+        """The value of setting ``key`` (see :mod:`editstore.core.config`)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [f"config.{key}"]).fetchone()
         return check_setting(key, row[0]) if row else default(key)
 

@@ -1,7 +1,7 @@
 """Workloads that stress the store's write path, for the crash and concurrency tests and ``benchmarks/crash.py``.
 
 :func:`writer` runs random write operations forever (or ``count`` of them) on a store of
-a base that :func:`editstore.synthetic.tiny_model` made: imports, reverts, merges, branch
+a base that :func:`editstore.model.synthetic.tiny_model` made: imports, reverts, merges, branch
 and tag creation, work on a scratch branch that is reset and garbage-collected, settings
 and imported statistics. Before each operation it reports ``("op", name)`` and after each
 commit on ``main`` ``("commit", id)`` on a :mod:`multiprocessing` connection, so a parent
@@ -33,9 +33,9 @@ import numpy as np
 from .errors import EditStoreError, NotInTreeError
 from .fsck import fsck
 from .merge import merge
+from .model.synthetic import random_delta
 from .moments import import_npz
 from .store import Store
-from .synthetic import random_delta
 
 SCRATCH = "scratch"
 PRELOAD = ["editstore.torture"]  # what the forkserver imports once, so each worker starts in milliseconds

@@ -11,8 +11,8 @@ from hypothesis import settings
 from safetensors import safe_open
 
 from editstore import Store
-from editstore.checkpoint import CONV1D, Checkpoint
-from editstore.synthetic import tiny_model
+from editstore.model.checkpoint import CONV1D, Checkpoint
+from editstore.model.synthetic import tiny_model
 
 # Hypothesis profiles: "ci" (the default: bounded and derandomized, so a CI run is repeatable) and "long"
 # (python -m pytest tests/test_fuzz.py --hypothesis-profile=long: many more random examples).

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from editstore import Store
-from editstore.cache import ComposedCache
+from editstore.compose.cache import ComposedCache
 from editstore.errors import ConfigError
 from editstore.fsck import gc
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 
 from .conftest import GPT2_PARAMS, read_weights
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from editstore import Store
 from editstore.errors import BaseModelError, DeviceError, OutputDirError
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 
 from .conftest import GPT2_PARAMS, LLAMA_PARAMS, expected_weight, read_weights
 
@@ -86,7 +86,7 @@ def test_checkout_carries_config_and_tokenizer_files(tmp_path: Path, gpt2_dir: P
 def reflinks_work(where: Path) -> bool:
     import fcntl
 
-    from editstore.checkout import FICLONE
+    from editstore.compose.materialise import FICLONE
 
     (where / "a").write_bytes(b"x" * 4096)
     try:

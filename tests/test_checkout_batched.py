@@ -11,10 +11,10 @@ import torch
 from transformers import PreTrainedModel
 
 from editstore import Store
+from editstore.compose.resolve import batched_factors, linear_base_weight, plan
 from editstore.editing import edit, sigmas_for
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
-from editstore.resolve import batched_factors, linear_base_weight, plan
 from editstore.world.build import build_world, read_jsonl
 
 from .conftest import SAMPLES, invoke
@@ -73,10 +73,10 @@ def test_in_memory_batched_checkout_holds_one_model_at_a_time(
     tmp_path: Path, world: Path, requests: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A multi-layer re-solve loads a model for its forward passes: it is let go before the version's is loaded."""
-    import editstore.checkout
+    import editstore.compose.materialise
 
     live: list[int] = []
-    real = editstore.checkout.from_pretrained
+    real = editstore.compose.materialise.from_pretrained
 
     def counting(*args: object, **kwargs: object) -> torch.nn.Module:
         gc.collect()
@@ -85,7 +85,7 @@ def test_in_memory_batched_checkout_holds_one_model_at_a_time(
 
     with Store.init(world, tmp_path / "s") as store:
         edit(store, requests[:2], method="memit", hparams=hparams(world, "memit", layers=[0, 1]), device="cpu")
-        monkeypatch.setattr(editstore.checkout, "from_pretrained", counting)
+        monkeypatch.setattr(editstore.compose.materialise, "from_pretrained", counting)
         assert store.checkout(device="cpu", compose="batched") is not None
     assert len(live) == 2 and live[1] == live[0], live  # the re-solve's model, then the version's
 

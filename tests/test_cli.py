@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from editstore import Store
-from editstore.checkpoint import Checkpoint
-from editstore.synthetic import random_delta
+from editstore.model.checkpoint import Checkpoint
+from editstore.model.synthetic import random_delta
 from editstore_cli.main import cli
 
 from .conftest import GPT2_PARAMS, LLAMA_PARAMS, expected_weight, read_weights, snapshot
@@ -225,7 +225,7 @@ def test_log_and_checkout_import_neither_transformers_nor_faiss(tmp_path: Path, 
     import sys
 
     from editstore import Store
-    from editstore.synthetic import random_delta
+    from editstore.model.synthetic import random_delta
 
     from .conftest import GPT2_PARAMS
 

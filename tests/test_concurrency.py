@@ -9,7 +9,7 @@ import time
 
 from editstore import Store
 from editstore.fsck import fsck
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 from editstore.torture import CONCURRENT, check_store, context, kill_loop, reader, writer
 
 from .conftest import GPT2_PARAMS
@@ -42,7 +42,7 @@ def test_four_processes_import_concurrently(gpt2_store: Store) -> None:
 WRITER = """
 import sys
 from editstore import Store
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 store = Store.open(sys.argv[1])
 for i in range(10_000):
     store.import_delta(random_delta(store.base, [sys.argv[2]], rank=8, seed=i), message=f"d{i}")

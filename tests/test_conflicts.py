@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from editstore import Store
-from editstore.checks import INDEX_DIR, check_prospective, version_conflicts
-from editstore.conflicts import ConflictError
+from editstore.conflicts.checks import INDEX_DIR, check_prospective, version_conflicts
+from editstore.conflicts.detect import ConflictError
+from editstore.conflicts.index import ConflictIndex
+from editstore.core.schema import validate
 from editstore.editing import edit
-from editstore.index import ConflictIndex
-from editstore.schema import validate
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
@@ -178,7 +178,7 @@ def test_merge_with_and_without_conflicts(store: Store, stored_and_cases: tuple)
 
 
 def test_deletions_conflict_only_with_the_target_they_suppress() -> None:
-    from editstore.conflicts import fact_conflict
+    from editstore.conflicts.detect import fact_conflict
 
     write = lambda t: {"prompt": "{} was born in", "subject": "Ada", "target_new": t}  # noqa: E731
     delete = lambda t: {"prompt": "{} was born in", "subject": "Ada", "target_true": t}  # noqa: E731

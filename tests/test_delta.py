@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from editstore import Delta, Factors
-from editstore.delta import FactorStacks
-from editstore.checkpoint import Checkpoint
 from editstore.errors import InvalidDeltaError
-from editstore.synthetic import random_delta
+from editstore.model.checkpoint import Checkpoint
+from editstore.model.delta import FactorStacks
+from editstore.model.synthetic import random_delta
 
 from .conftest import GPT2_PARAMS
 

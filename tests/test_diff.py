@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from editstore.delta import Factors
-from editstore.diff import low_rank_norm_and_rank, param_diff
+from editstore.compose.diff import low_rank_norm_and_rank, param_diff
+from editstore.model.delta import Factors
 
 
 @settings(max_examples=25, deadline=None)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from click.testing import CliRunner
 
 from editstore import NewEdit, Store
@@ -21,7 +21,6 @@ from editstore.world.build import build_world, read_jsonl
 from editstore_cli.main import cli
 
 from .conftest import SAMPLES, hparams_file, invoke, snapshot
-
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from editstore.evaluate import Score, score_targets
-from editstore.forward import next_token_logits, on_decoder, tails_after, target_logits
-from editstore.synthetic import TINY_CONFIGS, tiny_model
+from editstore.model.evaluate import Score, score_targets
+from editstore.model.forward import next_token_logits, on_decoder, tails_after, target_logits
+from editstore.model.synthetic import TINY_CONFIGS, tiny_model
 
 
 def test_score_targets_sums_target_logprobs() -> None:

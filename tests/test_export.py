@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from editstore import Store
 from editstore.editing import edit
 from editstore.methods import find_hparams
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 from editstore.world.build import build_world, read_jsonl
 from editstore_cli.main import cli
 

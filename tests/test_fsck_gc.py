@@ -2,7 +2,7 @@ from pathlib import Path
 
 from editstore import Store
 from editstore.fsck import fsck, gc
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 
 from .conftest import GPT2_PARAMS
 

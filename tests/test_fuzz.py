@@ -29,13 +29,13 @@ from hypothesis import strategies as st
 
 from editstore import Store
 from editstore.behavior import load_requests
+from editstore.core.revisions import MAX_REF_NAME, parse_revision
 from editstore.editing import check_requests
 from editstore.errors import EditStoreError, RefError
 from editstore.export import export_peft
 from editstore.methods.targets import tokenize_request
+from editstore.model.synthetic import random_delta
 from editstore.moments import import_npz, load_sigma, stats_rows
-from editstore.revisions import MAX_REF_NAME, parse_revision
-from editstore.synthetic import random_delta
 from editstore_cli.main import cli
 
 from .conftest import GPT2_PARAMS, snapshot

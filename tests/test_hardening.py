@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from safetensors.torch import save as st_save
 
 from editstore import Store
-from editstore.delta import Delta, Factors
 from editstore.errors import InvalidDeltaError
 from editstore.fsck import fsck
+from editstore.model.delta import Delta, Factors
+from editstore.model.synthetic import random_delta
 from editstore.moments import save_stats
 from editstore.store import NewEdit
-from editstore.synthetic import random_delta
 from editstore_cli.main import cli
 
 from .conftest import GPT2_PARAMS, snapshot
@@ -118,7 +118,7 @@ def test_bad_ref_names_are_refused_everywhere(gpt2_store: Store, name: str, how:
 
 
 def test_a_good_ref_name_works() -> None:
-    from editstore.revisions import ref_name_problem
+    from editstore.core.revisions import ref_name_problem
 
     for name in ["main", "feature/x-1", "v1.0", "release/2026_12", "a" * 255]:
         assert ref_name_problem(name) is None, name

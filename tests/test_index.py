@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from editstore.index import ConflictIndex
+from editstore.conflicts.index import ConflictIndex
 
 
 def unit(x: np.ndarray) -> np.ndarray:

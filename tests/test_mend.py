@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editstore import Store
 from editstore.editors import editor_bytes, editor_from_bytes
-from editstore.evaluate import fill, target_ids
 from editstore.fsck import gc
 from editstore.methods import find_hparams
-from editstore.methods.mend import Editor, MendHparams, example, meta_loss, mend_deltas, observe_inputs, train_editor
+from editstore.methods.mend import Editor, MendHparams, example, mend_deltas, meta_loss, observe_inputs, train_editor
+from editstore.model.evaluate import fill, target_ids
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.splits import held_out, held_out_requests, training_requests
 

@@ -11,12 +11,12 @@ from transformers import AutoModelForCausalLM
 
 from editstore.methods import METHODS, compute_edits, find_hparams
 from editstore.methods.hooks import as_updates, linear_weight, patched
-from editstore.methods.mend import Editor, MendHparams
 from editstore.methods.hparams import Hparams
-from editstore.methods.targets import context_prefixes, mean_keys, optimise_deltas, sample_prefixes, tokenize_request
+from editstore.methods.mend import Editor, MendHparams
 from editstore.methods.solvers import equality, least_squares, null_space, null_space_projector
-from editstore.stats import second_moment
-from editstore.synthetic import TINY_CONFIGS, tiny_model
+from editstore.methods.targets import context_prefixes, mean_keys, optimise_deltas, sample_prefixes, tokenize_request
+from editstore.model.stats import second_moment
+from editstore.model.synthetic import TINY_CONFIGS, tiny_model
 from editstore.world.tokenizer import build_tokenizer
 
 WORDS = "Ada Lovelace was born in London . The capital of France is Paris . Alan Turing works as a scientist in Rome"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from editstore.evaluate import Metrics
+from editstore.model.evaluate import Metrics
 from editstore.world.bench import WorldBench, sequence
 
 RECALL = 200
@@ -74,7 +74,7 @@ def t5_world() -> WorldBench:
 
 def test_t5_rome_single_edits_and_deletions(t5_world: WorldBench) -> None:
     """The issue's T5 bars (ROME: efficacy 0.90, specificity 0.85 over 100) on 16 edits, one miss allowed."""
-    from editstore.requests import as_deletion
+    from editstore.core.requests import as_deletion
 
     requests = t5_world.take(16)
     scores = single_edits(t5_world, "rome", requests)

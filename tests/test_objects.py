@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from editstore.core.hashing import canonical_json, sha256_bytes, sha256_json
+from editstore.core.objects import ObjectStore
 from editstore.errors import CorruptObjectError
-from editstore.hashing import canonical_json, sha256_bytes, sha256_json
-from editstore.objects import ObjectStore
 
 
 @settings(max_examples=30, deadline=None)

@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from editstore.core.schema import load_schema, validate
 from editstore.errors import SchemaError
-from editstore.schema import load_schema, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = sorted(p.name.removesuffix(".schema.json") for p in (ROOT / "schemas").glob("*.schema.json"))

@@ -9,10 +9,10 @@ import pytest
 
 from editstore import Store
 from editstore.behavior import load_tokenizer
-from editstore.conflicts import ConflictError
+from editstore.conflicts.detect import ConflictError
+from editstore.core.records import tree_id
 from editstore.editing import edit
-from editstore.evaluate import score_pairs
-from editstore.records import tree_id
+from editstore.model.evaluate import score_pairs
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 

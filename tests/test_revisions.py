@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from editstore.core.revisions import Revision, check_ref_name, parse_revision
 from editstore.errors import RefError, UnknownRevisionError
-from editstore.revisions import Revision, check_ref_name, parse_revision
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import torch
 
 from editstore import Store
 from editstore.behavior import load_tokenizer
+from editstore.compose.resolve import plan
 from editstore.editing import companions, edit
-from editstore.evaluate import evaluate_requests
-from editstore.resolve import plan
+from editstore.model.evaluate import evaluate_requests
 from editstore.world.build import build_world, read_jsonl
 
 from .test_checkout_batched import hparams

@@ -14,13 +14,13 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from editstore.errors import HparamsError
-from editstore.forward import on_decoder
 from editstore.methods import compute_edits
 from editstore.methods.hooks import as_updates, linear_weight, patched
 from editstore.methods.hparams import Hparams
 from editstore.methods.targets import mean_keys, sample_prefixes, tokenize_request
-from editstore.stats import second_moment
-from editstore.synthetic import tiny_model
+from editstore.model.forward import on_decoder
+from editstore.model.stats import second_moment
+from editstore.model.synthetic import tiny_model
 from editstore.world.tokenizer import build_tokenizer
 
 WORDS = "Ada Lovelace was born in London . The capital of France is Paris . Alan Turing works as a scientist in Rome"

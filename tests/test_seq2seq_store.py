@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from editstore import Store
-from editstore.synthetic import SEQ2SEQ_CONFIGS, random_delta, tiny_model
+from editstore.model.synthetic import SEQ2SEQ_CONFIGS, random_delta, tiny_model
 
 from .conftest import expected_weight, read_weights
 

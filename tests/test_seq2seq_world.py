@@ -15,14 +15,15 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from editstore import Store
+from editstore.core.requests import as_deletion
 from editstore.editing import edit
-from editstore.evaluate import evaluate_requests, fill, score_pairs
 from editstore.methods.hparams import load_hparams
-from editstore.requests import as_deletion
+from editstore.model.evaluate import evaluate_requests, fill, score_pairs
 from editstore.world.build import build_world, read_jsonl
 from editstore.world.splits import one_per_subject
 
 from .conftest import hparams_file, invoke
+
 
 @pytest.fixture(scope="module")
 def world() -> Path:

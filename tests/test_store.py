@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from editstore import Store
+from editstore.core.db import FORMAT_VERSION
 from editstore.errors import (
     AmbiguousRevisionError,
     NotInTreeError,
@@ -14,9 +15,8 @@ from editstore.errors import (
     StoreNotFoundError,
     UnknownRevisionError,
 )
-from editstore.db import FORMAT_VERSION
+from editstore.model.synthetic import random_delta
 from editstore.store import find_store
-from editstore.synthetic import random_delta
 
 from .conftest import GPT2_PARAMS
 
@@ -141,7 +141,7 @@ def test_find_store_walks_up(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest
 
 
 def test_records_match_their_schemas(gpt2_store: Store) -> None:
-    from editstore.schema import validate
+    from editstore.core.schema import validate
 
     commit_random(gpt2_store, 1, name="one")
     gpt2_store.revert("HEAD")
@@ -153,11 +153,11 @@ def test_records_match_their_schemas(gpt2_store: Store) -> None:
 
 
 def test_api_deltas_are_validated_before_anything_is_written(gpt2_store: Store) -> None:
+    import torch
+
     from editstore import Delta, Factors
     from editstore.errors import InvalidDeltaError, SchemaError
     from editstore.store import NewEdit
-
-    import torch
 
     from .conftest import snapshot
 

@@ -1,7 +1,7 @@
 import pytest
 
 from editstore.errors import SubjectNotInPromptError
-from editstore.tokens import subject_span
+from editstore.model.tokens import subject_span
 from editstore.world.tokenizer import build_tokenizer
 
 TOK = build_tokenizer(["Ada Lovelace was born in London ."])

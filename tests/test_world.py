@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editstore.schema import validate
+from editstore.core.schema import validate
 from editstore.world.build import WorldConfig, build_world, read_jsonl
 from editstore.world.knowledge import RELATIONS, KnowledgeBase, WorldSpec
 from editstore.world.train import TrainSpec

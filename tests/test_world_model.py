@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editstore import Store
 from editstore.behavior import behavior_diff, evaluate_version, evaluations
-from editstore.synthetic import random_delta
+from editstore.model.synthetic import random_delta
 from editstore.trace import causal_trace
 from editstore.world.build import build_world, read_jsonl
 

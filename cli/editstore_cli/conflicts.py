@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from editstore.checks import check_prospective, version_conflicts
-from editstore.compose import resolve_device
-from editstore.conflicts import Conflict, ConflictError, blocking, fact
+from editstore.compose.sequential import resolve_device
+from editstore.conflicts.checks import check_prospective, version_conflicts
+from editstore.conflicts.detect import Conflict, ConflictError, blocking, fact
 from editstore.merge import merge as run_merge
 from editstore.methods import METHODS
 

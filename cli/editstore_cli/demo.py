@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import torch
 
-from editstore.evaluate import fill
+from editstore.model.evaluate import fill
 from editstore.world.build import build_world, read_jsonl
 
 SINGLE = 3  # ROME edits, one commit each

@@ -11,8 +11,8 @@ import click
 from tqdm import tqdm
 
 from editstore.behavior import load_tokenizer
-from editstore.checkout import load_model
-from editstore.compose import resolve_device
+from editstore.compose.materialise import load_model
+from editstore.compose.sequential import resolve_device
 from editstore.editing import edit as run_edit
 from editstore.methods import METHODS, load_hparams
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows

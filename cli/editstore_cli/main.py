@@ -20,7 +20,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from editstore import Store
-from editstore.config import COMPOSE_MODES, SETTINGS
+from editstore.core.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 
 from .common import device_option, json_option, open_store, requests_option, store_option
@@ -375,8 +375,8 @@ def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None)
     store = open_store(ctx, store_dir)
     report = run_fsck(store)
     if rebuild and report.ok:
-        from editstore.checks import rebuild_index
-        from editstore.compose import resolve_device
+        from editstore.compose.sequential import resolve_device
+        from editstore.conflicts.checks import rebuild_index
 
         shutil.rmtree(store.root / "cache", ignore_errors=True)
         index = rebuild_index(store, device=resolve_device(device))

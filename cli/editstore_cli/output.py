@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from editstore.records import Commit
+from editstore.core.records import Commit
 
 
 def echo_json(value: Any) -> None:

@@ -76,7 +76,7 @@ def trace(model_dir: Path, prompt: str, subject: str, answer: str | None, sample
     """Causal tracing: which layer and token recover the answer when the subject is corrupted."""
     from transformers import AutoTokenizer
 
-    from editstore.checkpoint import Checkpoint, from_pretrained
+    from editstore.model.checkpoint import Checkpoint, from_pretrained
     from editstore.trace import KINDS, causal_trace, save_heatmap
 
     Checkpoint(model_dir)  # a clear error for a non-HF directory

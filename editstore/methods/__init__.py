@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..requests import require_writes
+from ..core.requests import require_writes
 from .finetune import finetune
 from .hooks import as_updates
 from .hparams import METHODS, Hparams, find_hparams, load_hparams

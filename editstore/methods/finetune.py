@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ..delta import Delta, Factors
-from ..evaluate import fill, pad_id, target_ids
-from ..forward import target_logits
+from ..model.delta import Delta, Factors
+from ..model.evaluate import fill, pad_id, target_ids
+from ..model.forward import target_logits
 from .hooks import frozen, linear_weight, model_device, patched
 from .hparams import Hparams
 from .locate import EditResult

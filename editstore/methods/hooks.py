@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from ..delta import Delta
-from ..forward import run
+from ..model.delta import Delta
+from ..model.forward import run
 
 
 def linear_weight(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +106,7 @@ def capture(
 ) -> dict[str, torch.Tensor]:
     """One forward pass over ``rows``; per named module, its input (or output) at position idx[b] of row b.
 
-    Positions count on the side the module runs on (:mod:`editstore.forward`): a decoder
+    Positions count on the side the module runs on (:mod:`editstore.model.forward`): a decoder
     module of an encoder-decoder sees one position, 0. Returns ``{name: (len(rows), d)}`` in float32.
     """
     device = model_device(model)

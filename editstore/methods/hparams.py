@@ -15,9 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..core.inputs import read_json
+from ..core.schema import validate
 from ..errors import EditStoreError
-from ..inputs import read_json
-from ..schema import validate
 from .mend import MendHparams
 from .targets import TargetHparams
 

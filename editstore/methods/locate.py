@@ -6,7 +6,7 @@
    solver's Δ_l = U Vᵀ (:mod:`.solvers`);
 3. each request becomes its own delta: column i of every layer's U and V, with its key
    and target value (W_l k_i + r_i), for a multi-layer edit z_i, and δ_i, kept so a checkout
-   can re-solve a version jointly (:mod:`editstore.resolve`).
+   can re-solve a version jointly (:mod:`editstore.compose.resolve`).
 
 A request can come with companions: the live requests of an earlier edit of its subject.
 Its δ is then optimised for them too (they share the subject's key), so the value it asks
@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from ..delta import Delta, Factors
 from ..errors import MissingStatsError
-from ..evaluate import pad_id
+from ..model.delta import Delta, Factors
+from ..model.evaluate import pad_id
 from .hooks import linear_weight, model_device, patched
 from .hparams import Hparams
 from .solvers import Solution, equality, least_squares, null_space, null_space_projector

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..delta import Delta, Factors
-from ..evaluate import fill, pad_id, target_ids
-from ..forward import next_token_logits, target_logits
+from ..model.delta import Delta, Factors
+from ..model.evaluate import fill, pad_id, target_ids
+from ..model.forward import next_token_logits, target_logits
 from .hooks import frozen, linear_weight, model_device, patched
 
 log = logging.getLogger(__name__)

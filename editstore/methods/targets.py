@@ -11,7 +11,7 @@ companions, the requests of earlier live edits of its subject: their target NLLs
 objective (it stops once the sum is below the threshold), so the value it finds at the
 subject's key keeps their facts as well as its own. δ cannot change a causal LM's tokens
 before the subject's last one, so those run once and each step runs only the rest of each
-prompt (:func:`editstore.forward.tails_after`).
+prompt (:func:`editstore.model.forward.tails_after`).
 
 Four choices differ from ROME's and MEMIT's code: the target NLL is summed over the target's
 tokens (not averaged); the KL term is KL(unedited ‖ edited); it keeps the distribution after
@@ -20,7 +20,7 @@ tokens (not averaged); the KL term is KL(unedited ‖ edited); it keeps the dist
 stops once its whole loss is (``stop_on="loss"``). The residual a solver must write is δ itself
 (z − h), so ΔW k̄ = δ: the same k̄ in the residual and the denominator.
 
-Encoder-decoders (:mod:`editstore.forward`): an encoder module's key is read at the
+Encoder-decoders (:mod:`editstore.model.forward`): an encoder module's key is read at the
 subject's last source token; a decoder module's at the decoder position that produces
 the target; targets are scored through the decoder with teacher forcing. A behaviour
 deletion (a request with ``target_true`` and no ``target_new``) swaps the target NLL for
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.requests import is_deletion
 from ..errors import HparamsError, SchemaError
-from ..evaluate import fill, pad_id, target_ids
-from ..forward import is_encoder_decoder, on_decoder, tails_after, target_logits
-from ..requests import is_deletion
-from ..tokens import subject_span
+from ..model.evaluate import fill, pad_id, target_ids
+from ..model.forward import is_encoder_decoder, on_decoder, tails_after, target_logits
+from ..model.tokens import subject_span
 from .hooks import capture, frozen, model_device
 
 if TYPE_CHECKING:  # hparams.py imports TargetHparams from here

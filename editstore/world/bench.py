@@ -15,18 +15,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from ..behavior import untouched_facts
-from ..checkpoint import from_pretrained
-from ..delta import Delta
-from ..evaluate import Metrics, evaluate_requests
+from ..core.hashing import sha256_json
+from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
 from ..methods import METHODS, NO_STATISTICS, EditResult, compute_edits, edited_modules, find_hparams
 from ..methods.hooks import as_keys, as_updates, patched
 from ..methods.hparams import Hparams
-from ..stats import second_moment
-from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
-from ..hashing import sha256_json
 from ..methods.mend import Editor, train_editor
+from ..model.checkpoint import from_pretrained
+from ..model.delta import Delta
+from ..model.evaluate import Metrics, evaluate_requests
+from ..model.stats import second_moment
 from .build import CORPUS_FILE, WorldConfig, build_world, cache_root, read_jsonl, world_config
 from .splits import held_out_requests, one_per_subject, training_requests
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from ..checkout import check_output_dir, make_dir
-from ..compose import resolve_device
+from ..compose.materialise import check_output_dir, make_dir
+from ..compose.sequential import resolve_device
+from ..core.hashing import sha256_json
+from ..core.inputs import iter_jsonl
 from ..errors import UnknownWorldError
-from ..evaluate import score_pairs
-from ..hashing import sha256_json
-from ..inputs import iter_jsonl
+from ..model.evaluate import score_pairs
 from .knowledge import KnowledgeBase, WorldSpec
 from .tokenizer import build_tokenizer
 from .train import SEQ2SEQ_ARCHES, TrainSpec, train_lm
@@ -99,7 +99,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of one of the world's JSON Lines files (read as any user file is, by editstore.inputs)."""
+    """The rows of one of the world's JSON Lines files (read as any user file is, by editstore.core.inputs)."""
     return [row for _, row in iter_jsonl(path, what="world file")]
 
 

@@ -14,10 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
-from ..evaluate import target_ids
-from ..layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
+from ..model.evaluate import target_ids
+from ..model.layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
 
 log = logging.getLogger(__name__)
 

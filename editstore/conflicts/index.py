@@ -2,7 +2,7 @@
 
 ``<store>/index/`` holds, for the tree HEAD points at:
 
-- ``semantic.faiss``: the prompt embeddings of its edits (:mod:`editstore.embeddings`),
+- ``semantic.faiss``: the prompt embeddings of its edits (:mod:`editstore.conflicts.embeddings`),
   inner product over unit vectors;
 - ``keys-<hash>.faiss``, one per edited parameter: each edit's keys whitened by the
   module's statistics (Σ^{-1/2} k, unit length), so an inner product is the cosine
@@ -36,12 +36,12 @@ import faiss
 import numpy as np
 import torch
 
-from .hashing import sha256_bytes, sha256_json
-from .records import tree_id
+from ..core.hashing import sha256_bytes, sha256_json
+from ..core.records import tree_id
 
 if TYPE_CHECKING:
-    from .delta import Delta
-    from .store import Store
+    from ..model.delta import Delta
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class Whitener:
 
     def _row(self, module: str) -> Any:
         if module not in self._rows:
-            from .moments import find_stats
+            from ..moments import find_stats
 
             self._rows[module] = find_stats(self.store, module, None, 0)
             if self._rows[module] is None:
@@ -339,7 +339,7 @@ class Whitener:
         return row.object if row else None
 
     def __call__(self, module: str) -> torch.Tensor | None:
-        from .moments import load_sigma
+        from ..moments import load_sigma
 
         row = self._row(module)
         if row is None:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BaseModelError, InputError
-from .hashing import sha256_bytes, sha256_json
-from .inputs import loads, read_json
+from ..core.hashing import sha256_bytes, sha256_json
+from ..core.inputs import loads, read_json
+from ..errors import BaseModelError, InputError
 
 log = logging.getLogger(__name__)
 

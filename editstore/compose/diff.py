@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .delta import Factors
+from ..model.delta import Factors
 
 RANK_RTOL = 1e-6
 

@@ -1,6 +1,6 @@
 """Conflict checks against the store: the index of a version, embeddings, and the checks themselves.
 
-- :func:`version_checker` gives a :class:`~editstore.conflicts.Checker` for a tree: the
+- :func:`version_checker` gives a :class:`~editstore.conflicts.detect.Checker` for a tree: the
   persisted index when the tree is HEAD's (synced, or rebuilt when it does not match
   its manifest), else one built in memory;
 - :func:`sync_index` keeps the persisted index on HEAD after every commit and revert,
@@ -8,7 +8,7 @@
 - :func:`version_conflicts` lists the conflicts inside a version;
 - :func:`check_prospective` checks requests that are not edits yet.
 
-Embeddings come from the base model (:class:`~editstore.embeddings.ModelEmbedder`),
+Embeddings come from the base model (:class:`~editstore.conflicts.embeddings.ModelEmbedder`),
 loaded only when an embedding is missing, or from a local sentence-transformers model
 (``editstore config conflicts.backend sentence-transformers:PATH``).
 """
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .conflicts import Checker, Conflict, Thresholds, tree_requests
+from ..core.records import embedding_row
+from ..methods.hparams import Hparams
+from .detect import Checker, Conflict, Thresholds, tree_requests
 from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder, model_backend_name
 from .index import ConflictIndex, Whitener, delta_keys, embedding_rows
-from .methods.hparams import Hparams
-from .records import embedding_row
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def make_embedder(store: Store, model: torch.nn.Module | None = None, *, device:
     backend = store.config("conflicts.backend")
     if backend != "model":
         return SentenceTransformerEmbedder(backend.removeprefix("sentence-transformers:"))
-    from .behavior import load_tokenizer
-    from .checkout import load_model
+    from ..behavior import load_tokenizer
+    from ..compose.materialise import load_model
 
     if model is None:
         model = load_model(store.base, {}, device=device or torch.device("cpu"), base_hashes={})
@@ -166,8 +166,8 @@ def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device |
 def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]],
                      hp: Hparams) -> list[dict[str, np.ndarray]]:
     """Per request, the whitened keys it would have at ``hp``'s modules on the version in ``model``."""
-    from .evaluate import pad_id
-    from .methods.targets import context_prefixes, mean_keys, tokenize_request
+    from ..methods.targets import context_prefixes, mean_keys, tokenize_request
+    from ..model.evaluate import pad_id
 
     prefixes = context_prefixes(model, tokenizer, hp.prefixes)
     prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
@@ -193,7 +193,7 @@ class Precheck:
 
 def precheck(store: Store, requests: Sequence[dict[str, Any]], tree: Sequence[str], *, device: torch.device) -> Precheck:
     """Load the base, embed ``requests`` and check them against ``tree`` (HEAD's) and each other."""
-    from .checkout import load_model
+    from ..compose.materialise import load_model
 
     model = load_model(store.base, {}, device=device, base_hashes={})
     embedder = make_embedder(store, model)
@@ -211,8 +211,8 @@ def check_prospective(
 ) -> tuple[list[Conflict], torch.Tensor]:
     """Conflicts of requests that are not edits yet with HEAD's version and with each other (interference
     at the modules ``method``'s packaged hparams edit), and the requests' embeddings."""
-    from .behavior import load_tokenizer
-    from .editing import resolve_hparams
+    from ..behavior import load_tokenizer
+    from ..editing import resolve_hparams
 
     device = device or torch.device("cpu")
     hp = resolve_hparams(store, method)

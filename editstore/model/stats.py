@@ -26,7 +26,7 @@ def second_moment(
     Given one module, returns its Σ and count alone; given a sequence, lists in the same
     order. Runs on the model's device. A causal LM's or an encoder's module sees every
     token of a text (padding left out); an encoder-decoder's decoder module sees the one
-    position that produces the first output token (:func:`editstore.forward.run`), which is
+    position that produces the first output token (:func:`editstore.model.forward.run`), which is
     where decoder edits read their keys.
     """
     single = isinstance(modules, torch.nn.Module)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import HparamsError
+from ..errors import HparamsError
 
 DELETING_METHODS = ("rome", "memit", "emmet", "alphaedit")  # the ones whose value optimisation can suppress
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from .errors import SchemaError
+from ..errors import SchemaError
 
 
 @functools.cache

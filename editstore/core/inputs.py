@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_JSON_DEPTH = 64
 MAX_TEXT_BYTES = 1 << 30  # a text input (requests, hparams, a corpus) larger than this is refused unread

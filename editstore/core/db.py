@@ -4,8 +4,8 @@ Tables: ``meta`` (format version), ``bases``, ``base_tensors`` (content hashes o
 the base tensors any delta touches), ``edits``, ``trees``, ``commits``, ``refs``, ``evaluations``
 (metrics of a version, see :mod:`editstore.behavior`), ``stats`` (second-moment
 objects, see :mod:`editstore.moments`), ``embeddings`` (prompt embeddings of edits,
-derived, see :mod:`editstore.index`), ``conflicts`` (conflicts committed with
-``--force`` or reported as warnings, see :mod:`editstore.conflicts`) and ``editors``
+derived, see :mod:`editstore.conflicts.index`), ``conflicts`` (conflicts committed with
+``--force`` or reported as warnings, see :mod:`editstore.conflicts.detect`) and ``editors``
 (trained MEND editors, see :mod:`editstore.editors`).
 Every user operation writes inside one ``db.atomic()`` transaction.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .errors import StoreFormatError
+from ..errors import StoreFormatError
 
 CORE_TABLES = ("bases", "base_tensors", "edits", "trees", "commits", "refs")  # what version 1 already had
 FORMAT_VERSION = 4  # 2: stats (an editstore that does not know them would gc their objects); 3: conflicts; 4: editors

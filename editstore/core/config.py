@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 COMPOSE_MODES = ("sequential", "batched")
 TARGET_MODES = ("rebased", "stored")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import SubjectNotInPromptError
+from ..errors import SubjectNotInPromptError
 
 
 def subject_span(tokenizer: Any, prompt: str, subject: str, *, search_from: int = 0) -> tuple[list[int], int, int]:

@@ -34,9 +34,9 @@ from typing import Any, Protocol
 
 import torch
 
-from .errors import ConfigError
-from .evaluate import fill, pad_id
-from .forward import is_encoder_decoder, right_pad, run
+from ..errors import ConfigError
+from ..model.evaluate import fill, pad_id
+from ..model.forward import is_encoder_decoder, right_pad, run
 
 log = logging.getLogger(__name__)
 

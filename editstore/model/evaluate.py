@@ -2,7 +2,7 @@
 
 A (prompt, target) pair is scored by teacher forcing: the target's tokens follow
 the prompt's (in a causal LM's sequence, or on an encoder-decoder's decoder side; see
-:mod:`editstore.forward`), and we read the summed log-probability of the target tokens and
+:mod:`editstore.model.forward`), and we read the summed log-probability of the target tokens and
 whether every target token is the argmax at its position (which is what greedy
 decoding would produce). Multi-token targets are therefore handled exactly.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import SchemaError
+from ..errors import SchemaError
 from .forward import next_token_logits, target_logits
 
 log = logging.getLogger(__name__)

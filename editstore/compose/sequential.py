@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .checkpoint import CONV1D
-from .delta import Factors
-from .errors import DeviceError
+from ..errors import DeviceError
+from ..model.checkpoint import CONV1D
+from ..model.delta import Factors
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -45,22 +45,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .behavior import load_tokenizer
-from .checkout import load_model
-from .checkpoint import CONV1D, Checkpoint
-from .delta import Delta, Factors
-from .editing import sigmas_for
-from .evaluate import pad_id
-from .hashing import sha256_json
-from .methods.hooks import patched
-from .methods.hparams import Hparams
-from .methods.locate import solve, spread
-from .methods.solvers import Solution
-from .methods.targets import context_prefixes, outputs_at_subject, tokenize_request
-from .index import normalise_subject
+from ..behavior import load_tokenizer
+from ..conflicts.index import normalise_subject
+from ..core.hashing import sha256_json
+from ..editing import sigmas_for
+from ..methods.hooks import patched
+from ..methods.hparams import Hparams
+from ..methods.locate import solve, spread
+from ..methods.solvers import Solution
+from ..methods.targets import context_prefixes, outputs_at_subject, tokenize_request
+from ..model.checkpoint import CONV1D, Checkpoint
+from ..model.delta import Delta, Factors
+from ..model.evaluate import pad_id
+from .materialise import load_model
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import RefError, RevisionError, UnknownRevisionError
+from ..errors import RefError, RevisionError, UnknownRevisionError
 
 MIN_PREFIX = 4
 MAX_REF_NAME = 255  # characters, as a file name (git keeps a ref as a file)

@@ -28,11 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..core.hashing import canonical_json
+from ..core.inputs import loads, read_bytes
+from ..core.schema import validate
+from ..errors import InputError, InvalidDeltaError, SchemaError
 from .checkpoint import FLOAT_DTYPES, Checkpoint, safetensors_header
-from .errors import InputError, InvalidDeltaError, SchemaError
-from .hashing import canonical_json
-from .inputs import loads, read_bytes
-from .schema import validate
 
 FORMAT = "editstore-delta"
 FORMAT_VERSION = 3  # 2: the optional <param>.hidden part; 3: <param>.residuals

@@ -27,8 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file as st_save_file
 
-from .checkpoint import DTYPES, raw_view, safetensors_header
-from .hashing import sha256_bytes
+from ..core.hashing import sha256_bytes
+from ..model.checkpoint import DTYPES, raw_view, safetensors_header
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import CorruptObjectError
+from ..errors import CorruptObjectError
 from .hashing import HEX_ID_LENGTH, is_hex, sha256_bytes
 
 log = logging.getLogger(__name__)

@@ -35,12 +35,12 @@ from typing import Any
 
 import torch
 
+from ..core.hashing import sha256_bytes
+from ..errors import BaseModelError, OutputDirError
+from ..model.checkpoint import INDEX_FILE, Checkpoint, from_pretrained, raw_view, resolve_module_name
+from ..model.delta import Factors
 from .cache import ComposedCache
-from .checkpoint import INDEX_FILE, Checkpoint, from_pretrained, raw_view, resolve_module_name
-from .compose import apply_factors
-from .delta import Factors
-from .errors import BaseModelError, OutputDirError
-from .hashing import sha256_bytes
+from .sequential import apply_factors
 
 log = logging.getLogger(__name__)
 

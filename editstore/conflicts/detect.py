@@ -8,7 +8,7 @@ Four kinds, each with its evidence (the other edit, a score):
   (:func:`fact_conflict`: two deletions of different outputs, or a target and the deletion
   of another output, are compatible).
   The relation is recognised across formulations by the cosine of the relation half
-  of the prompt embeddings (:func:`editstore.embeddings.relation_similarity`), at
+  of the prompt embeddings (:func:`editstore.conflicts.embeddings.relation_similarity`), at
   least ``conflicts.relation_threshold``.
 - ``semantic``: a nearest neighbour of the prompt embedding (FAISS) within
   ``conflicts.semantic_threshold`` with a different target, not already one of the above
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..core.requests import describe_target, edit_target
+from ..errors import EditStoreError
 from .embeddings import relation_similarity
-from .requests import describe_target, edit_target
-from .errors import EditStoreError
 from .index import ConflictIndex, normalise_subject
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import LockTimeoutError
+from ..errors import LockTimeoutError
 
 log = logging.getLogger(__name__)
 
