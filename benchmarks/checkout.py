@@ -13,7 +13,7 @@ store:   a GPT-2-small-sized model (GPT2Config(), 124M parameters, random weight
          Times, against the same base in the same run: from_pretrained; from_pretrained +
          save_pretrained; `editstore checkout --out` (cold and warm composed-parameter
          cache; the default reflinks or copies unedited shards, --link hard-links them); in-memory
-         store.checkout() (cold and warm). Bars (issue 4): checkout --out ≤ 0.5 × (load +
+         checkout(store) (cold and warm). Bars (issue 4): checkout --out ≤ 0.5 × (load +
          save), in-memory ≤ 1.2 × load. A warm cache is a second checkout of the version,
          or of one that shares its edited parameters. Also two whole processes, as a user
          times them (Python's start and every import inside the clock): `editstore checkout
@@ -370,8 +370,8 @@ def store_part(a: argparse.Namespace, work: Path) -> None:
         ("checkout --out, warm cache", Case("checkout", out, {"store": store, "warm": True, **common}), load_save, "≤ 0.50"),
         ("checkout --out --link, cold cache", Case("checkout", out, {"store": store, "link": True, **common}), load_save,
          "≤ 0.50"),
-        ("in-memory store.checkout(), cold cache", Case("in_memory", options={"store": store, **common}), load, ""),
-        ("in-memory store.checkout(), warm cache", Case("in_memory", options={"store": store, "warm": True, **common}),
+        ("in-memory checkout(store), cold cache", Case("in_memory", options={"store": store, **common}), load, ""),
+        ("in-memory checkout(store), warm cache", Case("in_memory", options={"store": store, "warm": True, **common}),
          load, "≤ 1.20"),
     ]
     process_load_save = Case("process_load_save", out, {"base": base})

@@ -36,14 +36,16 @@ from rich.console import Console
 from rich.table import Table
 
 from editstore import Store
-from editstore.behavior import load_tokenizer
+from editstore.compose.checkout import checkout
 from editstore.compose.materialise import load_model
 from editstore.conflicts.checks import make_embedder, prospective_keys, version_checker
 from editstore.conflicts.detect import Checker, Thresholds
 from editstore.conflicts.index import ROWS, ConflictIndex
-from editstore.editing import edit, resolve_hparams
-from editstore.methods import find_hparams
-from editstore.world.build import ARCHES, build_world, read_jsonl
+from editstore.core.inputs import read_jsonl
+from editstore.editing import edit
+from editstore.methods import find_hparams, resolve_hparams
+from editstore.model.tokens import load_tokenizer
+from editstore.world.build import ARCHES, build_world
 from editstore.world.conflict_cases import EXPECTED, KINDS, conflict_cases, distinct_subject_requests
 
 console = Console(width=130)
@@ -58,7 +60,7 @@ def quality(a: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, Store.init(world, Path(tmp) / "store") as store:
         edit(store, stored, method="memit", hparams=hp, device="cpu")
         tree = store.tree()
-        model = store.checkout("HEAD", device="cpu")
+        model = checkout(store, "HEAD", device="cpu")
         base_model = load_model(store.base, {}, device=torch.device("cpu"), base_hashes={})
         embedder = make_embedder(store, base_model)
         requests = [c.request for c in cases]
@@ -66,7 +68,7 @@ def quality(a: argparse.Namespace) -> None:
         vectors = embedder.embed(requests)
         embed_s = (time.perf_counter() - start) / len(cases)
         start = time.perf_counter()
-        keys = prospective_keys(store, model, load_tokenizer(store), requests, resolve_hparams(store, "memit", hp))
+        keys = prospective_keys(store, model, load_tokenizer(store.base), requests, resolve_hparams(store.base, "memit", hp))
         keys_s = (time.perf_counter() - start) / len(cases)
         checker = version_checker(store, tree, embed=lambda: embedder, head=True)
         flagged = []

@@ -22,13 +22,14 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer
 
+from editstore.core.inputs import read_jsonl
 from editstore.methods.hooks import capture
 from editstore.model.checkpoint import from_pretrained
-from editstore.model.evaluate import pad_id
 from editstore.model.stats import second_moment
-from editstore.model.tokens import subject_span
+from editstore.model.tokens import pad_id, subject_span
+from editstore.moments import CORPUS_FILE
 from editstore.world.bench import design, settings
-from editstore.world.build import CORPUS_FILE, SIZES, build_world, read_jsonl
+from editstore.world.build import SIZES, build_world
 
 
 def participation(second: torch.Tensor) -> float:

@@ -53,12 +53,13 @@ from rich.table import Table
 from transformers import AutoTokenizer
 
 from editstore import Store
+from editstore.core.inputs import read_jsonl
 from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
 from editstore.model.checkpoint import from_pretrained
 from editstore.model.evaluate import evaluate_requests, score_pairs
-from editstore.world.build import SIZES, build_world, read_jsonl, world_config
+from editstore.world.build import SIZES, build_world, world_config
 from editstore.world.knowledge import RELATIONS
 
 console = Console(width=150)

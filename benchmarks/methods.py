@@ -42,13 +42,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from editstore.core.inputs import read_jsonl
 from editstore.core.requests import as_deletion
 from editstore.methods import METHODS
 from editstore.methods.hooks import as_updates, patched
 from editstore.model.delta import Delta
-from editstore.model.evaluate import next_tokens, target_ids
+from editstore.model.evaluate import next_tokens
+from editstore.model.tokens import target_ids
 from editstore.world.bench import WorldBench, settings
-from editstore.world.build import ARCHES, SIZES, read_jsonl
+from editstore.world.build import ARCHES, SIZES
 
 console = Console(width=130)
 RECALL_FACTS = 300

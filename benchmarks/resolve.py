@@ -20,9 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from editstore import Store
+from editstore.compose.checkout import checkout
+from editstore.core.inputs import read_jsonl
 from editstore.editing import edit
 from editstore.methods import find_hparams
-from editstore.world.build import build_world, read_jsonl
+from editstore.world.build import build_world
 
 SAMPLES = 300
 
@@ -30,7 +32,7 @@ SAMPLES = 300
 def updates(store: Store, compose: str) -> dict:
     """ΔW of every edited weight of HEAD, composed in memory."""
     params = {p for e in store.tree() for p in store.edit(e).params}
-    state = store.checkout(device="cpu", compose=compose).state_dict()
+    state = checkout(store, device="cpu", compose=compose).state_dict()
     return {p: state[p] - store.base.read_tensor(p) for p in sorted(params)}
 
 

@@ -20,12 +20,13 @@ from rich.table import Table
 from transformers import AutoTokenizer
 
 from editstore.compose.materialise import load_model
+from editstore.core.inputs import read_jsonl
 from editstore.methods import compute_edits, find_hparams
 from editstore.methods.hparams import Hparams
 from editstore.model.checkpoint import Checkpoint, from_pretrained
 from editstore.model.evaluate import evaluate_requests
 from editstore.model.stats import second_moment
-from editstore.world.build import ARCHES, build_world, read_jsonl
+from editstore.world.build import ARCHES, build_world
 
 KEYS = ("efficacy", "paraphrase", "specificity", "efficacy_top1", "paraphrase_top1", "specificity_top1")
 

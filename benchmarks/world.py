@@ -23,10 +23,11 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer
 
+from editstore.core.inputs import read_jsonl
 from editstore.model.checkpoint import from_pretrained
 from editstore.trace import causal_trace
 from editstore.world.bench import design, settings
-from editstore.world.build import SIZES, build_world, read_jsonl
+from editstore.world.build import SIZES, build_world
 
 
 def main() -> None:

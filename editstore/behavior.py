@@ -7,7 +7,6 @@ the facts no edit touched (``facts.jsonl`` beside the base weights).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,14 +15,13 @@ from typing import Any
 
 import torch
 
-from .core.hashing import sha256_json
-from .core.inputs import iter_jsonl
-from .core.records import now
+from .compose.checkout import checkout
+from .core.inputs import iter_jsonl, read_jsonl
 from .core.schema import validate
-from .errors import BaseModelError
-from .model.evaluate import Metrics, evaluate_requests, fill, next_tokens
+from .evaluations import record_evaluation
+from .model.evaluate import Metrics, evaluate_requests, next_tokens
+from .model.tokens import fill, load_tokenizer
 from .store import Store
-from .world.build import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +36,6 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
         validate(row, "edit-request", what=where)
         rows.append(row)
     return rows
-
-
-def load_tokenizer(store: Store) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(store.base.path)
-    except (OSError, ValueError) as exc:
-        raise BaseModelError(f"the base at {store.base.path} has no loadable tokenizer: {exc}") from None
 
 
 def edit_requests(store: Store, tree: Sequence[str]) -> list[dict[str, Any]]:
@@ -79,20 +68,10 @@ def evaluate_version(
     reqs = list(requests) if requests is not None else own
     edited = {r["subject"] for r in own}
     facts = untouched_facts(store.base.path, edited, limit=recall_limit)
-    model = store.checkout(commit_id, device=device)
-    metrics = evaluate_requests(model, load_tokenizer(store), reqs, recall_facts=facts)
-    with store.locked(), store.db.atomic():
-        store.db["evaluations"].insert(
-            {"commit_id": commit_id, "requests": sha256_json(reqs), "n_requests": len(reqs),
-             "metrics": json.dumps(metrics.to_json()), "time": now()}
-        )
+    model = checkout(store, commit_id, device=device)
+    metrics = evaluate_requests(model, load_tokenizer(store.base), reqs, recall_facts=facts)
+    record_evaluation(store, commit_id, reqs, metrics.to_json())
     return metrics
-
-
-def evaluations(store: Store, commit_id: str) -> list[dict[str, Any]]:
-    """Stored evaluations of a commit, oldest first."""
-    rows = store.db["evaluations"].rows_where("commit_id = ?", [commit_id], order_by="id")
-    return [{"time": r["time"], "requests": r["requests"], "metrics": json.loads(r["metrics"])} for r in rows]
 
 
 @dataclass(frozen=True)
@@ -152,11 +131,11 @@ def behavior_diff(
     """Every probe whose greedy next token differs between versions A and B, with both probabilities."""
     a, b = store.resolve(rev_a), store.resolve(rev_b)
     probes = probes_for(store, [store.tree(a), store.tree(b)], requests, facts=facts)
-    tokenizer = load_tokenizer(store)
+    tokenizer = load_tokenizer(store.base)
     prompts = [p.prompt for p in probes]
     answers = []
     for commit_id in (a, b):  # one model in memory at a time
-        model = store.checkout(commit_id, device=device)
+        model = checkout(store, commit_id, device=device)
         answers.append(next_tokens(model, tokenizer, prompts))
         del model
     changes = [

@@ -13,28 +13,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .behavior import load_tokenizer
-from .compose.materialise import load_model
+from .compose.checkout import checkout_tree
 from .compose.sequential import resolve_device
 from .conflicts.checks import precheck
 from .conflicts.detect import Conflict, ConflictError, blocking
-from .conflicts.index import Whitener, normalise_subject, whitened_keys
-from .core.requests import describe_target, require_writes
-from .core.schema import validate
+from .conflicts.index import Whitener, whitened_keys
+from .core.requests import check_requests, describe_target, normalise_subject
 from .editors import load_editor
-from .errors import HparamsError, MissingStatsError, SchemaError, SubjectNotInPromptError
-from .methods import NO_STATISTICS, compute_edits, edited_modules, find_hparams
+from .errors import HparamsError, SubjectNotInPromptError
+from .methods import compute_edits, edited_modules, registry, resolve_hparams
 from .methods.hooks import as_keys
 from .methods.hparams import Hparams
-from .model.evaluate import fill
-from .moments import compute_stats, find_stats, load_sigma, read_corpus
+from .methods.registry import require_writes
+from .model.tokens import fill, load_tokenizer
+from .moments import sigmas_for
 from .store import NewEdit, Store
-from .world.build import CORPUS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -56,61 +53,6 @@ def make_request(prompt: str, subject: str, target_new: str | None, target_true:
     if target_true:
         request["target_true"] = target_true
     return request
-
-
-def check_requests(requests: Sequence[dict[str, Any]]) -> None:
-    """Schema-valid, with a target_new to write or a target_true to suppress; raises a named error for the first bad one."""
-    if not requests:
-        raise SchemaError("no edit requests")
-    for i, r in enumerate(requests, 1):
-        if isinstance(r.get("prompt"), str) and "{}" not in r["prompt"]:
-            raise SubjectNotInPromptError(f"edit request {i}: the prompt {r['prompt']!r} has no {{}} where the subject goes")
-        validate(r, "edit-request", what=f"edit request {i}")
-        if not str(r.get("target_new") or r.get("target_true") or "").strip():
-            raise SchemaError(f"edit request {i} has neither a target_new nor a target_true to suppress")
-
-
-def resolve_hparams(store: Store, method: str, hparams: Hparams | None = None) -> Hparams:
-    """The caller's hparams or the packaged ones for the base; checked against the base's modules."""
-    hp = hparams or find_hparams(method, store.base.config)
-    if hp.method != method:
-        raise HparamsError(f"the hparams are for {hp.method}, not {method}")
-    for layer in hp.layers:
-        for name in (hp.module_name(layer), hp.block_name(layer)):
-            if not any(t.startswith(f"{name}.") for t in store.base.tensors):
-                raise HparamsError(f"the base has no module {name} (hparams {hp.architecture}, layers {list(hp.layers)})")
-    return hp
-
-
-def stats_corpus(store: Store, hp: Hparams) -> Path:
-    """The corpus statistics come from: the hparams' ``stats.corpus``, else the world's corpus.txt."""
-    return Path(hp.stats.corpus) if hp.stats.corpus else store.base.path / CORPUS_FILE
-
-
-def sigmas_for(
-    store: Store, hp: Hparams, tokenizer: Any, *, device: torch.device, progress: ProgressFactory | None = None
-) -> dict[str, torch.Tensor]:
-    """Σ of every module ``hp`` edits: from the store, or streamed through the base now and stored."""
-    if hp.method in NO_STATISTICS:
-        return {}
-    path = stats_corpus(store, hp)
-    corpus = read_corpus(path) if path.is_file() else None
-    digest = corpus.digest if corpus else None  # None: whatever the store has
-    rows = {m: find_stats(store, m, digest, hp.stats.samples) for m in edited_modules(hp)}
-    missing = [m for m, row in rows.items() if row is None]
-    if missing:
-        if corpus is None:
-            raise MissingStatsError(
-                f"no second-moment statistics for {', '.join(missing)} and no corpus at {path}: "
-                "run `editstore stats compute --corpus FILE` or set stats.corpus in the hparams"
-            )
-        base = load_model(store.base, {}, device=device, base_hashes={})
-        texts = corpus.texts(hp.stats.samples)
-        advance = progress("statistics", len(texts)) if progress else None
-        for row in compute_stats(store, base, tokenizer, missing, corpus, texts, hp.stats.samples, progress=advance):
-            rows[row.module] = row
-        del base
-    return {m: load_sigma(store, row).to(device) for m, row in rows.items() if row is not None}
 
 
 def prior_keys(store: Store, tree: Sequence[str], hp: Hparams) -> dict[str, torch.Tensor]:
@@ -152,10 +94,10 @@ def edit(
         editor, about = load_editor(store)
         hp = Hparams.from_json(about["hparams"])
     else:
-        hp = resolve_hparams(store, method, hparams)
+        hp = resolve_hparams(store.base, method, hparams)
     require_writes(method, requests)  # before a model is loaded
     dev = resolve_device(device)
-    tokenizer = load_tokenizer(store)
+    tokenizer = load_tokenizer(store.base)
     head = store.head()
     tree = store.tree(head)
     pre = precheck(store, requests, tree, device=dev)
@@ -168,11 +110,11 @@ def edit(
     if blocking(found) and not force:
         raise ConflictError(blocking(found))
     sigmas = sigmas_for(store, hp, tokenizer, device=dev, progress=progress)
-    model = store.checkout_tree(tree, device=dev, into=pre.base)
+    model = checkout_tree(store, tree, device=dev, into=pre.base)
     advance = progress(f"{method} edits", len(requests)) if progress else None
     result = compute_edits(
         model, tokenizer, requests, hp, sigmas=sigmas, editor=editor,
-        prior_keys=prior_keys(store, tree, hp) if method == "alphaedit" else None,
+        prior_keys=prior_keys(store, tree, hp) if registry.method(method).prior_keys else None,
         companions=companions(store, tree, requests, [c.other for c in blocking(found) if c.other]),
         progress=advance,
     )

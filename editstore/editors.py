@@ -115,12 +115,12 @@ def train_mend(
     """
     import time
 
-    from .behavior import load_tokenizer
     from .compose.materialise import load_model
     from .compose.sequential import resolve_device
-    from .editing import check_requests
+    from .core.inputs import read_jsonl
+    from .core.requests import check_requests
     from .methods.mend import train_editor
-    from .world.build import read_jsonl
+    from .model.tokens import load_tokenizer
     from .world.splits import split_by_subject, training_requests
 
     if requests is None:
@@ -138,7 +138,7 @@ def train_mend(
     model = load_model(store.base, {}, device=dev, base_hashes={})
     modules = [hp.module_name(layer) for layer in hp.layers]
     start = time.perf_counter()
-    editor, metrics = train_editor(model, load_tokenizer(store), modules, train, val, hp.mend, progress=progress)
+    editor, metrics = train_editor(model, load_tokenizer(store.base), modules, train, val, hp.mend, progress=progress)
     metrics = {**metrics, "seconds": round(time.perf_counter() - start, 1), "device": dev.type,
                "train_requests": len(train), "val_requests": len(val)}
     return save_editor(store, editor, hp, metrics), metrics

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .compose.checkout import factors
 from .compose.materialise import staged_output
 from .compose.sequential import concat_factors
 from .errors import EditStoreError
@@ -55,15 +56,15 @@ def lora_modules(base: Checkpoint, params: list[str]) -> dict[str, str]:
 def export_peft(store: Store, rev: str, out: str | Path) -> Path:
     """Write version ``rev`` as a LoRA adapter directory at ``out`` (missing or empty); return it."""
     commit_id = store.resolve(rev)
-    factors = store.factors(store.commit_tree(commit_id))
-    if not factors:
+    stacked = factors(store, store.commit_tree(commit_id))
+    if not stacked:
         raise ExportError(f"version {commit_id[:12]} has no edits to export")
-    modules = lora_modules(store.base, list(factors))
-    conv1d = {store.base.orientations[p] == CONV1D for p in factors}
+    modules = lora_modules(store.base, list(stacked))
+    conv1d = {store.base.orientations[p] == CONV1D for p in stacked}
     if len(conv1d) > 1:
         raise ExportError("the version edits both Conv1D and Linear weights; one LoRA adapter takes only one layout")
     tensors, ranks = {}, {}
-    for param, fs in sorted(factors.items()):
+    for param, fs in sorted(stacked.items()):
         module = modules[param]
         U, V = concat_factors(fs)
         tensors[f"base_model.model.{module}.lora_A.weight"] = V.T.contiguous()  # (r, d_in)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
 from .compose.cache import TrimReport
+from .compose.checkout import composed_cache
 from .core.hashing import sha256_bytes
 from .core.records import Commit, Edit, tree_id
 from .core.revisions import ref_name_problem
@@ -217,6 +219,18 @@ def gc(store: Store, *, dry_run: bool = False) -> GcReport:
             store.objects.delete(oid)
         for tmp in store.objects.temporaries():
             tmp.unlink(missing_ok=True)
-        report.cache = store.cache.trim()
+        report.cache = composed_cache(store).trim()
     log.info("gc removed %d commits, %d edits, %d objects", len(report.commits), len(report.edits), len(report.objects))
     return report
+
+
+def rebuild_derived(store: Store, *, device: str = "auto") -> int:
+    """Delete the derived state (the composed-parameter cache, the conflict index) and build the conflict
+    index again from SQLite and the objects; returns the number of edits it indexes. Run it on a store
+    that :func:`fsck` passes."""
+    from .compose.sequential import resolve_device
+    from .conflicts.checks import rebuild_index
+
+    with store.locked():
+        shutil.rmtree(store.root / "cache", ignore_errors=True)
+        return len(rebuild_index(store, device=resolve_device(device)).ids)

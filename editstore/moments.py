@@ -24,10 +24,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .compose.materialise import load_model
 from .core.hashing import sha256_bytes
 from .core.inputs import loads, read_bytes
 from .core.records import now
-from .errors import BaseModelError, EditStoreError
+from .errors import BaseModelError, EditStoreError, MissingStatsError
+from .methods import edited_modules, method
+from .methods.hparams import Hparams
 from .model.stats import second_moment
 
 if TYPE_CHECKING:
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ProgressFactory = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
+
+CORPUS_FILE = "corpus.txt"  # the world's text, one training line per line (for Σ): biographies, or an encoder-decoder's inputs
 IMPORTED = "import:"
 
 
@@ -217,3 +223,34 @@ def _check_modules(model: torch.nn.Module, modules: Sequence[str]) -> None:
     missing = [m for m in modules if m not in names]
     if missing:
         raise StatsError(f"the base has no module {', '.join(missing)}")
+
+
+def stats_corpus(store: Store, hp: Hparams) -> Path:
+    """The corpus statistics come from: the hparams' ``stats.corpus``, else the world's corpus.txt."""
+    return Path(hp.stats.corpus) if hp.stats.corpus else store.base.path / CORPUS_FILE
+
+
+def sigmas_for(
+    store: Store, hp: Hparams, tokenizer: Any, *, device: torch.device, progress: ProgressFactory | None = None
+) -> dict[str, torch.Tensor]:
+    """Σ of every module ``hp`` edits: from the store, or streamed through the base now and stored."""
+    if not method(hp.method).needs_statistics:
+        return {}
+    path = stats_corpus(store, hp)
+    corpus = read_corpus(path) if path.is_file() else None
+    digest = corpus.digest if corpus else None  # None: whatever the store has
+    rows = {m: find_stats(store, m, digest, hp.stats.samples) for m in edited_modules(hp)}
+    missing = [m for m, row in rows.items() if row is None]
+    if missing:
+        if corpus is None:
+            raise MissingStatsError(
+                f"no second-moment statistics for {', '.join(missing)} and no corpus at {path}: "
+                "run `editstore stats compute --corpus FILE` or set stats.corpus in the hparams"
+            )
+        base = load_model(store.base, {}, device=device, base_hashes={})
+        texts = corpus.texts(hp.stats.samples)
+        advance = progress("statistics", len(texts)) if progress else None
+        for row in compute_stats(store, base, tokenizer, missing, corpus, texts, hp.stats.samples, progress=advance):
+            rows[row.module] = row
+        del base
+    return {m: load_sigma(store, row).to(device) for m, row in rows.items() if row is not None}

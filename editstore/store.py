@@ -11,26 +11,22 @@ import contextlib
 import functools
 import json
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .compose.cache import ComposedCache
-from .compose.diff import ParamDiff, param_diff
-from .compose.materialise import Composition, Progress, load_model, make_dir, write_checkout
-from .compose.sequential import resolve_device
 from .core import db as dbmod
 from .core.config import check_setting, default
-from .core.hashing import HEX_ID_LENGTH, is_hex, sha256_json
+from .core.hashing import HEX_ID_LENGTH, is_hex
 from .core.lock import writer_lock
 from .core.objects import ObjectStore
+from .core.paths import make_dir
 from .core.records import Commit, Edit, author, conflict_row, embedding_row, now, tree_id
+from .core.refs import DEFAULT_BRANCH, HEAD, HEADS, TAGS, Refs
 from .core.revisions import MIN_PREFIX, check_ref_name, parse_revision
 from .core.schema import validate
+from .core.trees import minus, reinsert
 from .errors import (
     AmbiguousRevisionError,
     BaseModelError,
@@ -42,24 +38,38 @@ from .errors import (
     StoreNotFoundError,
     UnknownRevisionError,
 )
-from .model.checkpoint import Checkpoint
-from .model.delta import Delta, Factors, FactorStacks
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model.checkpoint import Checkpoint
+    from .model.delta import Delta
 
 log = logging.getLogger(__name__)
 
 STORE_DIRNAME = ".editstore"
 DB_FILE = "store.db"
-ENV_VAR = "EDITSTORE_DIR"
-HEADS = "refs/heads/"
-TAGS = "refs/tags/"
-DEFAULT_BRANCH = "main"
+
+HeadMoved = Callable[["Store", list[str]], None]
+_head_moved: list[HeadMoved] = []
+
+
+def on_head_moved(hook: HeadMoved) -> HeadMoved:
+    """Register ``hook(store, tree)``, called after every write that moves HEAD, with HEAD's new tree.
+
+    This is how derived state that follows HEAD (the conflict index) keeps up without the store
+    importing the layers above it: they register themselves when imported. A hook's failure is
+    logged, never raised (the commit has landed); derived state must also catch up by itself.
+    """
+    _head_moved.append(hook)
+    return hook
 
 
 def find_store(explicit: str | Path | None = None, *, start: Path | None = None) -> Path:
-    """The store directory: ``explicit``, else ``$EDITSTORE_DIR``, else ``.editstore`` in the nearest ancestor."""
-    chosen = explicit or os.environ.get(ENV_VAR)
-    if chosen:
-        root = Path(chosen)
+    """The store directory: ``explicit``, else ``.editstore`` in ``start`` (default: the working directory)
+    or its nearest ancestor that has one."""
+    if explicit:
+        root = Path(explicit)
         if not (root / DB_FILE).is_file():
             raise StoreNotFoundError(f"no editstore store at {root}")
         return root.resolve()
@@ -74,26 +84,6 @@ def find_store(explicit: str | Path | None = None, *, start: Path | None = None)
 
 def _orientations_key(checkpoint: Checkpoint) -> str:
     return f"orientations.{checkpoint.fingerprint}"
-
-
-def _minus(items: Sequence[str], other: Sequence[str]) -> list[str]:
-    """``items`` without those in ``other``, order kept."""
-    drop = set(other)
-    return [i for i in items if i not in drop]
-
-
-def _reinsert(tree: list[str], items: Sequence[str], order: Sequence[str]) -> list[str]:
-    """``tree`` with ``items`` put back where ``order`` (an earlier tree) had them: each after the nearest
-    edit before it in ``order`` that ``tree`` holds, so reverting a commit that took edits out restores its
-    parent's tree exactly when nothing else changed."""
-    out, held = list(tree), set(tree)
-    position = {e: i for i, e in enumerate(order)}
-    for item in items:
-        before = order[: position[item]] if item in position else []
-        anchor = next((e for e in reversed(before) if e in held), None)
-        out.insert(out.index(anchor) + 1 if anchor is not None else 0, item)
-        held.add(item)
-    return out
 
 
 @dataclass(frozen=True)
@@ -117,26 +107,6 @@ class Branch:
     current: bool
 
 
-@dataclass(frozen=True)
-class VersionDiff:
-    """Edits only in A, only in B, and per parameter how far the weights moved."""
-
-    a: str
-    b: str
-    only_a: list[str]
-    only_b: list[str]
-    params: list[ParamDiff]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "only_a": self.only_a,
-            "only_b": self.only_b,
-            "params": [{"param": p.param, "frobenius": p.frobenius, "rank": p.rank} for p in self.params],
-        }
-
-
 class Store:
     """An opened store. Use :meth:`init` or :meth:`open` rather than the constructor."""
 
@@ -149,6 +119,7 @@ class Store:
             self.db.close()
             raise
         self.objects = ObjectStore(self.root / "objects")
+        self.refs = Refs(self.db)
         self._lock_depth = 0
 
     # ----------------------------------------------------------------- lifecycle
@@ -157,9 +128,13 @@ class Store:
     def init(cls, base: str | Path, store: str | Path | None = None) -> Store:
         """Register the checkpoint ``base`` and create a store with an empty ``main`` branch.
 
-        The store goes to ``store``, else ``$EDITSTORE_DIR``, else ``./.editstore``.
+        The store goes to ``store``, else ``./.editstore``.
         """
-        root = Path(store or os.environ.get(ENV_VAR) or Path.cwd() / STORE_DIRNAME)
+        import os
+
+        from .model.checkpoint import Checkpoint  # torch: only commands that read the base pay for it
+
+        root = Path(store or Path.cwd() / STORE_DIRNAME)
         if root.exists() and not root.is_dir():
             raise StoreExistsError(f"{root} exists and is not a directory")
         if (root / DB_FILE).exists():
@@ -195,12 +170,12 @@ class Store:
             db["trees"].insert({"id": root_commit.tree, "edits": "[]", "size": 0}, ignore=True)
             db["commits"].insert(root_commit.row())
             db["refs"].insert({"name": HEADS + DEFAULT_BRANCH, "target": root_commit.id, "symbolic": None})
-            db["refs"].insert({"name": "HEAD", "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
+            db["refs"].insert({"name": HEAD, "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
             db["meta"].insert({"key": _orientations_key(checkpoint), "value": json.dumps(checkpoint.orientations)})
 
     @classmethod
     def open(cls, store: str | Path | None = None) -> Store:
-        """Open the store at ``store``, ``$EDITSTORE_DIR``, or the nearest ``.editstore`` upwards."""
+        """Open the store at ``store``, or the nearest ``.editstore`` upwards from the working directory."""
         return cls(find_store(store))
 
     def close(self) -> None:
@@ -238,6 +213,8 @@ class Store:
     @functools.cached_property
     def base(self) -> Checkpoint:
         """The registered base checkpoint, checked against its fingerprint."""
+        from .model.checkpoint import Checkpoint  # torch: only commands that read the base pay for it
+
         path = self.db.execute("SELECT path FROM bases").fetchone()[0]
         checkpoint = Checkpoint(path)
         if checkpoint.fingerprint != self.base_fingerprint:
@@ -255,24 +232,13 @@ class Store:
 
     # ----------------------------------------------------------------- refs and revisions
 
-    def _ref(self, name: str) -> dict[str, Any] | None:
-        rows = list(self.db["refs"].rows_where("name = ?", [name]))
-        return rows[0] if rows else None
-
     def current_branch(self) -> str | None:
         """The branch HEAD points at, or None when HEAD is detached."""
-        symbolic = self._ref("HEAD")["symbolic"]
-        return symbolic.removeprefix(HEADS) if symbolic else None
+        return self.refs.current_branch()
 
     def head(self) -> str:
         """The commit id HEAD resolves to."""
-        ref = self._ref("HEAD")
-        return self._ref(ref["symbolic"])["target"] if ref["symbolic"] else ref["target"]
-
-    def _move_head(self, commit_id: str) -> None:
-        """Point the current branch (or a detached HEAD) at ``commit_id``; call inside a transaction."""
-        ref = self._ref("HEAD")
-        self.db["refs"].update(ref["symbolic"] or "HEAD", {"target": commit_id})
+        return self.refs.head()
 
     def resolve_object(self, rev: str) -> tuple[str, str]:
         """``("commit", id)``, ``("edit", id)`` or ``("editor", id)`` for a revision string."""
@@ -288,12 +254,12 @@ class Store:
         return kind, oid
 
     def _resolve_name(self, name: str) -> tuple[str, str]:
-        if name == "HEAD":
+        if name == HEAD:
             return "commit", self.head()
         for prefix in (HEADS, TAGS):
-            ref = self._ref(prefix + name)
-            if ref:
-                return "commit", ref["target"]
+            ref = self.refs.get(prefix + name)
+            if ref is not None and ref.target is not None:
+                return "commit", ref.target
         text = name.lower()
         if not is_hex(text) or len(text) > HEX_ID_LENGTH:
             raise UnknownRevisionError(f"unknown revision {name!r} (not a branch, tag or id)")
@@ -363,6 +329,8 @@ class Store:
 
     def load_delta(self, edit_id: str, *, record: Edit | None = None) -> Delta:
         """The delta object of an edit, hash-verified."""
+        from .model.delta import Delta  # torch: only commands that read deltas pay for it
+
         oid = (record or self.edit(edit_id)).delta
         return Delta.from_bytes(self.objects.read(oid), source=f"object {oid}", trusted=True)
 
@@ -390,7 +358,7 @@ class Store:
         c = self.commit(oid)
         tree = self.commit_tree(oid)
         parent_tree = self.commit_tree(c.parents[0]) if c.parents else []
-        added, removed = _minus(tree, parent_tree), _minus(parent_tree, tree)
+        added, removed = minus(tree, parent_tree), minus(parent_tree, tree)
         edits = [{"id": e, "name": (edit := self.edit(e)).name, "method": edit.method} for e in added]
         return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
 
@@ -398,21 +366,18 @@ class Store:
 
     def branches(self) -> list[Branch]:
         current = self.current_branch()
-        rows = self.db.execute("SELECT name, target FROM refs WHERE name LIKE ? ORDER BY name", [HEADS + "%"])
-        return [Branch(n.removeprefix(HEADS), t, n.removeprefix(HEADS) == current) for n, t in rows.fetchall()]
+        return [Branch(name, target, name == current) for name, target in self.refs.under(HEADS)]
 
     def tags(self) -> dict[str, str]:
-        rows = self.db.execute("SELECT name, target FROM refs WHERE name LIKE ? ORDER BY name", [TAGS + "%"])
-        return {n.removeprefix(TAGS): t for n, t in rows.fetchall()}
+        return dict(self.refs.under(TAGS))
 
     def _create_ref(self, full: str, rev: str, what: str) -> str:
         check_ref_name(full.split("/", 2)[2])
         with self.locked():
-            if self._ref(full):
-                raise RefError(f"{what} {full.split('/', 2)[2]!r} already exists")
             target = self.resolve(rev)
             with self.db.atomic():
-                self.db["refs"].insert({"name": full, "target": target, "symbolic": None})
+                if not self.refs.add_if_new(full, target):
+                    raise RefError(f"{what} {full.split('/', 2)[2]!r} already exists")
         return target
 
     def create_branch(self, name: str, rev: str = "HEAD") -> str:
@@ -425,32 +390,37 @@ class Store:
 
     def delete_branch(self, name: str) -> None:
         with self.locked():
-            if not self._ref(HEADS + name):
-                raise RefError(f"no branch named {name!r}")
             if self.current_branch() == name:
                 raise RefError(f"cannot delete {name!r}: it is the current branch")
             with self.db.atomic():
-                self.db["refs"].delete(HEADS + name)
+                if not self.refs.remove_if_equals(HEADS + name, None):
+                    raise RefError(f"no branch named {name!r}")
 
     def switch(self, name: str, *, create: bool = False) -> None:
         """Make ``name`` the current branch (creating it at HEAD with ``create``)."""
         if create:
             self.create_branch(name)
         with self.locked():
-            if not self._ref(HEADS + name):
+            if self.refs.get(HEADS + name) is None:
                 raise RefError(f"no branch named {name!r}")
             with self.db.atomic():
-                self.db["refs"].update("HEAD", {"symbolic": HEADS + name, "target": None})
-            self._after_move(self.tree("HEAD"))
+                self.refs.set_symbolic(HEAD, HEADS + name)
+            self._after_move(self.tree(HEAD))
 
     def reset(self, rev: str) -> str:
         """Move the current branch (or detached HEAD) to ``rev``."""
         with self.locked():
             target = self.resolve(rev)
             with self.db.atomic():
-                self._move_head(target)
+                self._move_head(self.head(), target)
             self._after_move(self.commit_tree(target))
         return target
+
+    def _move_head(self, expected: str, commit_id: str) -> None:
+        """Point the current branch (or a detached HEAD) at ``commit_id`` if it still holds ``expected``
+        (compare-and-swap, inside the caller's transaction); :class:`HeadMovedError` if it moved."""
+        if not self.refs.set_if_equals(HEAD, expected, commit_id):
+            raise HeadMovedError(f"HEAD moved from {expected[:12]} to {self.head()[:12]}; run it again")
 
     # ----------------------------------------------------------------- writing history
 
@@ -475,22 +445,23 @@ class Store:
             if item.request is not None:
                 validate(item.request, "edit-request", what="edit request")
         with self.locked():
-            if expected_head is not None and self.head() != expected_head:
+            expected = expected_head or self.head()
+            if self.head() != expected:  # checked before any object is written; the commit's swap checks again
                 raise HeadMovedError(
-                    f"HEAD moved from {expected_head[:12]} to {self.head()[:12]} while the edit was computed; run it again"
+                    f"HEAD moved from {expected[:12]} to {self.head()[:12]} while the edit was computed; run it again"
                 )
             known = self.base_hashes()
             touched = sorted({p for item in new for p in item.delta.params if p not in known})
             hashes = [{"base": self.base_fingerprint, "name": p, "sha256": self.base.tensor_hash(p)} for p in touched]
             edits = [self._store_edit(item) for item in new]
-            current = self.tree("HEAD")
+            current = self.commit_tree(expected)
             if not set(remove) <= set(current):
                 raise NotInTreeError(f"edit {sorted(set(remove) - set(current))[0][:12]} is not in the current tree")
-            tree = _minus(current, remove) + [e.id for e in edits]
+            tree = minus(current, remove) + [e.id for e in edits]
             embeddings = [embedding_row(e.id, *item.embedding) for item, e in zip(new, edits) if item.embedding]
             conflicts = [(e.id, c) for item, e in zip(new, edits) for c in item.conflicts]
-            return self._commit(tree, operation=operation, message=message, new_edits=edits, base_hashes=hashes,
-                                embeddings=embeddings, conflicts=conflicts)
+            return self._commit(tree, expected=expected, operation=operation, message=message, new_edits=edits,
+                                base_hashes=hashes, embeddings=embeddings, conflicts=conflicts)
 
     def write_commit(
         self,
@@ -505,13 +476,14 @@ class Store:
         """Commit ``tree`` (of edits already in the store) with ``parents`` (a merge, say), recording
         ``conflicts`` as (edit id, :meth:`Conflict.to_json`); refused when HEAD moved from ``expected_head``."""
         with self.locked():
-            if self.head() != expected_head:
-                raise HeadMovedError(f"HEAD moved from {expected_head[:12]} to {self.head()[:12]}; run it again")
             self.edits(tree)  # every edit exists
-            return self._commit(tree, operation=operation, message=message, parents=parents, conflicts=conflicts)
+            return self._commit(tree, expected=expected_head, operation=operation, message=message, parents=parents,
+                                conflicts=conflicts)
 
     def import_delta(self, delta: str | Path | Delta, *, message: str, name: str | None = None) -> str:
         """Validate a delta file (or object) against the base and commit it as one edit."""
+        from .model.delta import Delta  # torch: only commands that read deltas pay for it
+
         source = None if isinstance(delta, Delta) else str(delta)
         d = delta if isinstance(delta, Delta) else Delta.load(delta)
         method = d.metadata.get("method", "import")
@@ -526,21 +498,23 @@ class Store:
         if kind == "editor":
             raise RevisionError(f"{rev} names a trained editor, not an edit or commit")
         with self.locked():
-            tree = self.tree("HEAD")
+            head = self.head()
+            tree = self.commit_tree(head)
             if kind == "edit":
                 if oid not in tree:
                     raise NotInTreeError(f"edit {oid[:12]} is not in the current tree")
                 label = self.edit(oid).name or oid[:12]
-                return self._commit(_minus(tree, [oid]), operation="revert", message=message or f"Revert edit {label}")
+                return self._commit(minus(tree, [oid]), expected=head, operation="revert",
+                                    message=message or f"Revert edit {label}")
             commit = self.commit(oid)
             before = self.commit_tree(commit.parents[0]) if commit.parents else []
             after = self.commit_tree(oid)
             remove = (set(after) - set(before)) & set(tree)
-            readd = _minus(_minus(before, after), tree)
+            readd = minus(minus(before, after), tree)
             if not remove and not readd:
                 raise NotInTreeError(f"the changes of commit {oid[:12]} are not in the current tree")
             default = f'Revert "{commit.message.splitlines()[0] if commit.message else oid[:12]}"'
-            return self._commit(_reinsert(_minus(tree, remove), readd, before), operation="revert",
+            return self._commit(reinsert(minus(tree, remove), readd, before), expected=head, operation="revert",
                                 message=message or default)
 
     def _store_edit(self, item: NewEdit) -> Edit:
@@ -563,6 +537,7 @@ class Store:
         self,
         tree: list[str],
         *,
+        expected: str,
         operation: str,
         message: str,
         new_edits: Sequence[Edit] = (),
@@ -572,10 +547,11 @@ class Store:
         conflicts: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> str:
         """Write one commit in one transaction, with the new edits' embedding rows and the conflicts
-        (edit id, :meth:`Conflict.to_json`) it is made despite; the caller holds the writer lock.
-        Then keep the conflict index on HEAD."""
+        (edit id, :meth:`Conflict.to_json`) it is made despite, and move HEAD from ``expected`` to it by
+        compare-and-swap (:class:`HeadMovedError`, nothing written, if HEAD holds another commit); the
+        caller holds the writer lock. Then the head-moved hooks run."""
         commit = Commit(
-            self.base_fingerprint, tuple(parents or [self.head()]), tree_id(tree), operation, message, author(), now()
+            self.base_fingerprint, tuple(parents or [expected]), tree_id(tree), operation, message, author(), now()
         )
         with self.db.atomic():
             for edit in new_edits:
@@ -585,148 +561,18 @@ class Store:
             self.db["commits"].insert(commit.row())
             self.db["embeddings"].insert_all(embeddings, replace=True)
             self.db["conflicts"].insert_all([conflict_row(commit.id, e, c) for e, c in conflicts])
-            self._move_head(commit.id)
+            self._move_head(expected, commit.id)
         log.info("commit %s (%s, %d edits)", commit.id[:12], operation, len(tree))
         self._after_move(tree)
         return commit.id
 
     def _after_move(self, tree: list[str]) -> None:
-        """Derived state that follows HEAD: the conflict index (a failure here is logged; the next check
-        sees the index's manifest name another tree and syncs it)."""
-        from .conflicts.checks import sync_index
-
-        try:
-            sync_index(self, tree)
-        except Exception as exc:  # noqa: BLE001 (the commit has landed; derived state must not undo it)
-            log.warning("conflict index not updated (%s); it is synced at the next check", exc)
-
-    # ----------------------------------------------------------------- checkout and diff
-
-    def factors(self, edit_ids: Sequence[str]) -> dict[str, list[Factors]]:
-        """Per parameter, the factors U, V of the given edits in tree order, concatenated into one float32
-        :class:`Factors` (hash-verified; no keys)."""
-        rows = self._edit_rows(edit_ids, "id, delta")
-        return self._read_factors([rows[eid]["delta"] for eid in edit_ids])
-
-    def _read_factors(self, objects: Sequence[str]) -> dict[str, list[Factors]]:
-        """Per parameter, U and V of the delta objects in order, concatenated into one :class:`Factors`
-        (objects only: safe in another thread)."""
-        stacks = FactorStacks(expected=len(objects))
-        for data in self.objects.stream(objects):
-            stacks.add(data)
-        return {param: [f] for param, f in stacks.factors().items()}
-
-    def _tree_deltas(self, tree: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
-        """The delta objects of ``tree`` in order, and per parameter those touching it (one query)."""
-        query = (
-            "SELECT t.key, e.delta, p.value FROM json_each(?) AS t JOIN edits AS e ON e.id = t.value "
-            "LEFT JOIN json_each(e.params) AS p ORDER BY t.key, p.key"
-        )
-        objects: dict[int, str] = {}
-        sources: dict[str, list[str]] = {}
-        for index, delta, param in self.db.execute(query, [json.dumps(list(tree))]):
-            objects[index] = delta
-            if param is not None:
-                sources.setdefault(param, []).append(delta)
-        if len(objects) != len(tree):
-            self._edit_rows(tree, "id")  # names the missing edit
-        return list(objects.values()), sources
-
-    def composition(self, tree: Sequence[str], *, compose: str | None = None, device: torch.device) -> Composition:
-        """How the edited parameters of ``tree`` are composed in mode ``compose`` (default: the store's setting).
-
-        Cache keys: sequential, the delta objects touching each parameter in order;
-        batched, the whole tree, the statistics stored for its modules, ``checkout.lambda_e`` and
-        ``checkout.targets`` (a re-solve couples the edits of a group and depends on Σ and on how
-        groups are solved).
-        """
-        mode = self.compose_mode(compose)
-        hashes = self.base_hashes()
-        objects, sources = self._tree_deltas(tree)
-        whole = [tree_id(list(tree))]
-        lambda_e, targets = 0.0, "rebased"
-        if mode == "batched":  # the solve also depends on Σ, λ_e and the targets: a change of any is a new key
-            lambda_e, targets = float(self.config("checkout.lambda_e")), self.config("checkout.targets")
-            modules = sorted({p.removesuffix(".weight") for p in sources})
-            query = f"SELECT object FROM stats WHERE module IN ({', '.join('?' * len(modules))})"
-            whole += sorted(row[0] for row in self.db.execute(query, modules))
-            if lambda_e:
-                whole.append(f"lambda_e={lambda_e!r}")
-            whole.append(f"targets={targets}")
-        keys = {
-            param: sha256_json({"mode": mode, "param": param, "base": hashes.get(param), "device": device.type,
-                                "from": deltas if mode == "sequential" else whole})
-            for param, deltas in sources.items()
-        }
-        if mode == "sequential":
-            return Composition(sorted(sources), lambda: self._read_factors(objects), keys, self.cache,
-                               factors_in_background=True)
-        from .compose.resolve import batched_factors
-
-        return Composition(sorted(sources), lambda: batched_factors(self, tree, device=device, lambda_e=lambda_e, targets=targets),
-                           keys, self.cache)
-
-    def checkout(
-        self,
-        rev: str = "HEAD",
-        *,
-        device: str | torch.device = "auto",
-        compose: str | None = None,
-        progress: Progress | None = None,
-        into: torch.nn.Module | None = None,
-    ) -> torch.nn.Module:
-        """The version ``rev`` as an in-memory ``PreTrainedModel``: the base loaded once, composed weights swapped in.
-
-        ``into``: the base, already loaded and unedited, to compose into instead of loading it.
-        """
-        return self.checkout_tree(self.tree(rev), device=device, compose=compose, progress=progress, into=into)
-
-    def checkout_tree(
-        self,
-        tree: Sequence[str],
-        *,
-        device: str | torch.device = "auto",
-        compose: str | None = None,
-        progress: Progress | None = None,
-        into: torch.nn.Module | None = None,
-    ) -> torch.nn.Module:
-        """The version holding the edits ``tree`` (ids in order, whether or not a commit has it), in memory."""
-        dev = resolve_device(device)
-        composition = self.composition(tree, compose=compose, device=dev)
-        model = load_model(self.base, composition, device=dev, base_hashes=self.base_hashes(), progress=progress,
-                           into=into)
-        self.cache.trim()
-        return model
-
-    def checkout_to(
-        self,
-        rev: str,
-        out: str | Path,
-        *,
-        device: str | torch.device = "auto",
-        compose: str | None = None,
-        link: bool = False,
-        progress: Progress | None = None,
-    ) -> Path:
-        """Write the version ``rev`` as a Hugging Face directory at ``out`` (missing or empty).
-
-        ``compose``: ``sequential`` or ``batched`` (default: the store's ``checkout.compose``).
-        Shards no delta touches are reflinked where the filesystem can, else copied (``link``:
-        hard-linked to the base); see :mod:`editstore.compose.materialise`.
-        """
-        commit_id = self.resolve(rev)
-        tree = self.commit_tree(commit_id)
-        dev = resolve_device(device)
-        mode = self.compose_mode(compose)
-        composition = self.composition(tree, compose=mode, device=dev)
-        provenance = {"store": str(self.root), "commit": commit_id, "tree": tree_id(tree), "base": self.base_fingerprint,
-                      "compose": mode}
-        path = write_checkout(
-            self.base, composition, Path(out), device=dev, base_hashes=self.base_hashes(),
-            provenance=provenance, link=link, progress=progress,
-        )
-        self.cache.trim()
-        return path
+        """Run the head-moved hooks (:func:`on_head_moved`) with HEAD's new tree."""
+        for hook in _head_moved:
+            try:
+                hook(self, list(tree))
+            except Exception as exc:  # noqa: BLE001 (HEAD has moved; derived state must not undo it)
+                log.warning("%s after HEAD moved failed (%s); derived state catches up later", hook.__qualname__, exc)
 
     # ----------------------------------------------------------------- settings and cache
 
@@ -735,27 +581,9 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [f"config.{key}"]).fetchone()
         return check_setting(key, row[0]) if row else default(key)
 
-    def compose_mode(self, compose: str | None = None) -> str:
-        """``compose`` checked, or the store's ``checkout.compose``."""
-        return check_setting("checkout.compose", compose) if compose else self.config("checkout.compose")
-
     def set_config(self, key: str, value: str) -> str:
         """Set ``key`` to ``value`` (validated); returns the stored value."""
         value = check_setting(key, value)
         with self.locked(), self.db.atomic():
             self.db["meta"].insert({"key": f"config.{key}", "value": value}, replace=True)
         return value
-
-    @property
-    def cache(self) -> ComposedCache:
-        """The composed-parameter cache, bounded by ``cache.max_bytes``."""
-        return ComposedCache(self.root / "cache", int(self.config("cache.max_bytes")))
-
-    def diff(self, rev_a: str, rev_b: str) -> VersionDiff:
-        """Edits only in A or only in B, and each touched parameter's ‖W_B − W_A‖_F and rank."""
-        a, b = self.resolve(rev_a), self.resolve(rev_b)
-        tree_a, tree_b = self.commit_tree(a), self.commit_tree(b)
-        only_a, only_b = _minus(tree_a, tree_b), _minus(tree_b, tree_a)
-        removed, added = self.factors(only_a), self.factors(only_b)
-        params = [param_diff(p, added.get(p, []), removed.get(p, [])) for p in sorted(set(added) | set(removed))]
-        return VersionDiff(a, b, only_a, only_b, params)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .compose.checkout import factors
 from .errors import EditStoreError, NotInTreeError
 from .fsck import fsck
 from .merge import merge
@@ -151,8 +152,8 @@ def reader(root: str, conn: Connection, count: int) -> None:
     for _ in range(count):
         head = store.resolve("main")
         tree = store.commit_tree(head)
-        factors = store.factors(tree)
-        assert sum(f.rank for fs in factors.values() for f in fs) == sum(store.edits(tree)[e].rank for e in tree)
+        stacked = factors(store, tree)
+        assert sum(f.rank for fs in stacked.values() for f in fs) == sum(store.edits(tree)[e].rank for e in tree)
         seen.add(head)
     conn.send(("done", len(seen)))
     store.close()

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 
 from .errors import OutputDirError
-from .model.evaluate import target_ids
 from .model.forward import is_encoder_decoder, run
 from .model.layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
-from .model.tokens import subject_span
+from .model.tokens import subject_span, target_ids
 
 KINDS = ("block", "mlp", "attn")
 MIN_EFFECT = 0.01  # p_clean − p_corrupted below this: the trace is uninformative, recovery is all 0

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from editstore import Store
+from editstore.compose.checkout import checkout, checkout_to
 from editstore.errors import BaseModelError, DeviceError, OutputDirError
 from editstore.model.synthetic import random_delta
 
@@ -51,15 +52,15 @@ def test_checkout_equals_base_plus_factors_and_revert(
 ) -> None:
     store = Store.init(request.getfixturevalue(fixture), tmp_path / "store")
     deltas = commit_deltas(store, params)
-    check_weights(store, store.checkout_to("HEAD", tmp_path / "all"), deltas)
+    check_weights(store, checkout_to(store, "HEAD", tmp_path / "all"), deltas)
 
     middle = store.tree()[1]
     store.revert(middle)
-    check_weights(store, store.checkout_to("HEAD", tmp_path / "reverted"), deltas[:1] + deltas[2:])
+    check_weights(store, checkout_to(store, "HEAD", tmp_path / "reverted"), deltas[:1] + deltas[2:])
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "reverted")
     assert model.dtype == read_weights(store.base.path)[params[0]].dtype
-    in_memory = store.checkout("HEAD", device="cpu").state_dict()
+    in_memory = checkout(store, "HEAD", device="cpu").state_dict()
     on_disk = read_weights(tmp_path / "reverted")
     assert set(params) <= set(in_memory) & set(on_disk)
     for name in on_disk:
@@ -76,7 +77,7 @@ def test_checkout_carries_config_and_tokenizer_files(tmp_path: Path, gpt2_dir: P
     (base / "tokenizer.json").write_text("{}")
     (base / "pytorch_model.bin").write_bytes(b"stale weights must not be copied")
     store = Store.init(base, tmp_path / "store")
-    out = store.checkout_to("HEAD", tmp_path / "out")
+    out = checkout_to(store, "HEAD", tmp_path / "out")
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "tokenizer.json", "model.safetensors.index.json", "editstore.json"} <= names
     assert "pytorch_model.bin" not in names
@@ -100,8 +101,8 @@ def reflinks_work(where: Path) -> bool:
 def test_untouched_shards_are_copied_or_linked(tmp_path: Path, gpt2_dir: Path) -> None:
     store = Store.init(gpt2_dir, tmp_path / "store")
     store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
-    copied = store.checkout_to("HEAD", tmp_path / "copied")  # the default: reflinks or copies
-    linked = store.checkout_to("HEAD", tmp_path / "linked", link=True)
+    copied = checkout_to(store, "HEAD", tmp_path / "copied")  # the default: reflinks or copies
+    linked = checkout_to(store, "HEAD", tmp_path / "linked", link=True)
     edited_file = store.base.info(GPT2_PARAMS[0]).file
     listed = json.loads((linked / "editstore.json").read_text())["hard_linked_to_base"]
     assert listed or reflinks_work(tmp_path), "--link neither hard-linked nor reflinked the untouched shards"
@@ -121,14 +122,14 @@ def test_checkout_refuses_non_empty_out_and_leaves_no_partial_dir(tmp_path: Path
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputDirError):
-        gpt2_store.checkout_to("HEAD", out)
+        checkout_to(gpt2_store, "HEAD", out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputDirError):
-        gpt2_store.checkout_to("HEAD", tmp_path / "file")
+        checkout_to(gpt2_store, "HEAD", tmp_path / "file")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert gpt2_store.checkout_to("HEAD", empty) == empty.resolve()
+    assert checkout_to(gpt2_store, "HEAD", empty) == empty.resolve()
     assert not list(tmp_path.glob(".*editstore-tmp*"))
 
 
@@ -146,14 +147,14 @@ def test_changed_base_tensor_is_detected(tmp_path: Path, gpt2_dir: Path) -> None
         fh.seek(info.begin)
         fh.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(BaseModelError, match="no longer matches"):
-        store.checkout_to("HEAD", tmp_path / "out")
+        checkout_to(store, "HEAD", tmp_path / "out")
     store.close()
 
 
 def test_device_choice(gpt2_store: Store, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA is not available"):
-            gpt2_store.checkout_to("HEAD", tmp_path / "out", device="cuda")
+            checkout_to(gpt2_store, "HEAD", tmp_path / "out", device="cuda")
     with pytest.raises(DeviceError):
-        gpt2_store.checkout("HEAD", device="tpu")
+        checkout(gpt2_store, "HEAD", device="tpu")
 

@@ -11,11 +11,14 @@ import torch
 from transformers import PreTrainedModel
 
 from editstore import Store
+from editstore.compose.checkout import checkout, composition
 from editstore.compose.resolve import batched_factors, linear_base_weight, plan
-from editstore.editing import edit, sigmas_for
+from editstore.core.inputs import read_jsonl
+from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
-from editstore.world.build import build_world, read_jsonl
+from editstore.moments import sigmas_for
+from editstore.world.build import build_world
 
 from .conftest import SAMPLES, invoke
 
@@ -40,7 +43,7 @@ def hparams(world: Path, method: str, **changes: object) -> Hparams:
 def edited(store: Store, compose: str) -> dict[str, torch.Tensor]:
     """The edited parameters of HEAD, composed in memory."""
     params = {p for e in store.tree() for p in store.edit(e).params}
-    state = store.checkout(device="cpu", compose=compose).state_dict()
+    state = checkout(store, device="cpu", compose=compose).state_dict()
     return {p: state[p].clone() for p in sorted(params)}
 
 
@@ -86,7 +89,7 @@ def test_in_memory_batched_checkout_holds_one_model_at_a_time(
     with Store.init(world, tmp_path / "s") as store:
         edit(store, requests[:2], method="memit", hparams=hparams(world, "memit", layers=[0, 1]), device="cpu")
         monkeypatch.setattr(editstore.compose.materialise, "from_pretrained", counting)
-        assert store.checkout(device="cpu", compose="batched") is not None
+        assert checkout(store, device="cpu", compose="batched") is not None
     assert len(live) == 2 and live[1] == live[0], live  # the re-solve's model, then the version's
 
 
@@ -137,10 +140,10 @@ def test_checkout_lambda_e_softens_the_re_solve_of_a_rome_history(tmp_path: Path
         conv = store.base.orientations[param] == "conv1d"
         linear = (lambda w: w.T) if conv else (lambda w: w)  # noqa: E731  (state dict → (d_out, d_in))
         exact = linear(edited(store, "batched")[param].double())
-        keys = store.composition(store.tree(), compose="batched", device=torch.device("cpu")).keys
+        keys = composition(store, store.tree(), compose="batched", device=torch.device("cpu")).keys
 
         store.set_config("checkout.lambda_e", "1e-9")
-        assert store.composition(store.tree(), compose="batched", device=torch.device("cpu")).keys != keys
+        assert composition(store, store.tree(), compose="batched", device=torch.device("cpu")).keys != keys
         torch.testing.assert_close(linear(edited(store, "batched")[param].double()), exact, rtol=1e-4, atol=1e-5)
 
         store.set_config("checkout.lambda_e", "100")

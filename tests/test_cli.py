@@ -102,6 +102,9 @@ def test_store_found_from_env_and_parents(tmp_path: Path, gpt2_dir: Path, monkey
     monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / ".editstore"))
     monkeypatch.chdir("/")
     assert "[init]" in run("log", "--oneline")
+    monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / "new"))
+    run("init", "--base", gpt2_dir)
+    assert (tmp_path / "new" / "store.db").is_file()
 
 
 def _save(path: Path, tensors: dict) -> Path:

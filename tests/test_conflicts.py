@@ -12,9 +12,10 @@ from editstore import Store
 from editstore.conflicts.checks import INDEX_DIR, check_prospective, version_conflicts
 from editstore.conflicts.detect import ConflictError
 from editstore.conflicts.index import ConflictIndex
+from editstore.core.inputs import read_jsonl
 from editstore.core.schema import validate
 from editstore.editing import edit
-from editstore.world.build import build_world, read_jsonl
+from editstore.world.build import build_world
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
 from .conftest import snapshot

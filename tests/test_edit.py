@@ -11,13 +11,15 @@ import torch
 from click.testing import CliRunner
 
 from editstore import NewEdit, Store
-from editstore.behavior import load_tokenizer
-from editstore.editing import edit, prior_keys, resolve_hparams, sigmas_for
+from editstore.compose.checkout import checkout
+from editstore.core.inputs import read_jsonl
+from editstore.editing import edit, prior_keys
 from editstore.errors import HeadMovedError
-from editstore.methods import compute_edits, find_hparams
+from editstore.methods import compute_edits, find_hparams, resolve_hparams
 from editstore.methods.hparams import load_hparams
-from editstore.moments import find_stats, load_sigma, stats_rows
-from editstore.world.build import build_world, read_jsonl
+from editstore.model.tokens import load_tokenizer
+from editstore.moments import find_stats, load_sigma, sigmas_for, stats_rows
+from editstore.world.build import build_world
 from editstore_cli.main import cli
 
 from .conftest import SAMPLES, hparams_file, invoke, snapshot
@@ -80,7 +82,7 @@ def test_alphaedit_sees_the_keys_of_earlier_edits(tmp_path: Path, world: Path, r
     with Store.init(world, tmp_path / "s") as store:
         hp = find_hparams("alphaedit", json.loads((world / "config.json").read_text())).replace(**{"stats.samples": SAMPLES})
         edit(store, requests[:2], method="alphaedit", hparams=hp)
-        keys = prior_keys(store, store.tree(), resolve_hparams(store, "alphaedit", hp))
+        keys = prior_keys(store, store.tree(), resolve_hparams(store.base, "alphaedit", hp))
         assert set(keys) == {hp.module_name(layer) for layer in hp.layers}
         assert all(k.shape[1] == 2 for k in keys.values())
 
@@ -151,9 +153,9 @@ def test_a_commit_is_refused_when_head_moved_while_the_edit_was_computed(tmp_pat
         stale = store.head()
         edit(store, requests[:1], method="rome", hparams=hp)  # another writer commits first
         before = snapshot(store_dir)
-        tok = load_tokenizer(store)
+        tok = load_tokenizer(store.base)
         sigmas = sigmas_for(store, hp, tok, device=torch.device("cpu"))
-        [delta] = compute_edits(store.checkout(stale), tok, requests[1:2], hp, sigmas=sigmas).deltas
+        [delta] = compute_edits(checkout(store, stale), tok, requests[1:2], hp, sigmas=sigmas).deltas
         with pytest.raises(HeadMovedError):
             store.record_edits([NewEdit(delta, "rome", request=requests[1])], message="late", expected_head=stale)
     assert snapshot(store_dir) == before

@@ -11,10 +11,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from editstore import Store
+from editstore.compose.checkout import checkout
+from editstore.core.inputs import read_jsonl
 from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.model.synthetic import random_delta
-from editstore.world.build import build_world, read_jsonl
+from editstore.world.build import build_world
 from editstore_cli.main import cli
 
 from .conftest import GPT2_PARAMS, LLAMA_PARAMS, snapshot
@@ -22,7 +24,7 @@ from .conftest import GPT2_PARAMS, LLAMA_PARAMS, snapshot
 
 def same_logits(store: Store, base: Path, adapter: Path, vocab: int) -> float:
     ids = torch.randint(0, vocab, (2, 10), generator=torch.Generator().manual_seed(0))
-    checked_out = store.checkout("HEAD", device="cpu").eval()
+    checked_out = checkout(store, "HEAD", device="cpu").eval()
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base).eval(), adapter).eval()
     with torch.no_grad():
         return float((checked_out(ids).logits - peft_model(ids).logits).abs().max())

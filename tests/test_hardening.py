@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from safetensors.torch import save as st_save
 
 from editstore import Store
+from editstore.compose.checkout import checkout_to
 from editstore.errors import InvalidDeltaError
 from editstore.fsck import fsck
 from editstore.model.delta import Delta, Factors
@@ -72,7 +73,7 @@ def test_every_supported_dtype_is_imported_and_checked_out(gpt2_store: Store, tm
     path = tmp_path / "d.safetensors"
     path.write_bytes(delta_bytes(gpt2_store, dtype))
     gpt2_store.import_delta(path, message=str(dtype))
-    gpt2_store.checkout_to("HEAD", tmp_path / "out", device="cpu")
+    checkout_to(gpt2_store, "HEAD", tmp_path / "out", device="cpu")
     assert fsck(gpt2_store).ok
 
 
@@ -205,7 +206,8 @@ def write_unchecked(store: Store, delta: Delta) -> str:
     """Commit ``delta`` without validating it, as an older editstore could (its tests only)."""
     with store.locked():
         edit = store._store_edit(NewEdit(delta, "import"))
-        return store._commit(store.tree("HEAD") + [edit.id], operation="import", message="old", new_edits=[edit])
+        return store._commit(store.tree("HEAD") + [edit.id], expected=store.head(), operation="import", message="old",
+                             new_edits=[edit])
 
 
 def test_an_unusable_object_of_an_older_store_is_reported_not_a_traceback(gpt2_store: Store, tmp_path: Path) -> None:
@@ -215,7 +217,7 @@ def test_an_unusable_object_of_an_older_store_is_reported_not_a_traceback(gpt2_s
     report = fsck(gpt2_store)
     assert not report.ok and any("float8_e5m2" in e for e in report.errors), report.errors
     with pytest.raises(InvalidDeltaError, match="run `editstore fsck`"):
-        gpt2_store.checkout_to("HEAD", tmp_path / "out", device="cpu")
+        checkout_to(gpt2_store, "HEAD", tmp_path / "out", device="cpu")
     refused(gpt2_store, "checkout", "HEAD", "--out", tmp_path / "out2")
     refused(gpt2_store, "diff", "HEAD~1", "HEAD")
 

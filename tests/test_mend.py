@@ -10,12 +10,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editstore import Store
+from editstore.core.inputs import read_jsonl
 from editstore.editors import editor_bytes, editor_from_bytes
 from editstore.fsck import gc
 from editstore.methods import find_hparams
 from editstore.methods.mend import Editor, MendHparams, example, mend_deltas, meta_loss, observe_inputs, train_editor
-from editstore.model.evaluate import fill, target_ids
-from editstore.world.build import build_world, read_jsonl
+from editstore.model.tokens import fill, target_ids
+from editstore.world.build import build_world
 from editstore.world.splits import held_out, held_out_requests, training_requests
 
 from .conftest import invoke

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from editstore import Store
-from editstore.behavior import load_tokenizer
+from editstore.compose.checkout import checkout
 from editstore.conflicts.detect import ConflictError
+from editstore.core.inputs import read_jsonl
 from editstore.core.records import tree_id
 from editstore.editing import edit
 from editstore.model.evaluate import score_pairs
-from editstore.world.build import build_world, read_jsonl
+from editstore.model.tokens import load_tokenizer
+from editstore.world.build import build_world
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
 from .conftest import snapshot
@@ -42,8 +44,8 @@ def store(tmp_path: Path, world: Path, cases: tuple) -> Store:
 
 
 def top1(store: Store, rev: str, pairs: list[tuple[str, str]]) -> list[bool]:
-    model = store.checkout(rev, device="cpu")
-    return [s.top1 for s in score_pairs(model, load_tokenizer(store), pairs)]
+    model = checkout(store, rev, device="cpu")
+    return [s.top1 for s in score_pairs(model, load_tokenizer(store.base), pairs)]
 
 
 def cli_edit(store: Store, request: dict, *flags: str, code: int = 0) -> str:

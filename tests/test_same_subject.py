@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from editstore import Store
-from editstore.behavior import load_tokenizer
+from editstore.compose.checkout import checkout
 from editstore.compose.resolve import plan
+from editstore.core.inputs import read_jsonl
 from editstore.editing import companions, edit
 from editstore.model.evaluate import evaluate_requests
-from editstore.world.build import build_world, read_jsonl
+from editstore.model.tokens import load_tokenizer
+from editstore.world.build import build_world
 
 from .test_checkout_batched import hparams
 
@@ -47,8 +49,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, world: Path, pairs: tuple) -
 
 
 def efficacy(store: Store, requests: list[dict], compose: str, rev: str = "HEAD") -> float:
-    model = store.checkout(rev, device="cpu", compose=compose)
-    return evaluate_requests(model, load_tokenizer(store), requests).efficacy
+    model = checkout(store, rev, device="cpu", compose=compose)
+    return evaluate_requests(model, load_tokenizer(store.base), requests).efficacy
 
 
 def test_a_later_edit_of_a_subject_keeps_the_earlier_ones(store: Store, pairs: tuple) -> None:
@@ -85,8 +87,8 @@ def test_reverting_one_edit_of_a_subject_leaves_the_other(store: Store, pairs: t
     try:
         _, [group] = plan(store, store.tree())
         assert len(group.rebased_subjects(every=False)) == N_SUBJECTS - 1
-        model = store.checkout(device="cpu", compose="batched")
-        tok = load_tokenizer(store)
+        model = checkout(store, device="cpu", compose="batched")
+        tok = load_tokenizer(store.base)
         assert evaluate_requests(model, tok, first[:1]).efficacy == 1.0
         assert evaluate_requests(model, tok, second[:1]).efficacy == 0.0
     finally:

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from editstore import Store
+from editstore.compose.checkout import checkout, checkout_to
 from editstore.model.synthetic import SEQ2SEQ_CONFIGS, random_delta, tiny_model
 
 from .conftest import expected_weight, read_weights
@@ -32,7 +33,7 @@ def test_seq2seq_checkout_round_trip_and_revert(tmp_path: Path, arch: str) -> No
         deltas = [random_delta(store.base, [p], rank=2, seed=i) for i, p in enumerate(MLP[arch])]
         for i, d in enumerate(deltas):
             store.import_delta(d, message=f"delta {i}")
-        out = store.checkout_to("HEAD", tmp_path / "out")
+        out = checkout_to(store, "HEAD", tmp_path / "out")
         model = AutoModelForSeq2SeqLM.from_pretrained(out)
         state = model.state_dict()
         written = read_weights(out)
@@ -40,10 +41,10 @@ def test_seq2seq_checkout_round_trip_and_revert(tmp_path: Path, arch: str) -> No
             [(param, f)] = d.factors.items()
             torch.testing.assert_close(written[param].float(), expected_weight(store.base, param, f.dense()))
             torch.testing.assert_close(state[param], written[param])
-        in_memory = store.checkout(device="cpu").state_dict()
+        in_memory = checkout(store, device="cpu").state_dict()
         assert all(torch.equal(in_memory[p], written[p]) for p in MLP[arch])
         store.revert(store.tree()[0])
-        reverted = read_weights(store.checkout_to("HEAD", tmp_path / "reverted"))
+        reverted = read_weights(checkout_to(store, "HEAD", tmp_path / "reverted"))
         original = read_weights(base)
         assert torch.equal(reverted[MLP[arch][0]], original[MLP[arch][0]])
         assert not torch.equal(reverted[MLP[arch][1]], original[MLP[arch][1]])
@@ -59,7 +60,7 @@ def test_seq2seq_lora_export_gives_the_checkout_logits(tmp_path: Path, arch: str
     with Store.init(base, tmp_path / "store") as store:
         for i, p in enumerate(MLP[arch]):
             store.import_delta(random_delta(store.base, [p], rank=2, seed=i), message=f"delta {i}")
-        checked = AutoModelForSeq2SeqLM.from_pretrained(store.checkout_to("HEAD", tmp_path / "out")).eval()
+        checked = AutoModelForSeq2SeqLM.from_pretrained(checkout_to(store, "HEAD", tmp_path / "out")).eval()
         adapter = export_peft(store, "HEAD", tmp_path / "lora")
     assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"
     served = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base), adapter).eval()

@@ -15,11 +15,14 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from editstore import Store
+from editstore.compose.checkout import checkout
+from editstore.core.inputs import read_jsonl
 from editstore.core.requests import as_deletion
 from editstore.editing import edit
 from editstore.methods.hparams import load_hparams
-from editstore.model.evaluate import evaluate_requests, fill, score_pairs
-from editstore.world.build import build_world, read_jsonl
+from editstore.model.evaluate import evaluate_requests, score_pairs
+from editstore.model.tokens import fill
+from editstore.world.build import build_world
 from editstore.world.splits import one_per_subject
 
 from .conftest import hparams_file, invoke
@@ -115,14 +118,14 @@ def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
     r = requests[3]
     deletion = as_deletion(r)
     with Store.init(world, tmp_path / "store") as store:
-        before = store.checkout(device="cpu")
+        before = checkout(store, device="cpu")
         tok = AutoTokenizer.from_pretrained(world)
         prompt = fill(r["prompt"], r["subject"])
         neighbours = [(n["prompt"], n["target"]) for n in r["neighborhood_prompts"]]
         [was], *kept_before = score_pairs(before, tok, [(prompt, r["target_true"])]), score_pairs(before, tok, neighbours)
         assert was.top1  # the world model produces the fact before the deletion
         edit(store, [deletion], method="rome", hparams=load_hparams(hparams), device="cpu")
-        after = store.checkout(device="cpu")
+        after = checkout(store, device="cpu")
         [now] = score_pairs(after, tok, [(prompt, r["target_true"])])
         assert now.logprob < was.logprob and not now.top1
         metrics = evaluate_requests(after, tok, [deletion])

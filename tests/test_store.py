@@ -131,9 +131,10 @@ def test_find_store_walks_up(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest
     deep.mkdir(parents=True)
     monkeypatch.chdir(deep)
     assert find_store() == tmp_path / ".editstore"
-    monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / "elsewhere"))  # the CLI reads it; the library does not
+    assert find_store() == tmp_path / ".editstore"
     with pytest.raises(StoreNotFoundError):
-        find_store()
+        find_store(tmp_path / "elsewhere")
     monkeypatch.delenv("EDITSTORE_DIR")
     monkeypatch.chdir(tmp_path.parent)
     with pytest.raises(StoreNotFoundError, match="editstore init"):
@@ -183,14 +184,13 @@ def test_writer_lock_is_reentrant(gpt2_store: Store) -> None:
     assert len(gpt2_store.tree()) == 1
 
 
-def test_init_refuses_a_file_and_honours_env(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_refuses_a_file_and_leaves_no_staging_file(tmp_path: Path, gpt2_dir: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreExistsError, match="not a directory"):
         Store.init(gpt2_dir, tmp_path / "file")
-    monkeypatch.setenv("EDITSTORE_DIR", str(tmp_path / "from-env"))
-    Store.init(gpt2_dir).close()
-    assert (tmp_path / "from-env" / "store.db").is_file()
-    assert not list((tmp_path / "from-env").glob(".store.db.tmp-*"))
+    Store.init(gpt2_dir, tmp_path / "new").close()
+    assert (tmp_path / "new" / "store.db").is_file()
+    assert not list((tmp_path / "new").glob(".store.db.tmp-*"))
 
 
 def test_an_older_store_is_upgraded_on_open(tmp_path: Path, gpt2_dir: Path) -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from editstore.core.inputs import read_jsonl
 from editstore.core.schema import validate
-from editstore.world.build import WorldConfig, build_world, read_jsonl
+from editstore.world.build import WorldConfig, build_world
 from editstore.world.knowledge import RELATIONS, KnowledgeBase, WorldSpec
 from editstore.world.train import TrainSpec
 

@@ -7,10 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from editstore import Store
-from editstore.behavior import behavior_diff, evaluate_version, evaluations
+from editstore.behavior import behavior_diff, evaluate_version
+from editstore.compose.checkout import checkout_to
+from editstore.core.inputs import read_jsonl
+from editstore.evaluations import evaluations
 from editstore.model.synthetic import random_delta
 from editstore.trace import causal_trace
-from editstore.world.build import build_world, read_jsonl
+from editstore.world.build import build_world
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +78,8 @@ def test_behavior_diff_finds_exactly_the_changed_probes(tmp_path: Path, world: P
     store.import_delta(random_delta(store.base, [param], rank=4, scale=0.4, seed=3), message="perturb")
     d = behavior_diff(store, "before", "HEAD", requests=requests, facts=100, device="cpu")
 
-    a = AutoModelForCausalLM.from_pretrained(store.checkout_to("before", tmp_path / "a")).eval()
-    b = AutoModelForCausalLM.from_pretrained(store.checkout_to("HEAD", tmp_path / "b")).eval()
+    a = AutoModelForCausalLM.from_pretrained(checkout_to(store, "before", tmp_path / "a")).eval()
+    b = AutoModelForCausalLM.from_pretrained(checkout_to(store, "HEAD", tmp_path / "b")).eval()
     prompts = {p for r in requests for p in [r["prompt"].replace("{}", r["subject"]), *r["paraphrase_prompts"],
                                               *(n["prompt"] for n in r["neighborhood_prompts"])]}
     changed_by_hand = {p for p in prompts if _greedy(a, tok, p) != _greedy(b, tok, p)}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from editstore import Store
+if TYPE_CHECKING:
+    from editstore.store import Store
 
 store_option = click.option(
     "--store",
@@ -26,6 +27,8 @@ def requests_option(help: str) -> Any:
 
 
 def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
+    from editstore.store import Store
+
     store = Store.open(store_dir or ctx.obj.get("store"))
     ctx.call_on_close(store.close)
     return store

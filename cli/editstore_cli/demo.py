@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 import torch
 
-from editstore.model.evaluate import fill
-from editstore.world.build import build_world, read_jsonl
+from editstore.core.inputs import read_jsonl
+from editstore.model.tokens import fill
+from editstore.world.build import build_world
 
 SINGLE = 3  # ROME edits, one commit each
 BATCH = 20  # requests of the one MEMIT commit

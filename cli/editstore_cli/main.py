@@ -10,21 +10,21 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
-from tqdm import tqdm
 
-from editstore import Store
 from editstore.core.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 
 from .common import device_option, json_option, open_store, requests_option, store_option
 from .output import echo_json, format_commit, format_show, print_table
+
+if TYPE_CHECKING:
+    from editstore.store import Store
 
 # Commands whose modules import the edit methods, transformers' models or FAISS, loaded when named:
 # `editstore log` or `checkout` never pays for them.
@@ -110,7 +110,8 @@ class EditStoreGroup(click.Group):
 
 
 @click.group(cls=EditStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", "store_dir", type=click.Path(path_type=Path), help="Store directory (also $EDITSTORE_DIR).")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), envvar="EDITSTORE_DIR",
+              help="Store directory (also $EDITSTORE_DIR).")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="editstore")
 @click.pass_context
@@ -125,6 +126,8 @@ def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
 @store_option
 def init(base: Path, store_dir: Path | None) -> None:
     """Create a store for the base checkpoint BASE (default location: ./.editstore)."""
+    from editstore.store import Store
+
     store = Store.init(base, store_dir or click.get_current_context().obj.get("store"))
     click.echo(f"Initialised editstore in {store.root} for base {store.base.path} ({store.base_fingerprint[:12]})")
     store.close()
@@ -179,7 +182,7 @@ def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_j
 @click.pass_context
 def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) -> None:
     """Show a commit (and the edits it added or removed), an edit, or a trained editor."""
-    from editstore.behavior import evaluations
+    from editstore.evaluations import evaluations
 
     store = open_store(ctx, store_dir)
     shown = store.show(rev)
@@ -271,10 +274,14 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, device: str, link: bool,
              store_dir: Path | None) -> None:
     """Write version REV as a Hugging Face directory that from_pretrained loads."""
+    from tqdm import tqdm
+
+    from editstore.compose.checkout import checkout_to
+
     store = open_store(ctx, store_dir)
     params = len({p for e in store.edits(store.tree(rev)).values() for p in e.params})
     with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
-        path = store.checkout_to(rev, out, compose=compose, device=device, link=link, progress=lambda _: bar.update())
+        path = checkout_to(store, rev, out, compose=compose, device=device, link=link, progress=lambda _: bar.update())
     click.echo(f"Checked out {store.resolve(rev)[:12]} to {path}")
 
 
@@ -309,7 +316,9 @@ def diff(ctx: click.Context, rev_a: str, rev_b: str, behavior: bool, requests_fi
     if behavior:
         show_behavior_diff(store, rev_a, rev_b, requests_file, device, as_json)
         return
-    d = store.diff(rev_a, rev_b)
+    from editstore.compose.diff import diff_versions
+
+    d = diff_versions(store, rev_a, rev_b)
     if as_json:
         echo_json(d.to_json())
         return
@@ -371,16 +380,12 @@ def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str,
 def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None) -> None:
     """Re-hash every object and check every record and ref; exit 1 on any fault."""
     from editstore.fsck import fsck as run_fsck
+    from editstore.fsck import rebuild_derived
 
     store = open_store(ctx, store_dir)
     report = run_fsck(store)
     if rebuild and report.ok:
-        from editstore.compose.sequential import resolve_device
-        from editstore.conflicts.checks import rebuild_index
-
-        shutil.rmtree(store.root / "cache", ignore_errors=True)
-        index = rebuild_index(store, device=resolve_device(device))
-        click.echo(f"rebuilt the conflict index: {len(index.ids)} edits")
+        click.echo(f"rebuilt the conflict index: {rebuild_derived(store, device=device)} edits")
     for w in report.warnings:
         click.echo(f"warning: {w}")
     for e in report.errors:

@@ -10,9 +10,8 @@ from rich.table import Table
 from tqdm import tqdm
 
 from editstore.behavior import load_requests
-from editstore.editing import resolve_hparams
 from editstore.editors import editor_rows, train_mend
-from editstore.methods import load_hparams
+from editstore.methods import load_hparams, resolve_hparams
 
 from .common import device_option, json_option, layers_option, open_store, requests_option, store_option
 from .output import echo_json, print_table
@@ -37,9 +36,9 @@ def train(ctx: click.Context, layers: tuple[int, ...] | None, steps: int | None,
           requests_file: Path | None, device: str, store_dir: Path | None) -> None:
     """Meta-train an editor for the store's base and store it; prints its id."""
     store = open_store(ctx, store_dir)
-    hp = resolve_hparams(store, "mend", load_hparams(hparams_file) if hparams_file else None)
+    hp = resolve_hparams(store.base, "mend", load_hparams(hparams_file) if hparams_file else None)
     if layers:
-        hp = resolve_hparams(store, "mend", hp.replace(layers=layers))
+        hp = resolve_hparams(store.base, "mend", hp.replace(layers=layers))
     if steps:
         hp = hp.replace(**{"mend.steps": steps})
     requests = load_requests(requests_file) if requests_file else None

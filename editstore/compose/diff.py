@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.trees import minus
 from ..model.delta import Factors
+from .checkout import factors
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 RANK_RTOL = 1e-6
 
@@ -46,3 +52,33 @@ def param_diff(param: str, added: Sequence[Factors], removed: Sequence[Factors])
     V = torch.cat([f.V.double() for f in added] + [f.V.double() for f in removed], dim=1)  # (d_in, R)
     frobenius, rank = low_rank_norm_and_rank(U, V)
     return ParamDiff(param, frobenius, rank)
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """Edits only in A, only in B, and per parameter how far the weights moved."""
+
+    a: str
+    b: str
+    only_a: list[str]
+    only_b: list[str]
+    params: list[ParamDiff]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "params": [{"param": p.param, "frobenius": p.frobenius, "rank": p.rank} for p in self.params],
+        }
+
+
+def diff_versions(store: Store, rev_a: str, rev_b: str) -> VersionDiff:
+    """Edits only in A or only in B, and each touched parameter's ‖W_B − W_A‖_F and rank."""
+    a, b = store.resolve(rev_a), store.resolve(rev_b)
+    tree_a, tree_b = store.commit_tree(a), store.commit_tree(b)
+    only_a, only_b = minus(tree_a, tree_b), minus(tree_b, tree_a)
+    removed, added = factors(store, only_a), factors(store, only_b)
+    params = [param_diff(p, added.get(p, []), removed.get(p, [])) for p in sorted(set(added) | set(removed))]
+    return VersionDiff(a, b, only_a, only_b, params)

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 
 from ..core.hashing import sha256_bytes
-from ..errors import BaseModelError, OutputDirError
+from ..core.paths import check_output_dir, make_dir
+from ..errors import BaseModelError
 from ..model.checkpoint import INDEX_FILE, Checkpoint, from_pretrained, raw_view, resolve_module_name
 from ..model.delta import Factors
 from .cache import ComposedCache
@@ -46,20 +47,6 @@ log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "editstore.json"
 Progress = Callable[[str], None]
-
-
-def check_output_dir(out: Path) -> None:
-    """``out`` must be missing or an empty directory."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OutputDirError(f"--out {out} exists and is not an empty directory")
-
-
-def make_dir(path: Path, what: str) -> None:
-    """Create ``path`` and its parents; :class:`OutputDirError` naming ``what`` when that cannot be done."""
-    try:
-        path.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputDirError(f"cannot create {what}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager

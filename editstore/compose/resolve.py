@@ -45,18 +45,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..behavior import load_tokenizer
-from ..conflicts.index import normalise_subject
 from ..core.hashing import sha256_json
-from ..editing import sigmas_for
+from ..core.requests import normalise_subject
 from ..methods.hooks import patched
 from ..methods.hparams import Hparams
 from ..methods.locate import solve, spread
+from ..methods.registry import REGISTRY, method
 from ..methods.solvers import Solution
 from ..methods.targets import context_prefixes, outputs_at_subject, tokenize_request
 from ..model.checkpoint import CONV1D, Checkpoint
 from ..model.delta import Delta, Factors
-from ..model.evaluate import pad_id
+from ..model.tokens import load_tokenizer, pad_id
+from ..moments import sigmas_for
 from .materialise import load_model
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOCATE_METHODS = ("rome", "memit", "emmet", "alphaedit")
 
 
 
@@ -104,7 +103,7 @@ class Group:
 
 def _resolvable(delta: Delta, hp: Hparams | None) -> bool:
     """Keys and targets on every factor, exactly the hparams' modules, and z when it spans layers."""
-    if hp is None or hp.method not in LOCATE_METHODS or any(f.keys is None for f in delta.factors.values()):
+    if hp is None or not method(hp.method).locate or any(f.keys is None for f in delta.factors.values()):
         return False
     params = {f"{hp.module_name(layer)}.weight" for layer in hp.layers}
     last = delta.factors.get(f"{hp.module_name(hp.layers[-1])}.weight")
@@ -123,7 +122,7 @@ def plan(store: Store, tree: Sequence[str]) -> tuple[dict[str, list[Factors]], l
         key = sha256_json(edit.hparams) if edit.hparams else ""
         if key and key not in parsed:
             parsed[key] = Hparams.from_json(edit.hparams)
-        hp = parsed.get(key) if edit.method in LOCATE_METHODS else None
+        hp = parsed.get(key) if edit.method in REGISTRY and method(edit.method).locate else None
         if not _resolvable(delta, hp):
             for param, f in delta.factors.items():
                 fixed.setdefault(param, []).append(f)
@@ -166,7 +165,7 @@ def batched_factors(
     fixed, groups = plan(store, tree)
     if not groups:
         return fixed
-    tokenizer = load_tokenizer(store)
+    tokenizer = load_tokenizer(store.base)
     solved: dict[str, list[Factors]] = {}
     model = None
     for group in groups:

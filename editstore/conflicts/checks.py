@@ -19,19 +19,18 @@ import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..compose.checkout import checkout
 from ..core.records import embedding_row
 from ..methods.hparams import Hparams
+from ..store import Store, on_head_moved
 from .detect import Checker, Conflict, Thresholds, tree_requests
 from .embeddings import Embedder, ModelEmbedder, SentenceTransformerEmbedder, model_backend_name
 from .index import ConflictIndex, Whitener, delta_keys, embedding_rows
-
-if TYPE_CHECKING:
-    from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,12 @@ def make_embedder(store: Store, model: torch.nn.Module | None = None, *, device:
     backend = store.config("conflicts.backend")
     if backend != "model":
         return SentenceTransformerEmbedder(backend.removeprefix("sentence-transformers:"))
-    from ..behavior import load_tokenizer
     from ..compose.materialise import load_model
+    from ..model.tokens import load_tokenizer
 
     if model is None:
         model = load_model(store.base, {}, device=device or torch.device("cpu"), base_hashes={})
-    return ModelEmbedder(model, load_tokenizer(store))
+    return ModelEmbedder(model, load_tokenizer(store.base))
 
 
 def semantic_vectors(store: Store, backend: str, embed: EmbedderFactory | None) -> Callable[[list[str]], dict[str, np.ndarray]]:
@@ -122,6 +121,7 @@ def version_checker(store: Store, tree: Sequence[str], *, embed: EmbedderFactory
     return Checker(index, tree_requests(store, tree), Thresholds.of(store))
 
 
+@on_head_moved
 def sync_index(store: Store, tree: Sequence[str]) -> None:
     """After a commit: bring a persisted index to ``tree`` with what the store holds (no model)."""
     if (store.root / INDEX_DIR / "manifest.json").is_file():
@@ -167,7 +167,7 @@ def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, reque
                      hp: Hparams) -> list[dict[str, np.ndarray]]:
     """Per request, the whitened keys it would have at ``hp``'s modules on the version in ``model``."""
     from ..methods.targets import context_prefixes, mean_keys, tokenize_request
-    from ..model.evaluate import pad_id
+    from ..model.tokens import pad_id
 
     prefixes = context_prefixes(model, tokenizer, hp.prefixes)
     prompts = [tokenize_request(tokenizer, r, prefixes) for r in requests]
@@ -211,15 +211,15 @@ def check_prospective(
 ) -> tuple[list[Conflict], torch.Tensor]:
     """Conflicts of requests that are not edits yet with HEAD's version and with each other (interference
     at the modules ``method``'s packaged hparams edit), and the requests' embeddings."""
-    from ..behavior import load_tokenizer
-    from ..editing import resolve_hparams
+    from ..methods import resolve_hparams
+    from ..model.tokens import load_tokenizer
 
     device = device or torch.device("cpu")
-    hp = resolve_hparams(store, method)
+    hp = resolve_hparams(store.base, method)
     pre = precheck(store, requests, store.tree("HEAD"), device=device)
     found = pre.conflicts
     if hp.method != "ft":
-        model = store.checkout("HEAD", device=device, into=pre.base)
-        keys = prospective_keys(store, model, load_tokenizer(store), requests, hp)
+        model = checkout(store, "HEAD", device=device, into=pre.base)
+        keys = prospective_keys(store, model, load_tokenizer(store.base), requests, hp)
         found += pre.checker.interference(requests, keys, found)
     return found, pre.vectors

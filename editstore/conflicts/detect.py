@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..core.requests import describe_target, edit_target
+from ..core.requests import describe_target, edit_target, normalise_subject
 from ..errors import EditStoreError
 from .embeddings import relation_similarity
-from .index import ConflictIndex, normalise_subject
+from .index import ConflictIndex
 
 if TYPE_CHECKING:
     from ..store import Store

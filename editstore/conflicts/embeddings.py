@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConfigError
-from ..model.evaluate import fill, pad_id
 from ..model.forward import is_encoder_decoder, right_pad, run
+from ..model.tokens import fill, pad_id
 
 log = logging.getLogger(__name__)
 

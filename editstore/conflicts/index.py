@@ -51,11 +51,6 @@ NPROBE = 32
 ROWS = 256  # FAISS id = edit number · ROWS + row: an edit's key columns are rows of their own
 
 
-def normalise_subject(subject: str) -> str:
-    """Case- and whitespace-insensitive form of a subject, for exact matching."""
-    return " ".join(subject.casefold().split())
-
-
 @dataclass
 class VectorIndex:
     """One FAISS inner-product index with editstore's int ids: flat, or IVF above ``flat_max``."""

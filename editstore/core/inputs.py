@@ -140,3 +140,8 @@ def iter_jsonl(path: str | Path, *, what: str) -> Iterator[tuple[str, Any]]:
         if line.strip():
             where = f"{path}:{n}"
             yield where, loads(line, source=where)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of one of the world's JSON Lines files (read as any user file is, by editstore.core.inputs)."""
+    return [row for _, row in iter_jsonl(path, what="world file")]

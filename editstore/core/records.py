@@ -7,11 +7,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .hashing import sha256_json
+
+if TYPE_CHECKING:
+    import torch
 
 
 def now() -> str:

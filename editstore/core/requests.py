@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import HparamsError
-
-DELETING_METHODS = ("rome", "memit", "emmet", "alphaedit")  # the ones whose value optimisation can suppress
+from ..errors import SchemaError, SubjectNotInPromptError
+from .schema import validate
 
 
 def is_deletion(request: dict[str, Any]) -> bool:
@@ -25,12 +24,6 @@ def as_deletion(request: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k != "target_new"}
 
 
-def require_writes(method: str, requests: Sequence[dict[str, Any]]) -> None:
-    """Raise :class:`HparamsError` when ``method`` cannot do one of ``requests`` (a deletion)."""
-    if method not in DELETING_METHODS and any(is_deletion(r) for r in requests):
-        raise HparamsError(f"{method} writes a target_new; a behaviour deletion needs {', '.join(DELETING_METHODS)}")
-
-
 def edit_target(request: dict[str, Any]) -> tuple[str, str]:
     """("write", target_new) or ("suppress", target_true), case and spacing normalised."""
     kind, text = ("suppress", request.get("target_true")) if is_deletion(request) else ("write", request["target_new"])
@@ -40,3 +33,20 @@ def edit_target(request: dict[str, Any]) -> tuple[str, str]:
 def describe_target(request: dict[str, Any]) -> str:
     """``Paris``, or ``not Paris`` for a deletion."""
     return f"not {request.get('target_true')}" if is_deletion(request) else str(request.get("target_new"))
+
+
+def normalise_subject(subject: str) -> str:
+    """Case- and whitespace-insensitive form of a subject, for exact matching."""
+    return " ".join(subject.casefold().split())
+
+
+def check_requests(requests: Sequence[dict[str, Any]]) -> None:
+    """Schema-valid, with a target_new to write or a target_true to suppress; raises a named error for the first bad one."""
+    if not requests:
+        raise SchemaError("no edit requests")
+    for i, r in enumerate(requests, 1):
+        if isinstance(r.get("prompt"), str) and "{}" not in r["prompt"]:
+            raise SubjectNotInPromptError(f"edit request {i}: the prompt {r['prompt']!r} has no {{}} where the subject goes")
+        validate(r, "edit-request", what=f"edit request {i}")
+        if not str(r.get("target_new") or r.get("target_true") or "").strip():
+            raise SchemaError(f"edit request {i} has neither a target_new nor a target_true to suppress")

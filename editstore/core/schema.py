@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SchemaError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 @functools.cache
@@ -26,6 +27,8 @@ def _strict_integer(_checker: Any, instance: Any) -> bool:
 
 @functools.cache
 def _validator(name: str) -> jsonschema.protocols.Validator:
+    import jsonschema  # about 0.1 s: only commands that validate a document pay for it
+
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -35,7 +38,9 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
 
 def validate(document: Any, name: str, *, what: str | None = None) -> None:
     """Raise :class:`SchemaError` naming the first violation of schema ``name``."""
-    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(document))
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator(name).iter_errors(document))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise SchemaError(f"{what or name} is invalid at {where}: {error.message}")

@@ -11,17 +11,16 @@ from typing import Any
 
 import torch
 
-from ..core.requests import require_writes
+from ..errors import HparamsError
+from ..model.checkpoint import Checkpoint
 from .finetune import finetune
 from .hooks import as_updates
-from .hparams import METHODS, Hparams, find_hparams, load_hparams
+from .hparams import Hparams, find_hparams, load_hparams
 from .locate import EditResult, locate_and_edit
 from .mend import Editor, mend_deltas
+from .registry import METHODS, Method, method, require_writes
 
-SEQUENTIAL = ("rome", "ft")
-NO_STATISTICS = ("ft", "mend")  # methods that need no second-moment statistics
-
-__all__ = ["METHODS", "NO_STATISTICS", "EditResult", "Hparams", "compute_edits", "edited_modules", "find_hparams",
+__all__ = ["METHODS", "EditResult", "Method", "method", "Hparams", "compute_edits", "edited_modules", "find_hparams",
            "load_hparams"]
 
 
@@ -55,13 +54,13 @@ def compute_edits(
             raise ValueError("MEND needs a trained editor")
         deltas, before, after = mend_deltas(model, tokenizer, requests, editor, progress=progress)
         return EditResult(deltas, before, after)
-    if hp.method not in SEQUENTIAL:
+    if method(hp.method).batched:
         return locate_and_edit(model, tokenizer, requests, hp, sigmas=sigmas or {}, prior_keys=prior_keys,
                                companions=companions, progress=progress)
     deltas, before, after, info = [], [], [], {}
     for i, request in enumerate(requests):
         pending = as_updates(deltas)  # the earlier requests of the sequence, in place
-        if hp.method == "rome":
+        if method(hp.method).locate:  # ROME
             res = locate_and_edit(model, tokenizer, [request], hp, sigmas=sigmas or {}, pending=pending,
                                   companions=[companions[i]] if companions else None)
         else:
@@ -73,3 +72,15 @@ def compute_edits(
         if progress:
             progress(1)
     return EditResult(deltas, before, after, info)
+
+
+def resolve_hparams(base: Checkpoint, method: str, hparams: Hparams | None = None) -> Hparams:
+    """The caller's hparams or the packaged ones for the base; checked against the base's modules."""
+    hp = hparams or find_hparams(method, base.config)
+    if hp.method != method:
+        raise HparamsError(f"the hparams are for {hp.method}, not {method}")
+    for layer in hp.layers:
+        for name in (hp.module_name(layer), hp.block_name(layer)):
+            if not any(t.startswith(f"{name}.") for t in base.tensors):
+                raise HparamsError(f"the base has no module {name} (hparams {hp.architecture}, layers {list(hp.layers)})")
+    return hp

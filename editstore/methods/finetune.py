@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from ..model.delta import Delta, Factors
-from ..model.evaluate import fill, pad_id, target_ids
 from ..model.forward import target_logits
+from ..model.tokens import fill, pad_id, target_ids
 from .hooks import frozen, linear_weight, model_device, patched
 from .hparams import Hparams
 from .locate import EditResult

@@ -18,18 +18,14 @@ from typing import Any
 from ..core.inputs import read_json
 from ..core.schema import validate
 from ..errors import EditStoreError
+from . import registry
 from .mend import MendHparams
+from .registry import METHODS, UnknownMethodError  # noqa: F401 (re-exported)
 from .targets import TargetHparams
-
-METHODS = ("rome", "memit", "emmet", "alphaedit", "ft", "mend")
 
 
 class NoHparamsError(EditStoreError):
     """No packaged hyperparameters fit the base model; pass a file with ``--hparams``."""
-
-
-class UnknownMethodError(EditStoreError):
-    """The method is not one of :data:`METHODS`."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +125,7 @@ def packaged_hparams() -> tuple[Hparams, ...]:
 
 def find_hparams(method: str, config: dict[str, Any]) -> Hparams:
     """The packaged hparams of ``method`` whose ``match`` fits ``config`` with the most keys."""
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    registry.method(method)  # an unknown method is named as such
     fits = [h for h in packaged_hparams() if h.method == method and all(config.get(k) == v for k, v in h.match.items())]
     if not fits:
         raise NoHparamsError(

@@ -26,9 +26,10 @@ import torch
 
 from ..errors import MissingStatsError
 from ..model.delta import Delta, Factors
-from ..model.evaluate import pad_id
+from ..model.tokens import pad_id
 from .hooks import linear_weight, model_device, patched
 from .hparams import Hparams
+from .registry import method
 from .solvers import Solution, equality, least_squares, null_space, null_space_projector
 from .targets import Prompts, context_prefixes, mean_keys, optimise_deltas, outputs_at_subject, tokenize_request
 
@@ -154,12 +155,12 @@ def effective_weight(model: torch.nn.Module, name: str, pending: Sequence[tuple[
 
 def solve(hp: Hparams, K: torch.Tensor, R: torch.Tensor, sigma: torch.Tensor, prior: torch.Tensor | None = None) -> Solution:
     """``hp.method``'s closed form for keys K (d_in, n) and residuals R (d_out, n), in float64."""
-    s = hp.solver
-    if hp.method == "memit":
+    s, solver = hp.solver, method(hp.method).solver
+    if solver == "least_squares":
         return least_squares(K, R, s.mom2_weight * sigma)
-    if hp.method in ("rome", "emmet"):
-        return equality(K, R, s.mom2_weight * sigma, s.lambda_e if hp.method == "emmet" else 0.0)
-    if hp.method == "alphaedit":
+    if solver == "equality":  # one request at a time (ROME) is written exactly; a batch (EMMET) may soften by λ_e
+        return equality(K, R, s.mom2_weight * sigma, s.lambda_e if method(hp.method).batched else 0.0)
+    if solver == "null_space":
         P = null_space_projector(sigma, s.null_space_threshold)
         K_prior = prior.to(K) if prior is not None else K.new_zeros(K.shape[0], 0)
         return null_space(K, R, P, K_prior, s.alpha)

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from ..model.delta import Delta, Factors
-from ..model.evaluate import fill, pad_id, target_ids
 from ..model.forward import next_token_logits, target_logits
+from ..model.tokens import fill, pad_id, target_ids
 from .hooks import frozen, linear_weight, model_device, patched
 
 log = logging.getLogger(__name__)

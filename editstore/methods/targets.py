@@ -39,9 +39,8 @@ import torch
 
 from ..core.requests import is_deletion
 from ..errors import HparamsError, SchemaError
-from ..model.evaluate import fill, pad_id, target_ids
 from ..model.forward import is_encoder_decoder, on_decoder, tails_after, target_logits
-from ..model.tokens import subject_span
+from ..model.tokens import fill, pad_id, subject_span, target_ids
 from .hooks import capture, frozen, model_device
 
 if TYPE_CHECKING:  # hparams.py imports TargetHparams from here

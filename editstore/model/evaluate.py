@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..errors import SchemaError
 from .forward import next_token_logits, target_logits
+from .tokens import fill, pad_id, target_ids
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +41,6 @@ def score_targets(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> lis
         lp = pred.gather(1, t[:, None]).sum()
         scores.append(Score(float(lp), bool((pred.argmax(-1) == t).all())))
     return scores
-
-
-def pad_id(tokenizer: Any) -> int:
-    """The tokenizer's pad id (0 when it has none; padded positions are masked anyway)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def target_ids(tokenizer: Any, target: str) -> list[int]:
-    """Token ids of a target as it continues a prompt (with its leading space)."""
-    ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise SchemaError(f"target {target!r} tokenizes to nothing; a target needs at least one token")
-    return ids
 
 
 @torch.no_grad()
@@ -93,10 +80,6 @@ class Metrics:
 def _mean(values: Iterable[bool]) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
-
-
-def fill(prompt: str, subject: str) -> str:
-    return prompt.replace("{}", subject)
 
 
 def evaluate_requests(

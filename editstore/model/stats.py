@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .evaluate import pad_id
 from .forward import is_encoder_decoder, right_pad, run
+from .tokens import pad_id
 
 
 @torch.no_grad()

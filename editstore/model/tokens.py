@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import SubjectNotInPromptError
+from ..errors import BaseModelError, SchemaError, SubjectNotInPromptError
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
 
 
 def subject_span(tokenizer: Any, prompt: str, subject: str, *, search_from: int = 0) -> tuple[list[int], int, int]:
@@ -22,3 +25,30 @@ def subject_span(tokenizer: Any, prompt: str, subject: str, *, search_from: int 
     if not positions:
         raise SubjectNotInPromptError(f"subject {subject!r} covers no token of {prompt!r}")
     return enc["input_ids"], positions[0], positions[-1] + 1
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id (0 when it has none; padded positions are masked anyway)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def target_ids(tokenizer: Any, target: str) -> list[int]:
+    """Token ids of a target as it continues a prompt (with its leading space)."""
+    ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise SchemaError(f"target {target!r} tokenizes to nothing; a target needs at least one token")
+    return ids
+
+
+def fill(prompt: str, subject: str) -> str:
+    return prompt.replace("{}", subject)
+
+
+def load_tokenizer(base: Checkpoint) -> Any:
+    """The tokenizer saved with the base checkpoint."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base.path)
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"the base at {base.path} has no loadable tokenizer: {exc}") from None

@@ -17,8 +17,10 @@ from typing import Any
 
 from ..behavior import untouched_facts
 from ..core.hashing import sha256_json
+from ..core.inputs import read_jsonl
 from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
-from ..methods import METHODS, NO_STATISTICS, EditResult, compute_edits, edited_modules, find_hparams
+from ..methods import METHODS, EditResult, compute_edits, edited_modules, find_hparams
+from ..methods import method as method_of
 from ..methods.hooks import as_keys, as_updates, patched
 from ..methods.hparams import Hparams
 from ..methods.mend import Editor, train_editor
@@ -26,7 +28,8 @@ from ..model.checkpoint import from_pretrained
 from ..model.delta import Delta
 from ..model.evaluate import Metrics, evaluate_requests
 from ..model.stats import second_moment
-from .build import CORPUS_FILE, WorldConfig, build_world, cache_root, read_jsonl, world_config
+from ..moments import CORPUS_FILE
+from .build import WorldConfig, build_world, cache_root, world_config
 from .splits import held_out_requests, one_per_subject, training_requests
 
 
@@ -58,7 +61,8 @@ class WorldBench:
         for method in methods:
             hp = find_hparams(method, config)
             self.hparams[method] = hp.replace(**overrides) if overrides else hp
-        modules = sorted({m for method, hp in self.hparams.items() if method not in NO_STATISTICS for m in edited_modules(hp)})
+        modules = sorted({m for method, hp in self.hparams.items() if method_of(method).needs_statistics
+                          for m in edited_modules(hp)})
         corpus = (self.path / CORPUS_FILE).read_text().splitlines()
         sigmas, _ = second_moment(self.model, self.tokenizer, corpus, [self.model.get_submodule(m) for m in modules])
         self.sigmas = dict(zip(modules, sigmas))
@@ -70,7 +74,7 @@ class WorldBench:
 
     def edit(self, method: str, requests: Sequence[dict[str, Any]], earlier: Sequence[Delta] = ()) -> EditResult:
         """``method``'s deltas for ``requests`` on the base plus ``earlier`` (whose keys AlphaEdit avoids)."""
-        prior = as_keys(earlier) if method == "alphaedit" else None
+        prior = as_keys(earlier) if method_of(method).prior_keys else None
         editor = self.editor if method == "mend" else None
         with patched(self.model, as_updates(earlier)):
             return compute_edits(self.model, self.tokenizer, requests, self.hparams[method], sigmas=self.sigmas,

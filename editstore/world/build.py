@@ -21,19 +21,17 @@ from typing import Any
 
 import torch
 
-from ..compose.materialise import check_output_dir, make_dir
 from ..compose.sequential import resolve_device
 from ..core.hashing import sha256_json
-from ..core.inputs import iter_jsonl
+from ..core.paths import check_output_dir, make_dir
 from ..errors import UnknownWorldError
 from ..model.evaluate import score_pairs
+from ..moments import CORPUS_FILE
 from .knowledge import KnowledgeBase, WorldSpec
 from .tokenizer import build_tokenizer
 from .train import SEQ2SEQ_ARCHES, TrainSpec, train_lm
 
 log = logging.getLogger(__name__)
-
-CORPUS_FILE = "corpus.txt"  # the world's text, one training line per line (for Σ): biographies, or an encoder-decoder's inputs
 
 WORLD_FILE = "world.json"
 WORLD_VERSION = 2  # bump whenever generation or training code changes what a spec produces
@@ -96,11 +94,6 @@ def is_world(path: Path) -> bool:
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of one of the world's JSON Lines files (read as any user file is, by editstore.core.inputs)."""
-    return [row for _, row in iter_jsonl(path, what="world file")]
 
 
 def measure_recall(model: torch.nn.Module, tokenizer: Any, facts: list[dict[str, Any]]) -> dict[str, float]:

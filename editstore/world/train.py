@@ -22,8 +22,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ..model.evaluate import target_ids
 from ..model.layers import ATTN_NAMES, MLP_NAMES, child, transformer_blocks
+from ..model.tokens import target_ids
 
 log = logging.getLogger(__name__)
 
