@@ -28,6 +28,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from editstore.porcelain import create_branch, tag
+
 
 def build_store(root: Path, commits: int) -> Path:
     """A store of ``commits`` one-edit commits over a tiny GPT-2, plus a branch and a tag."""
@@ -42,8 +44,8 @@ def build_store(root: Path, commits: int) -> Path:
     for i in tqdm(range(commits), desc="commits", unit="commit"):
         delta = random_delta(store.base, [params[i % 2]], seed=i)
         store.record_edits([NewEdit(delta, "random", name=f"edit-{i}")], message=f"edit {i}")
-    store.create_branch("feature", "HEAD~10")
-    store.tag("v1", "HEAD~100")
+    create_branch(store, "feature", "HEAD~10")
+    tag(store, "v1", "HEAD~100")
     store.close()
     return root / "store"
 

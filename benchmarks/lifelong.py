@@ -59,6 +59,7 @@ from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
 from editstore.model.checkpoint import from_pretrained
 from editstore.model.evaluate import evaluate_requests, score_pairs
+from editstore.porcelain import revert
 from editstore.world.build import SIZES, build_world, world_config
 from editstore.world.knowledge import RELATIONS
 
@@ -213,7 +214,7 @@ def run_history(world_path: Path, world: World, method: str, args: argparse.Name
             stale.append(live.pop(eid))
             live[store.tree()[-1]] = new
         for eid in rng.sample(list(live), args.revert):
-            store.revert(eid)
+            revert(store, eid)
             del live[eid]
         label = f"{method} +{args.replace} replace -{args.revert} revert"
         rows += measure(store, world, label, list(live.values()), args, stale)

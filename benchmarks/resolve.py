@@ -24,6 +24,7 @@ from editstore.compose.checkout import checkout
 from editstore.core.inputs import read_jsonl
 from editstore.editing import edit
 from editstore.methods import find_hparams
+from editstore.porcelain import revert
 from editstore.world.build import build_world
 
 SAMPLES = 300
@@ -52,7 +53,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             with Store.init(world, Path(tmp) / "a") as store_a, Store.init(world, Path(tmp) / "b") as store_b:
                 edit(store_a, requests, method=method, hparams=hp, device="cpu")
-                store_a.revert(store_a.tree()[a.revert])
+                revert(store_a, store_a.tree()[a.revert])
                 batched, sequential = updates(store_a, "batched"), updates(store_a, "sequential")
                 edit(store_b, rest, method=method, hparams=hp, device="cpu")
                 fresh = updates(store_b, "sequential")

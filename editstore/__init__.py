@@ -10,7 +10,7 @@ The package is layered; each layer imports only those below it:
 - ``store``: the repository (records, refs, history);
 - ``compose/``: composition, the composed-parameter cache and checkout; ``conflicts/``: conflict
   detection and its index; ``moments``: second-moment statistics in a store;
-- the porcelain: ``editing`` (``edit``), ``merge``, ``behavior``, ``editors``, ``export``, ``fsck``, ``trace``;
+- the porcelain: ``porcelain`` (import, revert, show, branches and tags), ``editing`` (``edit``), ``merge``, ``behavior``, ``editors``, ``export``, ``fsck``, ``trace``;
 - ``world/``: the synthetic fact worlds the benchmarks and tests edit.
 
 The names below are imported on first use, so ``import editstore`` costs nothing until one is used.
@@ -27,14 +27,30 @@ if TYPE_CHECKING:
     from .editing import edit
     from .errors import EditStoreError
     from .model.delta import Delta, Factors
+    from .porcelain import (
+        branches,
+        create_branch,
+        delete_branch,
+        import_delta,
+        reset,
+        revert,
+        show,
+        switch,
+        tag,
+        tags,
+    )
     from .store import NewEdit, Store
 
-__all__ = ["Delta", "EditStoreError", "Factors", "NewEdit", "Store", "checkout", "checkout_to", "diff_versions", "edit"]
+__all__ = [
+    "Delta", "EditStoreError", "Factors", "NewEdit", "Store", "branches", "checkout", "checkout_to", "create_branch",
+    "delete_branch", "diff_versions", "edit", "import_delta", "reset", "revert", "show", "switch", "tag", "tags",
+]
 __version__ = "0.1.0"
 
 _HOMES = {"Delta": ".model.delta", "Factors": ".model.delta", "EditStoreError": ".errors", "NewEdit": ".store",
           "Store": ".store", "edit": ".editing", "checkout": ".compose.checkout", "checkout_to": ".compose.checkout",
           "diff_versions": ".compose.diff"}
+_HOMES.update((name, ".porcelain") for name in __all__ if name not in _HOMES)
 
 
 def __getattr__(name: str) -> Any:

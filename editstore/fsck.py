@@ -22,11 +22,12 @@ from .compose.cache import TrimReport
 from .compose.checkout import composed_cache
 from .core.hashing import sha256_bytes
 from .core.records import Commit, Edit, tree_id
+from .core.refs import HEADS, TAGS
 from .core.revisions import ref_name_problem
 from .errors import BaseModelError, CorruptObjectError, InvalidDeltaError
 from .model.delta import SUPPORTED_DTYPES, Delta
 from .moments import stats_rows
-from .store import HEADS, TAGS, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 

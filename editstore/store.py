@@ -18,24 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from .core import db as dbmod
 from .core.config import check_setting, default
-from .core.hashing import HEX_ID_LENGTH, is_hex
 from .core.lock import writer_lock
 from .core.objects import ObjectStore
-from .core.paths import make_dir
+from .core.paths import DB_FILE, STORE_DIRNAME, find_store, make_dir
 from .core.records import Commit, Edit, author, conflict_row, embedding_row, now, tree_id
-from .core.refs import DEFAULT_BRANCH, HEAD, HEADS, TAGS, Refs
-from .core.revisions import MIN_PREFIX, check_ref_name, parse_revision
+from .core.refs import HEAD, Refs
+from .core.revisions import lookup, parse_revision
 from .core.schema import validate
-from .core.trees import minus, reinsert
+from .core.trees import minus
 from .errors import (
-    AmbiguousRevisionError,
     BaseModelError,
     HeadMovedError,
     NotInTreeError,
-    RefError,
     RevisionError,
     StoreExistsError,
-    StoreNotFoundError,
     UnknownRevisionError,
 )
 
@@ -47,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORE_DIRNAME = ".editstore"
-DB_FILE = "store.db"
 
 HeadMoved = Callable[["Store", list[str]], None]
 _head_moved: list[HeadMoved] = []
@@ -63,23 +57,6 @@ def on_head_moved(hook: HeadMoved) -> HeadMoved:
     """
     _head_moved.append(hook)
     return hook
-
-
-def find_store(explicit: str | Path | None = None, *, start: Path | None = None) -> Path:
-    """The store directory: ``explicit``, else ``.editstore`` in ``start`` (default: the working directory)
-    or its nearest ancestor that has one."""
-    if explicit:
-        root = Path(explicit)
-        if not (root / DB_FILE).is_file():
-            raise StoreNotFoundError(f"no editstore store at {root}")
-        return root.resolve()
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        if (directory / STORE_DIRNAME / DB_FILE).is_file():
-            return directory / STORE_DIRNAME
-    raise StoreNotFoundError(
-        f"no editstore store in {here} or any parent; run `editstore init --base MODEL_DIR` or pass --store"
-    )
 
 
 def _orientations_key(checkpoint: Checkpoint) -> str:
@@ -98,13 +75,6 @@ class NewEdit:
     info: dict[str, Any] = field(default_factory=dict)
     embedding: tuple[str, torch.Tensor] | None = None  # (backend, prompt embedding), see editstore.conflicts.index
     conflicts: Sequence[dict[str, Any]] = ()  # Conflict.to_json() of what this edit was committed despite
-
-
-@dataclass(frozen=True)
-class Branch:
-    name: str
-    commit: str
-    current: bool
 
 
 class Store:
@@ -130,8 +100,6 @@ class Store:
 
         The store goes to ``store``, else ``./.editstore``.
         """
-        import os
-
         from .model.checkpoint import Checkpoint  # torch: only commands that read the base pay for it
 
         root = Path(store or Path.cwd() / STORE_DIRNAME)
@@ -145,33 +113,10 @@ class Store:
         with writer_lock(root / "lock"):
             if (root / DB_FILE).exists():
                 raise StoreExistsError(f"a store already exists at {root}")
-            staging = root / f".{DB_FILE}.tmp-{os.getpid()}"  # complete before it is renamed into place
-            staging.unlink(missing_ok=True)
-            db = dbmod.create(staging)
-            cls._write_root(db, checkpoint)
-            db.close()
-            os.replace(staging, root / DB_FILE)
+            dbmod.create_store(root / DB_FILE, base=checkpoint.fingerprint, base_path=str(checkpoint.path),
+                               config=checkpoint.config, meta={_orientations_key(checkpoint): checkpoint.orientations})
         log.info("initialised store at %s for base %s", root, checkpoint.path)
         return cls(root)
-
-    @staticmethod
-    def _write_root(db: Any, checkpoint: Checkpoint) -> None:
-        """The base row, the empty root commit, ``main`` and ``HEAD``, in one transaction."""
-        with db.atomic():
-            db["bases"].insert(
-                {
-                    "fingerprint": checkpoint.fingerprint,
-                    "path": str(checkpoint.path),
-                    "config": json.dumps(checkpoint.config),
-                    "created": now(),
-                }
-            )
-            root_commit = Commit(checkpoint.fingerprint, (), tree_id([]), "init", "init", author(), now())
-            db["trees"].insert({"id": root_commit.tree, "edits": "[]", "size": 0}, ignore=True)
-            db["commits"].insert(root_commit.row())
-            db["refs"].insert({"name": HEADS + DEFAULT_BRANCH, "target": root_commit.id, "symbolic": None})
-            db["refs"].insert({"name": HEAD, "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
-            db["meta"].insert({"key": _orientations_key(checkpoint), "value": json.dumps(checkpoint.orientations)})
 
     @classmethod
     def open(cls, store: str | Path | None = None) -> Store:
@@ -243,7 +188,7 @@ class Store:
     def resolve_object(self, rev: str) -> tuple[str, str]:
         """``("commit", id)``, ``("edit", id)`` or ``("editor", id)`` for a revision string."""
         parsed = parse_revision(rev)
-        kind, oid = self._resolve_name(parsed.name)
+        kind, oid = lookup(self.db, self.refs, parsed.name)
         if parsed.back and kind != "commit":
             raise RevisionError(f"{rev}: ~ and ^ apply to commits, and {parsed.name} names an {kind}")
         for step in range(parsed.back):
@@ -252,30 +197,6 @@ class Store:
                 raise UnknownRevisionError(f"{rev} goes back {parsed.back} commit(s), but history has only {step}")
             oid = parents[0]
         return kind, oid
-
-    def _resolve_name(self, name: str) -> tuple[str, str]:
-        if name == HEAD:
-            return "commit", self.head()
-        for prefix in (HEADS, TAGS):
-            ref = self.refs.get(prefix + name)
-            if ref is not None and ref.target is not None:
-                return "commit", ref.target
-        text = name.lower()
-        if not is_hex(text) or len(text) > HEX_ID_LENGTH:
-            raise UnknownRevisionError(f"unknown revision {name!r} (not a branch, tag or id)")
-        if len(text) < MIN_PREFIX:
-            raise UnknownRevisionError(f"unknown revision {name!r}; id prefixes need at least {MIN_PREFIX} characters")
-        matches = [
-            (kind, row[0])
-            for kind, table in (("commit", "commits"), ("edit", "edits"), ("editor", "editors"))
-            for row in self.db.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?", [text, text + "g"])
-        ]
-        if not matches:
-            raise UnknownRevisionError(f"unknown revision {name!r}")
-        if len(matches) > 1:
-            listed = ", ".join(f"{k} {i[:12]}" for k, i in matches[:5])
-            raise AmbiguousRevisionError(f"revision {name!r} is ambiguous: {listed}")
-        return matches[0]
 
     def resolve(self, rev: str) -> str:
         """The commit id a revision names; an edit id is an error here."""
@@ -310,22 +231,15 @@ class Store:
         """The ordered edit ids of the tree ``tid``."""
         return json.loads(self.db.execute("SELECT edits FROM trees WHERE id = ?", [tid]).fetchone()[0])
 
-    def _edit_rows(self, edit_ids: Sequence[str], columns: str = "*") -> dict[str, Any]:
-        """Rows of the ``edits`` table by id, 500 ids a query."""
-        out: dict[str, Any] = {}
-        ids = list(dict.fromkeys(edit_ids))
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            rows = self.db["edits"].rows_where(f"id IN ({', '.join('?' * len(chunk))})", chunk, select=columns)
-            out.update((row["id"], row) for row in rows)
-        missing = [e for e in ids if e not in out]
+    def edits(self, edit_ids: Sequence[str]) -> dict[str, Edit]:
+        """The records of several edits, by id, in one query; :class:`UnknownRevisionError` names a missing one."""
+        rows = self.db.query("SELECT e.* FROM json_each(?) AS t JOIN edits AS e ON e.id = t.value",
+                             [json.dumps(list(edit_ids))])
+        out = {row["id"]: Edit.from_row(row) for row in rows}
+        missing = [e for e in edit_ids if e not in out]
         if missing:
             raise UnknownRevisionError(f"no edit {missing[0]}")
         return out
-
-    def edits(self, edit_ids: Sequence[str]) -> dict[str, Edit]:
-        """The records of several edits, by id, in few queries."""
-        return {eid: Edit.from_row(row) for eid, row in self._edit_rows(edit_ids).items()}
 
     def load_delta(self, edit_id: str, *, record: Edit | None = None) -> Delta:
         """The delta object of an edit, hash-verified."""
@@ -335,88 +249,16 @@ class Store:
         return Delta.from_bytes(self.objects.read(oid), source=f"object {oid}", trusted=True)
 
     def log(self, rev: str = "HEAD", *, limit: int | None = None) -> list[tuple[str, Commit]]:
-        """Commits reachable from ``rev``, newest first."""
-        seen: dict[str, Commit] = {}
-        frontier = [self.resolve(rev)]
-        while frontier:
-            cid = frontier.pop()
-            if cid in seen:
-                continue
-            seen[cid] = self.commit(cid)
-            frontier.extend(seen[cid].parents)
-        ordered = sorted(seen.items(), key=lambda item: item[1].time, reverse=True)
-        return ordered if limit is None else ordered[:limit]
+        """Commits reachable from ``rev``, newest first (one recursive query)."""
+        query = (
+            "WITH RECURSIVE reach(id) AS (SELECT ? UNION SELECT p.value FROM reach JOIN commits AS c ON c.id = reach.id,"
+            " json_each(c.parents) AS p) SELECT c.* FROM commits AS c JOIN reach ON c.id = reach.id"
+            " ORDER BY c.time DESC, c.id LIMIT ?"
+        )
+        rows = self.db.query(query, [self.resolve(rev), -1 if limit is None else limit])
+        return [(row["id"], Commit.from_row(row)) for row in rows]
 
-    def show(self, rev: str) -> dict[str, Any]:
-        """A commit (with the edits it added and removed), an edit or a trained editor, as a JSON-ready dict."""
-        kind, oid = self.resolve_object(rev)
-        if kind == "edit":
-            return {"type": "edit", "id": oid, **self.edit(oid).record()}
-        if kind == "editor":
-            row = next(self.db["editors"].rows_where("id = ?", [oid]))
-            return {"type": "editor", **row, **{k: json.loads(row[k]) for k in ("modules", "hparams", "metrics")}}
-        c = self.commit(oid)
-        tree = self.commit_tree(oid)
-        parent_tree = self.commit_tree(c.parents[0]) if c.parents else []
-        added, removed = minus(tree, parent_tree), minus(parent_tree, tree)
-        edits = [{"id": e, "name": (edit := self.edit(e)).name, "method": edit.method} for e in added]
-        return {"type": "commit", "id": oid, **c.record(), "size": len(tree), "added": edits, "removed": removed}
-
-    # ----------------------------------------------------------------- branches and tags
-
-    def branches(self) -> list[Branch]:
-        current = self.current_branch()
-        return [Branch(name, target, name == current) for name, target in self.refs.under(HEADS)]
-
-    def tags(self) -> dict[str, str]:
-        return dict(self.refs.under(TAGS))
-
-    def _create_ref(self, full: str, rev: str, what: str) -> str:
-        check_ref_name(full.split("/", 2)[2])
-        with self.locked():
-            target = self.resolve(rev)
-            with self.db.atomic():
-                if not self.refs.add_if_new(full, target):
-                    raise RefError(f"{what} {full.split('/', 2)[2]!r} already exists")
-        return target
-
-    def create_branch(self, name: str, rev: str = "HEAD") -> str:
-        """Create branch ``name`` at ``rev``; returns its commit id."""
-        return self._create_ref(HEADS + name, rev, "branch")
-
-    def tag(self, name: str, rev: str = "HEAD") -> str:
-        """Create tag ``name`` at ``rev``; returns its commit id."""
-        return self._create_ref(TAGS + name, rev, "tag")
-
-    def delete_branch(self, name: str) -> None:
-        with self.locked():
-            if self.current_branch() == name:
-                raise RefError(f"cannot delete {name!r}: it is the current branch")
-            with self.db.atomic():
-                if not self.refs.remove_if_equals(HEADS + name, None):
-                    raise RefError(f"no branch named {name!r}")
-
-    def switch(self, name: str, *, create: bool = False) -> None:
-        """Make ``name`` the current branch (creating it at HEAD with ``create``)."""
-        if create:
-            self.create_branch(name)
-        with self.locked():
-            if self.refs.get(HEADS + name) is None:
-                raise RefError(f"no branch named {name!r}")
-            with self.db.atomic():
-                self.refs.set_symbolic(HEAD, HEADS + name)
-            self._after_move(self.tree(HEAD))
-
-    def reset(self, rev: str) -> str:
-        """Move the current branch (or detached HEAD) to ``rev``."""
-        with self.locked():
-            target = self.resolve(rev)
-            with self.db.atomic():
-                self._move_head(self.head(), target)
-            self._after_move(self.commit_tree(target))
-        return target
-
-    def _move_head(self, expected: str, commit_id: str) -> None:
+    def move_head(self, expected: str, commit_id: str) -> None:
         """Point the current branch (or a detached HEAD) at ``commit_id`` if it still holds ``expected``
         (compare-and-swap, inside the caller's transaction); :class:`HeadMovedError` if it moved."""
         if not self.refs.set_if_equals(HEAD, expected, commit_id):
@@ -480,58 +322,11 @@ class Store:
             return self._commit(tree, expected=expected_head, operation=operation, message=message, parents=parents,
                                 conflicts=conflicts)
 
-    def import_delta(self, delta: str | Path | Delta, *, message: str, name: str | None = None) -> str:
-        """Validate a delta file (or object) against the base and commit it as one edit."""
-        from .model.delta import Delta  # torch: only commands that read deltas pay for it
-
-        source = None if isinstance(delta, Delta) else str(delta)
-        d = delta if isinstance(delta, Delta) else Delta.load(delta)
-        method = d.metadata.get("method", "import")
-        info = {"source": Path(source).name} if source else {}
-        return self.record_edits([NewEdit(d, method, name=name, info=info)], message=message, operation="import")
-
-    def revert(self, rev: str, *, message: str | None = None) -> str:
-        """New commit whose tree lacks the edit ``rev`` (or undoes commit ``rev``: the edits it added leave,
-        the edits it took out come back at their old places, so reverting an update or a revert restores
-        the earlier tree exactly when nothing else changed)."""
-        kind, oid = self.resolve_object(rev)
-        if kind == "editor":
-            raise RevisionError(f"{rev} names a trained editor, not an edit or commit")
-        with self.locked():
-            head = self.head()
-            tree = self.commit_tree(head)
-            if kind == "edit":
-                if oid not in tree:
-                    raise NotInTreeError(f"edit {oid[:12]} is not in the current tree")
-                label = self.edit(oid).name or oid[:12]
-                return self._commit(minus(tree, [oid]), expected=head, operation="revert",
-                                    message=message or f"Revert edit {label}")
-            commit = self.commit(oid)
-            before = self.commit_tree(commit.parents[0]) if commit.parents else []
-            after = self.commit_tree(oid)
-            remove = (set(after) - set(before)) & set(tree)
-            readd = minus(minus(before, after), tree)
-            if not remove and not readd:
-                raise NotInTreeError(f"the changes of commit {oid[:12]} are not in the current tree")
-            default = f'Revert "{commit.message.splitlines()[0] if commit.message else oid[:12]}"'
-            return self._commit(reinsert(minus(tree, remove), readd, before), expected=head, operation="revert",
-                                message=message or default)
-
     def _store_edit(self, item: NewEdit) -> Edit:
         oid = self.objects.write(item.delta.to_bytes())
-        return Edit(
-            base=self.base_fingerprint,
-            name=item.name,
-            method=item.method,
-            request=item.request,
-            hparams=item.hparams,
-            delta=oid,
-            params=tuple(item.delta.params),
-            rank=item.delta.rank,
-            info=dict(item.info),
-            author=author(),
-            time=now(),
-        )
+        return Edit(base=self.base_fingerprint, name=item.name, method=item.method, request=item.request,
+                    hparams=item.hparams, delta=oid, params=tuple(item.delta.params), rank=item.delta.rank,
+                    info=dict(item.info), author=author(), time=now())
 
     def _commit(
         self,
@@ -555,22 +350,23 @@ class Store:
         )
         with self.db.atomic():
             for edit in new_edits:
-                self.db["edits"].insert(edit.row(), ignore=True)
-            self.db["base_tensors"].insert_all(base_hashes, ignore=True)
-            self.db["trees"].insert({"id": commit.tree, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
-            self.db["commits"].insert(commit.row())
-            self.db["embeddings"].insert_all(embeddings, replace=True)
-            self.db["conflicts"].insert_all([conflict_row(commit.id, e, c) for e, c in conflicts])
-            self._move_head(expected, commit.id)
+                self.db.table("edits").insert(edit.row(), ignore=True)
+            self.db.table("base_tensors").insert_all(base_hashes, ignore=True)
+            self.db.table("trees").insert({"id": commit.tree, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
+            self.db.table("commits").insert(commit.row())
+            self.db.table("embeddings").insert_all(embeddings, replace=True)
+            self.db.table("conflicts").insert_all([conflict_row(commit.id, e, c) for e, c in conflicts])
+            self.move_head(expected, commit.id)
         log.info("commit %s (%s, %d edits)", commit.id[:12], operation, len(tree))
-        self._after_move(tree)
+        self.head_moved(tree)
         return commit.id
 
-    def _after_move(self, tree: list[str]) -> None:
-        """Run the head-moved hooks (:func:`on_head_moved`) with HEAD's new tree."""
+    def head_moved(self, tree: Sequence[str] | None = None) -> None:
+        """Run the head-moved hooks (:func:`on_head_moved`) with HEAD's tree (``tree`` when the caller has it)."""
+        tree = list(self.tree(HEAD) if tree is None else tree)
         for hook in _head_moved:
             try:
-                hook(self, list(tree))
+                hook(self, tree)
             except Exception as exc:  # noqa: BLE001 (HEAD has moved; derived state must not undo it)
                 log.warning("%s after HEAD moved failed (%s); derived state catches up later", hook.__qualname__, exc)
 
@@ -585,5 +381,5 @@ class Store:
         """Set ``key`` to ``value`` (validated); returns the stored value."""
         value = check_setting(key, value)
         with self.locked(), self.db.atomic():
-            self.db["meta"].insert({"key": f"config.{key}", "value": value}, replace=True)
+            self.db.table("meta").insert({"key": f"config.{key}", "value": value}, replace=True)
         return value

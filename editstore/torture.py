@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import porcelain
 from .compose.checkout import factors
 from .errors import EditStoreError, NotInTreeError
 from .fsck import fsck
@@ -72,32 +73,32 @@ def _operations(store: Store, rng: random.Random, report: Callable[[str, object]
                             seed=rng.randrange(2**31), with_keys=rng.random() < 0.5)
 
     def import_delta() -> None:
-        commit(store.import_delta(delta(), message="import"))
+        commit(porcelain.import_delta(store, delta(), message="import"))
 
     def revert() -> None:
         tree = store.tree("HEAD")
         if tree:
             try:
-                commit(store.revert(rng.choice(tree)))
+                commit(porcelain.revert(store, rng.choice(tree)))
             except NotInTreeError:  # another writer reverted it first
                 pass
 
     def branch_and_tag() -> None:
         name = f"b{os.getpid()}-{rng.randrange(10**9)}"
-        store.create_branch(name)
-        store.tag(f"t-{name}")
+        porcelain.create_branch(store, name)
+        porcelain.tag(store, f"t-{name}")
 
     def scratch() -> None:  # on a side branch: two commits, one taken back (gc may collect it), merged later
-        if SCRATCH not in {b.name for b in store.branches()}:
-            store.create_branch(SCRATCH)
-        store.switch(SCRATCH)
-        store.import_delta(delta(), message="scratch kept")
-        store.import_delta(delta(), message="scratch dropped")
-        store.reset("HEAD~1")
-        store.switch("main")
+        if SCRATCH not in {b.name for b in porcelain.branches(store)}:
+            porcelain.create_branch(store, SCRATCH)
+        porcelain.switch(store, SCRATCH)
+        porcelain.import_delta(store, delta(), message="scratch kept")
+        porcelain.import_delta(store, delta(), message="scratch dropped")
+        porcelain.reset(store, "HEAD~1")
+        porcelain.switch(store, "main")
 
     def merge_scratch() -> None:
-        if SCRATCH in {b.name for b in store.branches()}:
+        if SCRATCH in {b.name for b in porcelain.branches(store)}:
             try:
                 commit(merge(store, SCRATCH).commit)
             except EditStoreError:  # nothing to merge
@@ -131,7 +132,7 @@ def writer(root: str, conn: Connection, seed: int, count: int | None = None, ops
     rng = random.Random(seed)
     store = Store.open(root)
     if store.current_branch() != "main":  # a writer killed on the scratch branch
-        store.switch("main")
+        porcelain.switch(store, "main")
     operations = _operations(store, rng, lambda kind, value: conn.send((kind, value)))
     conn.send(("ready", os.getpid()))
     done = 0

@@ -15,12 +15,13 @@ from editstore.compose.checkout import checkout, checkout_to, composed_cache, co
 from editstore.errors import ConfigError
 from editstore.fsck import gc
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta
 
 from .conftest import GPT2_PARAMS, read_weights
 
 
 def commit(store: Store, params: list[str], seed: int) -> None:
-    store.import_delta(random_delta(store.base, params, rank=2, seed=seed, with_keys=True), message=f"delta {seed}")
+    import_delta(store, random_delta(store.base, params, rank=2, seed=seed, with_keys=True), message=f"delta {seed}")
 
 
 def test_a_second_checkout_reads_the_cache_and_writes_the_same_bytes(

@@ -11,6 +11,7 @@ from editstore import Store
 from editstore.compose.checkout import checkout, checkout_to
 from editstore.errors import BaseModelError, DeviceError, OutputDirError
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta, revert
 
 from .conftest import GPT2_PARAMS, LLAMA_PARAMS, expected_weight, read_weights
 
@@ -22,7 +23,7 @@ def commit_deltas(store: Store, params: list[str], n: int = 4) -> list:
     deltas = []
     for i in range(n):
         d = random_delta(store.base, params[i % 2 : i % 2 + 2], rank=1 + i % 3, seed=100 + i, with_keys=i % 2 == 0)
-        store.import_delta(d, message=f"delta {i}", name=f"d{i}")
+        import_delta(store, d, message=f"delta {i}", name=f"d{i}")
         deltas.append(d)
     return deltas
 
@@ -55,7 +56,7 @@ def test_checkout_equals_base_plus_factors_and_revert(
     check_weights(store, checkout_to(store, "HEAD", tmp_path / "all"), deltas)
 
     middle = store.tree()[1]
-    store.revert(middle)
+    revert(store, middle)
     check_weights(store, checkout_to(store, "HEAD", tmp_path / "reverted"), deltas[:1] + deltas[2:])
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "reverted")
@@ -100,7 +101,7 @@ def reflinks_work(where: Path) -> bool:
 
 def test_untouched_shards_are_copied_or_linked(tmp_path: Path, gpt2_dir: Path) -> None:
     store = Store.init(gpt2_dir, tmp_path / "store")
-    store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+    import_delta(store, random_delta(store.base, GPT2_PARAMS[:1]), message="one")
     copied = checkout_to(store, "HEAD", tmp_path / "copied")  # the default: reflinks or copies
     linked = checkout_to(store, "HEAD", tmp_path / "linked", link=True)
     edited_file = store.base.info(GPT2_PARAMS[0]).file
@@ -139,7 +140,7 @@ def test_changed_base_tensor_is_detected(tmp_path: Path, gpt2_dir: Path) -> None
     for f in gpt2_dir.iterdir():
         (base / f.name).write_bytes(f.read_bytes())
     store = Store.init(base, tmp_path / "store")
-    store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+    import_delta(store, random_delta(store.base, GPT2_PARAMS[:1]), message="one")
     info = store.base.info(GPT2_PARAMS[0])
     with open(base / info.file, "r+b") as fh:  # flip one byte of the edited tensor, layout unchanged
         fh.seek(info.begin)

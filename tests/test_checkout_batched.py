@@ -18,6 +18,7 @@ from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
 from editstore.moments import sigmas_for
+from editstore.porcelain import revert
 from editstore.world.build import build_world
 
 from .conftest import SAMPLES, invoke
@@ -64,7 +65,7 @@ def test_after_revert_batched_checkout_equals_a_batch_edit_of_the_rest(
         edit(a, requests, method=method, hparams=hp, device="cpu")
         # one batch: the joint re-solve is the sum of its per-request columns
         assert_weights_close(edited(a, "batched"), edited(a, "sequential"), a)
-        a.revert(a.tree()[2])
+        revert(a, a.tree()[2])
         reverted = edited(a, "batched")
     with Store.init(world, tmp_path / "b") as b:
         edit(b, requests[:2] + requests[3:], method=method, hparams=hp, device="cpu")
@@ -162,7 +163,7 @@ def test_compose_mode_from_the_cli_and_the_store_setting(tmp_path: Path, world: 
     invoke("init", "--base", world, "--store", store_dir)
     with Store(store_dir) as store:
         edit(store, requests[:2], method="emmet", hparams=hparams(world, "emmet"), device="cpu")
-        store.revert(store.tree()[0])
+        revert(store, store.tree()[0])
     invoke("--store", store_dir, "checkout", "HEAD", "--out", tmp_path / "b", "--compose", "batched")
     assert json.loads((tmp_path / "b" / "editstore.json").read_text())["compose"] == "batched"
     assert invoke("--store", store_dir, "config", "checkout.compose").strip() == "sequential"

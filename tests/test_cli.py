@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from editstore import Store
 from editstore.model.checkpoint import Checkpoint
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta, revert
 from editstore_cli.main import cli
 
 from .conftest import GPT2_PARAMS, LLAMA_PARAMS, expected_weight, read_weights, snapshot
@@ -144,7 +145,7 @@ def test_bad_input_exits_2_and_leaves_store_unchanged(tmp_path: Path, gpt2_dir: 
     run(*good, "--store", store_dir)
     with Store(store_dir) as store:
         edit_id = store.tree()[0]
-        store.revert(edit_id)
+        revert(store, edit_id)
     if torch.cuda.is_available():
         cases.pop("cuda without gpu")
     before = snapshot(store_dir)
@@ -233,7 +234,7 @@ def test_log_and_checkout_import_neither_transformers_nor_faiss(tmp_path: Path, 
     from .conftest import GPT2_PARAMS
 
     with Store.init(gpt2_dir, tmp_path / "store") as store:
-        store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+        import_delta(store, random_delta(store.base, GPT2_PARAMS[:1]), message="one")
     code = (
         "import sys\n"
         "from editstore_cli.main import cli\n"

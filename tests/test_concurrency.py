@@ -10,6 +10,7 @@ import time
 from editstore import Store
 from editstore.fsck import fsck
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta
 from editstore.torture import CONCURRENT, check_store, context, kill_loop, reader, writer
 
 from .conftest import GPT2_PARAMS
@@ -19,7 +20,7 @@ def _importer(root: str, worker: int, count: int) -> None:
     store = Store.open(root)
     for i in range(count):
         delta = random_delta(store.base, GPT2_PARAMS[:1], seed=worker * 1000 + i)
-        store.import_delta(delta, message=f"worker {worker} delta {i}")
+        import_delta(store, delta, message=f"worker {worker} delta {i}")
     store.close()
 
 
@@ -43,9 +44,10 @@ WRITER = """
 import sys
 from editstore import Store
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta
 store = Store.open(sys.argv[1])
 for i in range(10_000):
-    store.import_delta(random_delta(store.base, [sys.argv[2]], rank=8, seed=i), message=f"d{i}")
+    import_delta(store, random_delta(store.base, [sys.argv[2]], rank=8, seed=i), message=f"d{i}")
     if i == 0:
         print("ready", flush=True)  # warm: from here on the process does nothing but imports
 """
@@ -90,7 +92,7 @@ def test_concurrent_writers_and_readers_see_whole_versions(gpt2_store: Store) ->
     writer finishes, and afterwards fsck is clean and every acknowledged commit is present."""
     ctx = context()
     root = str(gpt2_store.root)
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS[:1]), message="first")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS[:1]), message="first")
     pipes, procs = [], []
     for i in range(5):
         parent, child = ctx.Pipe(duplex=False)

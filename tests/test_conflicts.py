@@ -15,6 +15,7 @@ from editstore.conflicts.index import ConflictIndex
 from editstore.core.inputs import read_jsonl
 from editstore.core.schema import validate
 from editstore.editing import edit
+from editstore.porcelain import reset, revert
 from editstore.world.build import build_world
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
@@ -109,7 +110,7 @@ def test_revert_removes_an_edit_from_the_index_and_a_deleted_index_is_rebuilt(st
     duplicate = next(c for c in cases if c.label == "duplicate" and c.stored == 1)
     assert "duplicate" in kinds_for(store, duplicate.request)  # builds and persists the index
     reverted = store.tree()[1]
-    store.revert(reverted)
+    revert(store, reverted)
     index = ConflictIndex.load(store.root / INDEX_DIR, backend="model:2,4", base=store.base_fingerprint, flat_max=20000)
     assert index is not None and reverted not in index.ids and len(index.ids) == 2  # synced by the revert itself
     assert "duplicate" not in kinds_for(store, duplicate.request)
@@ -131,7 +132,7 @@ def test_merge_is_three_way_so_a_revert_on_one_side_stays(store: Store, stored_a
     root = store.root
     first = store.tree()[0]
     invoke("--store", root, "branch", "side")
-    store.revert(first)  # main drops an edit the side branch still has
+    revert(store, first)  # main drops an edit the side branch still has
     invoke("--store", root, "switch", "side")
     edit(store, [stored[3]], method="rome", hparams=hparams(store.base.path, "rome"), device="cpu")
     side_edit = store.tree()[-1]
@@ -169,10 +170,10 @@ def test_merge_with_and_without_conflicts(store: Store, stored_and_cases: tuple)
     assert snapshot(root) == before
     out = json.loads(invoke("--store", root, "merge", "side", "--ours", "--json"))
     assert out["dropped"] == [theirs] and ours in store.tree() and theirs not in store.tree()
-    store.reset("HEAD~1")
+    reset(store, "HEAD~1")
     out = json.loads(invoke("--store", root, "merge", "side", "--theirs", "--json"))
     assert out["dropped"] == [ours] and theirs in store.tree() and ours not in store.tree()
-    store.reset("HEAD~1")
+    reset(store, "HEAD~1")
     out = json.loads(invoke("--store", root, "merge", "side", "--force", "--json"))
     assert {ours, theirs} <= set(store.tree()) and any(c["kind"] == "contradiction" for c in out["conflicts"])
     assert any(r["kind"] == "contradiction" for r in store.db["conflicts"].rows_where("commit_id = ?", [store.head()]))

@@ -19,6 +19,7 @@ from editstore.methods import compute_edits, find_hparams, resolve_hparams
 from editstore.methods.hparams import load_hparams
 from editstore.model.tokens import load_tokenizer
 from editstore.moments import find_stats, load_sigma, sigmas_for, stats_rows
+from editstore.porcelain import revert
 from editstore.world.build import build_world
 from editstore_cli.main import cli
 
@@ -74,7 +75,7 @@ def test_a_batch_is_one_commit_of_one_edit_per_request_and_each_reverts_alone(tm
         assert len(tree) == len(batch) and len(store.log()) == 2
         assert [store.edit(e).request["subject"] for e in tree] == [r["subject"] for r in batch]
         assert all(store.edit(e).info["batch"] == len(batch) for e in tree)
-        store.revert(tree[2])
+        revert(store, tree[2])
         assert store.tree() == tree[:2] + tree[3:]
 
 

@@ -16,6 +16,7 @@ from editstore.core.inputs import read_jsonl
 from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta
 from editstore.world.build import build_world
 from editstore_cli.main import cli
 
@@ -35,7 +36,7 @@ def test_lora_adapter_gives_the_checkout_logits(tmp_path: Path, request: pytest.
     base = request.getfixturevalue(fixture)
     with Store.init(base, tmp_path / "store") as store:
         for i in range(3):  # ranks 1, 2, 3; the last touches both parameters
-            store.import_delta(random_delta(store.base, params[:2] if i == 2 else params[i : i + 1], rank=1 + i, seed=i), message=str(i))
+            import_delta(store, random_delta(store.base, params[:2] if i == 2 else params[i : i + 1], rank=1 + i, seed=i), message=str(i))
         result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "export", "--peft", str(tmp_path / "lora")])
         assert result.exit_code == 0, result.output
         assert same_logits(store, base, tmp_path / "lora", store.base.config["vocab_size"]) < 1e-5
@@ -60,7 +61,7 @@ def test_export_errors_exit_2_and_write_nothing(tmp_path: Path, gpt2_dir: Path) 
     empty = runner.invoke(cli, ["--store", str(store_dir), "export", "--peft", str(tmp_path / "a")])
     assert empty.exit_code == 2 and "no edits" in empty.output
     with Store(store_dir) as store:
-        store.import_delta(random_delta(store.base, ["transformer.wte.weight"], seed=1), message="embedding")
+        import_delta(store, random_delta(store.base, ["transformer.wte.weight"], seed=1), message="embedding")
     before = snapshot(store_dir)
     embedding = runner.invoke(cli, ["--store", str(store_dir), "export", "--peft", str(tmp_path / "b")])
     assert embedding.exit_code == 2 and "Linear or Conv1D" in embedding.output

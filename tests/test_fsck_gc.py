@@ -3,20 +3,21 @@ from pathlib import Path
 from editstore import Store
 from editstore.fsck import fsck, gc
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta, reset, tag
 
 from .conftest import GPT2_PARAMS
 
 
 def test_clean_store_passes(gpt2_store: Store) -> None:
     for s in range(3):
-        gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=s), message=str(s))
+        import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS, seed=s), message=str(s))
     report = fsck(gpt2_store)
     assert report.ok and not report.warnings
     assert (report.objects, report.edits, report.commits) == (3, 3, 4)
 
 
 def test_corrupt_object_and_broken_ref_are_faults(gpt2_store: Store) -> None:
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS), message="x")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS), message="x")
     oid = gpt2_store.edit(gpt2_store.tree()[0]).delta
     path = gpt2_store.objects.path(oid)
     data = bytearray(path.read_bytes())
@@ -32,15 +33,15 @@ def test_corrupt_object_and_broken_ref_are_faults(gpt2_store: Store) -> None:
 
 def test_gc_drops_unreachable_after_reset(gpt2_store: Store) -> None:
     root = gpt2_store.head()
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="keep")
-    gpt2_store.tag("keep")
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="drop")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="keep")
+    tag(gpt2_store, "keep")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="drop")
     dropped_edit, dropped_commit = gpt2_store.tree()[-1], gpt2_store.head()
     with gpt2_store.db.atomic():  # derived rows that belong to the edit and commit gc removes
         gpt2_store.db["embeddings"].insert({"edit": dropped_edit, "backend": "b", "vector": b"\0" * 8})
         gpt2_store.db["conflicts"].insert({"commit_id": dropped_commit, "edit": dropped_edit, "kind": "duplicate",
                                            "score": 1.0, "detail": "{}"})
-    gpt2_store.reset("keep")
+    reset(gpt2_store, "keep")
     (gpt2_store.objects.tmp / "obj-leftover").write_bytes(b"partial")
     dry = gc(gpt2_store, dry_run=True)
     assert (len(dry.commits), len(dry.edits), len(dry.objects), len(dry.temporaries)) == (1, 1, 1, 1)
@@ -61,7 +62,7 @@ def test_unreferenced_object_is_a_warning(tmp_path: Path, gpt2_store: Store) -> 
 
 
 def test_missing_object_and_dangling_head_are_faults(gpt2_store: Store) -> None:
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS), message="x")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS), message="x")
     gpt2_store.objects.delete(gpt2_store.edit(gpt2_store.tree()[0]).delta)
     gpt2_store.db.execute("UPDATE refs SET symbolic = 'refs/heads/gone' WHERE name = 'HEAD'")
     gpt2_store.db.conn.commit()
@@ -70,11 +71,11 @@ def test_missing_object_and_dangling_head_are_faults(gpt2_store: Store) -> None:
 
 
 def test_gc_keeps_what_a_detached_head_reaches(gpt2_store: Store) -> None:
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="one")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS, seed=1), message="one")
     gpt2_store.db.execute("UPDATE refs SET symbolic = NULL, target = ? WHERE name = 'HEAD'", [gpt2_store.head()])
     gpt2_store.db.conn.commit()
-    gpt2_store.reset("HEAD")  # detached: reset moves HEAD itself
-    gpt2_store.import_delta(random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="two, detached")
+    reset(gpt2_store, "HEAD")  # detached: reset moves HEAD itself
+    import_delta(gpt2_store, random_delta(gpt2_store.base, GPT2_PARAMS, seed=2), message="two, detached")
     report = gc(gpt2_store)
     assert report.commits == [] and report.objects == []
     assert fsck(gpt2_store).ok

@@ -23,6 +23,7 @@ from editstore.fsck import fsck
 from editstore.model.delta import Delta, Factors
 from editstore.model.synthetic import random_delta
 from editstore.moments import save_stats
+from editstore.porcelain import delete_branch, import_delta
 from editstore.store import NewEdit
 from editstore_cli.main import cli
 
@@ -72,7 +73,7 @@ def test_dtypes_torch_cannot_compose_are_refused(gpt2_store: Store, tmp_path: Pa
 def test_every_supported_dtype_is_imported_and_checked_out(gpt2_store: Store, tmp_path: Path, dtype: torch.dtype) -> None:
     path = tmp_path / "d.safetensors"
     path.write_bytes(delta_bytes(gpt2_store, dtype))
-    gpt2_store.import_delta(path, message=str(dtype))
+    import_delta(gpt2_store, path, message=str(dtype))
     checkout_to(gpt2_store, "HEAD", tmp_path / "out", device="cpu")
     assert fsck(gpt2_store).ok
 
@@ -238,11 +239,11 @@ def test_fsck_reports_unusable_statistics_and_ref_names(gpt2_store: Store) -> No
     assert any("not a finite" in e for e in report.errors), report.errors
     assert any(odd[:12] in e and "cannot be used" in e for e in report.errors), report.errors
     assert any("no longer accepts" in w for w in report.warnings), report.warnings
-    gpt2_store.delete_branch("bad\n")  # an old bad name can still be deleted
+    delete_branch(gpt2_store, "bad\n")  # an old bad name can still be deleted
 
 
 def test_outputs_that_cannot_be_created_are_refused(gpt2_store: Store, gpt2_dir: Path) -> None:
-    gpt2_store.import_delta(random_delta(gpt2_store.base, [PARAM]), message="one")
+    import_delta(gpt2_store, random_delta(gpt2_store.base, [PARAM]), message="one")
     assert "cannot create --out" in refused(gpt2_store, "checkout", "HEAD", "--out", "/proc/editstore-out")
     assert "cannot create --out" in refused(gpt2_store, "export", "HEAD", "--peft", "/proc/editstore-out")
     assert "Not a directory" in refused(gpt2_store, "checkout", "HEAD", "--out", gpt2_dir / "config.json" / "x")

@@ -15,6 +15,7 @@ from editstore.core.records import tree_id
 from editstore.editing import edit
 from editstore.model.evaluate import score_pairs
 from editstore.model.tokens import load_tokenizer
+from editstore.porcelain import revert
 from editstore.world.build import build_world
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
@@ -75,7 +76,7 @@ def test_replace_updates_a_fact_in_one_commit(store: Store, cases: tuple) -> Non
     prompt = update["prompt"].replace("{}", update["subject"])
     assert top1(store, "HEAD", [(prompt, update["target_new"]), (prompt, old["target_new"])]) == [True, False]
     # reverting the update commit gives exactly the version before it
-    store.revert("HEAD")
+    revert(store, "HEAD")
     assert store.tree() == old_tree
     assert store.commit(store.head()).tree == tree_id(old_tree)
 
@@ -86,7 +87,7 @@ def test_reverting_the_replacing_edit_removes_only_it(store: Store, cases: tuple
     old_tree = store.tree()
     edit(store, [update], method="rome", hparams=hparams(store.base.path, "rome"), device="cpu", replace=True)
     new = store.tree()[-1]
-    store.revert(new)
+    revert(store, new)
     assert store.tree() == [old_tree[0], old_tree[2]]
 
 

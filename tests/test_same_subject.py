@@ -15,6 +15,7 @@ from editstore.core.inputs import read_jsonl
 from editstore.editing import companions, edit
 from editstore.model.evaluate import evaluate_requests
 from editstore.model.tokens import load_tokenizer
+from editstore.porcelain import reset, revert
 from editstore.world.build import build_world
 
 from .test_checkout_batched import hparams
@@ -83,7 +84,7 @@ def test_reverting_one_edit_of_a_subject_leaves_the_other(store: Store, pairs: t
     first, second = pairs
     before = store.head()
     reverted = store.tree()[N_SUBJECTS]  # the second edit of the first subject
-    store.revert(reverted)
+    revert(store, reverted)
     try:
         _, [group] = plan(store, store.tree())
         assert len(group.rebased_subjects(every=False)) == N_SUBJECTS - 1
@@ -92,4 +93,4 @@ def test_reverting_one_edit_of_a_subject_leaves_the_other(store: Store, pairs: t
         assert evaluate_requests(model, tok, first[:1]).efficacy == 1.0
         assert evaluate_requests(model, tok, second[:1]).efficacy == 0.0
     finally:
-        store.reset(before)
+        reset(store, before)

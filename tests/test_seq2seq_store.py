@@ -16,6 +16,7 @@ from transformers import AutoModelForSeq2SeqLM
 from editstore import Store
 from editstore.compose.checkout import checkout, checkout_to
 from editstore.model.synthetic import SEQ2SEQ_CONFIGS, random_delta, tiny_model
+from editstore.porcelain import import_delta, revert
 
 from .conftest import expected_weight, read_weights
 
@@ -32,7 +33,7 @@ def test_seq2seq_checkout_round_trip_and_revert(tmp_path: Path, arch: str) -> No
     with Store.init(base, tmp_path / "store") as store:
         deltas = [random_delta(store.base, [p], rank=2, seed=i) for i, p in enumerate(MLP[arch])]
         for i, d in enumerate(deltas):
-            store.import_delta(d, message=f"delta {i}")
+            import_delta(store, d, message=f"delta {i}")
         out = checkout_to(store, "HEAD", tmp_path / "out")
         model = AutoModelForSeq2SeqLM.from_pretrained(out)
         state = model.state_dict()
@@ -43,7 +44,7 @@ def test_seq2seq_checkout_round_trip_and_revert(tmp_path: Path, arch: str) -> No
             torch.testing.assert_close(state[param], written[param])
         in_memory = checkout(store, device="cpu").state_dict()
         assert all(torch.equal(in_memory[p], written[p]) for p in MLP[arch])
-        store.revert(store.tree()[0])
+        revert(store, store.tree()[0])
         reverted = read_weights(checkout_to(store, "HEAD", tmp_path / "reverted"))
         original = read_weights(base)
         assert torch.equal(reverted[MLP[arch][0]], original[MLP[arch][0]])
@@ -59,7 +60,7 @@ def test_seq2seq_lora_export_gives_the_checkout_logits(tmp_path: Path, arch: str
     base = tiny_model(arch, tmp_path / "base")
     with Store.init(base, tmp_path / "store") as store:
         for i, p in enumerate(MLP[arch]):
-            store.import_delta(random_delta(store.base, [p], rank=2, seed=i), message=f"delta {i}")
+            import_delta(store, random_delta(store.base, [p], rank=2, seed=i), message=f"delta {i}")
         checked = AutoModelForSeq2SeqLM.from_pretrained(checkout_to(store, "HEAD", tmp_path / "out")).eval()
         adapter = export_peft(store, "HEAD", tmp_path / "lora")
     assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM"

@@ -6,6 +6,7 @@ import pytest
 
 from editstore import Store
 from editstore.core.db import FORMAT_VERSION
+from editstore.core.paths import find_store
 from editstore.errors import (
     AmbiguousRevisionError,
     NotInTreeError,
@@ -16,13 +17,25 @@ from editstore.errors import (
     UnknownRevisionError,
 )
 from editstore.model.synthetic import random_delta
-from editstore.store import find_store
+from editstore.porcelain import (
+    ShownCommit,
+    ShownEdit,
+    branches,
+    create_branch,
+    delete_branch,
+    import_delta,
+    reset,
+    revert,
+    show,
+    switch,
+    tag,
+)
 
 from .conftest import GPT2_PARAMS
 
 
 def commit_random(store: Store, seed: int, name: str | None = None) -> str:
-    return store.import_delta(random_delta(store.base, GPT2_PARAMS[:2], seed=seed), message=f"edit {seed}", name=name)
+    return import_delta(store, random_delta(store.base, GPT2_PARAMS[:2], seed=seed), message=f"edit {seed}", name=name)
 
 
 def test_init_creates_main_with_root_commit(gpt2_store: Store) -> None:
@@ -60,7 +73,7 @@ def test_ambiguous_prefix(gpt2_store: Store) -> None:
     commit_random(gpt2_store, 0)
     seen: dict[str, str] = {}
     for _ in range(3000):
-        cid = gpt2_store.revert("HEAD")
+        cid = revert(gpt2_store, "HEAD")
         if cid[:4] in seen:
             break
         seen[cid[:4]] = cid
@@ -71,56 +84,59 @@ def test_ambiguous_prefix(gpt2_store: Store) -> None:
 
 def test_branches_tags_switch_reset(gpt2_store: Store) -> None:
     first = commit_random(gpt2_store, 0)
-    gpt2_store.create_branch("feature")
-    gpt2_store.tag("v1")
-    gpt2_store.switch("feature")
+    create_branch(gpt2_store, "feature")
+    tag(gpt2_store, "v1")
+    switch(gpt2_store, "feature")
     second = commit_random(gpt2_store, 1)
     assert gpt2_store.resolve("feature") == second
     assert gpt2_store.resolve("main") == first
     assert gpt2_store.resolve("v1") == first
-    assert [b.name for b in gpt2_store.branches() if b.current] == ["feature"]
+    assert [b.name for b in branches(gpt2_store) if b.current] == ["feature"]
     with pytest.raises(RefError, match="current branch"):
-        gpt2_store.delete_branch("feature")
+        delete_branch(gpt2_store, "feature")
     with pytest.raises(RefError, match="already exists"):
-        gpt2_store.create_branch("main")
+        create_branch(gpt2_store, "main")
     with pytest.raises(RefError, match="not a valid"):
-        gpt2_store.tag("a..b")
-    gpt2_store.reset("v1")
+        tag(gpt2_store, "a..b")
+    reset(gpt2_store, "v1")
     assert gpt2_store.head() == first
-    gpt2_store.switch("main")
-    gpt2_store.delete_branch("feature")
+    switch(gpt2_store, "main")
+    delete_branch(gpt2_store, "feature")
     with pytest.raises(RefError, match="no branch"):
-        gpt2_store.switch("feature")
-    gpt2_store.switch("other", create=True)
+        switch(gpt2_store, "feature")
+    switch(gpt2_store, "other", create=True)
     assert gpt2_store.current_branch() == "other"
 
 
 def test_revert_edit_and_commit(gpt2_store: Store) -> None:
     ids = [commit_random(gpt2_store, s, name=f"e{s}") for s in range(3)]
     e0, e1, e2 = gpt2_store.tree()
-    gpt2_store.revert(e1)
+    revert(gpt2_store, e1)
     assert gpt2_store.tree() == [e0, e2]
     assert gpt2_store.commit(gpt2_store.head()).message == "Revert edit e1"
     with pytest.raises(NotInTreeError):
-        gpt2_store.revert(e1)
+        revert(gpt2_store, e1)
     with pytest.raises(NotInTreeError):
-        gpt2_store.revert(ids[1])  # the commit that added e1: already reverted
+        revert(gpt2_store, ids[1])  # the commit that added e1: already reverted
     revert_commit = gpt2_store.head()
-    gpt2_store.revert(revert_commit)  # reverting the revert brings e1 back, where it was
+    revert(gpt2_store, revert_commit)  # reverting the revert brings e1 back, where it was
     assert gpt2_store.tree() == [e0, e1, e2]
-    gpt2_store.revert(ids[0], message="drop the first")
+    revert(gpt2_store, ids[0], message="drop the first")
     assert gpt2_store.tree() == [e1, e2]
-    shown = gpt2_store.show("HEAD")
-    assert shown["operation"] == "revert" and shown["removed"] == [e0] and shown["message"] == "drop the first"
+    shown = show(gpt2_store, "HEAD")
+    assert isinstance(shown, ShownCommit)
+    assert shown.commit.operation == "revert" and shown.removed == [e0] and shown.commit.message == "drop the first"
 
 
 def test_show_edit_and_commit(gpt2_store: Store) -> None:
     cid = commit_random(gpt2_store, 7, name="seven")
-    shown = gpt2_store.show(cid[:10])
-    assert shown["type"] == "commit" and [e["name"] for e in shown["added"]] == ["seven"]
-    edit = gpt2_store.show(shown["added"][0]["id"])
-    assert edit["type"] == "edit" and edit["method"] == "random" and edit["rank"] == 2
-    assert edit["params"] == sorted(GPT2_PARAMS[:2])
+    shown = show(gpt2_store, cid[:10])
+    assert isinstance(shown, ShownCommit) and [e.name for e in shown.added] == ["seven"]
+    edit = show(gpt2_store, shown.added[0].id)
+    assert isinstance(edit, ShownEdit) and edit.edit.method == "random" and edit.edit.rank == 2
+    assert list(edit.edit.params) == sorted(GPT2_PARAMS[:2])
+    as_json = show(gpt2_store, cid).to_json()  # what `show --json` prints
+    assert as_json["type"] == "commit" and as_json["added"][0]["name"] == "seven" and as_json["size"] == 1
 
 
 def test_find_store_walks_up(tmp_path: Path, gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +161,7 @@ def test_records_match_their_schemas(gpt2_store: Store) -> None:
     from editstore.core.schema import validate
 
     commit_random(gpt2_store, 1, name="one")
-    gpt2_store.revert("HEAD")
+    revert(gpt2_store, "HEAD")
     for cid, c in gpt2_store.log():
         validate(c.record(), "commit-record")
         assert c.id == cid
@@ -171,7 +187,7 @@ def test_api_deltas_are_validated_before_anything_is_written(gpt2_store: Store) 
     ]
     for delta in bad:
         with pytest.raises(InvalidDeltaError):
-            gpt2_store.import_delta(delta, message="bad")
+            import_delta(gpt2_store, delta, message="bad")
     good = random_delta(gpt2_store.base, [p])
     with pytest.raises(SchemaError):
         gpt2_store.record_edits([NewEdit(good, "rome", request={"prompt": "no slot", "subject": "x"})], message="m")
@@ -196,7 +212,7 @@ def test_init_refuses_a_file_and_leaves_no_staging_file(tmp_path: Path, gpt2_dir
 def test_an_older_store_is_upgraded_on_open(tmp_path: Path, gpt2_dir: Path) -> None:
     """A version-1 store (no stats, embeddings or conflicts tables) gains them and keeps its history."""
     with Store.init(gpt2_dir, tmp_path / "s") as store:
-        store.import_delta(random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+        import_delta(store, random_delta(store.base, GPT2_PARAMS[:1]), message="one")
         head = store.head()
         for table in ("stats", "embeddings", "conflicts", "editors"):
             store.db[table].drop()
@@ -216,16 +232,16 @@ def test_merge_base_is_the_nearest_best_common_ancestor(gpt2_store: Store) -> No
     s = gpt2_store
 
     def commit(seed: int) -> str:
-        return s.import_delta(random_delta(s.base, GPT2_PARAMS[:1], seed=seed), message=str(seed))
+        return import_delta(s, random_delta(s.base, GPT2_PARAMS[:1], seed=seed), message=str(seed))
 
     base = commit(1)
-    s.create_branch("q")
+    create_branch(s, "q")
     p1 = commit(2)
-    s.switch("q")
+    switch(s, "q")
     q1 = commit(3)
-    s.switch("main")
+    switch(s, "main")
     p2 = merge(s, "q").commit  # parents p1, q1
-    s.switch("q")
+    switch(s, "q")
     q2 = merge(s, p1).commit  # parents q1, p1
     for a, b in [(p2, q2), (p2, q1), (p1, q1), (q2, base), (p2, p2)]:
         da, db = ancestors(s, a), ancestors(s, b)

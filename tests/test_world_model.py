@@ -12,6 +12,7 @@ from editstore.compose.checkout import checkout_to
 from editstore.core.inputs import read_jsonl
 from editstore.evaluations import evaluations
 from editstore.model.synthetic import random_delta
+from editstore.porcelain import import_delta, tag
 from editstore.trace import causal_trace
 from editstore.world.build import build_world
 
@@ -73,9 +74,9 @@ def test_behavior_diff_finds_exactly_the_changed_probes(tmp_path: Path, world: P
     _, tok = world_model
     store = Store.init(world, tmp_path / "store")
     requests = read_jsonl(world / "requests.jsonl")[:15]
-    store.tag("before")
+    tag(store, "before")
     param = "transformer.h.1.mlp.c_proj.weight"
-    store.import_delta(random_delta(store.base, [param], rank=4, scale=0.4, seed=3), message="perturb")
+    import_delta(store, random_delta(store.base, [param], rank=4, scale=0.4, seed=3), message="perturb")
     d = behavior_diff(store, "before", "HEAD", requests=requests, facts=100, device="cpu")
 
     a = AutoModelForCausalLM.from_pretrained(checkout_to(store, "before", tmp_path / "a")).eval()

@@ -16,6 +16,7 @@ from editstore.editing import edit as run_edit
 from editstore.methods import METHODS, load_hparams
 from editstore.model.tokens import load_tokenizer
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
+from editstore.porcelain import show
 
 from .common import device_option, json_option, layers_option, open_store, read_requests, request_options, store_option
 from .output import echo_json
@@ -67,7 +68,7 @@ def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: st
     if not as_json:
         click.echo(commit)
         return
-    shown = store.show(commit)
+    shown = show(store, commit).to_json()
     edits = store.edits([e["id"] for e in shown["added"]])
     echo_json({"commit": commit, "operation": shown["operation"], "replaced": shown["removed"],
                "edits": [{"id": e, "method": r.method, "request": r.request, "replaces": r.info.get("replaces", [])}

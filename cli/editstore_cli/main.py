@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
+from editstore import porcelain
 from editstore.core.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 
@@ -141,15 +142,15 @@ def init(base: Path, store_dir: Path | None) -> None:
 @click.pass_context
 def import_delta(ctx: click.Context, file: Path, message: str, name: str | None, store_dir: Path | None) -> None:
     """Validate a delta safetensors FILE against the base and commit it as one edit."""
-    click.echo(open_store(ctx, store_dir).import_delta(file, message=message, name=name))
+    click.echo(porcelain.import_delta(open_store(ctx, store_dir), file, message=message, name=name))
 
 
 def ref_decorations(store: Store) -> dict[str, list[str]]:
     current = store.current_branch()
     refs: dict[str, list[str]] = {}
-    for b in store.branches():
+    for b in porcelain.branches(store):
         refs.setdefault(b.commit, []).append(f"HEAD -> {b.name}" if b.current else b.name)
-    for name, target in store.tags().items():
+    for name, target in porcelain.tags(store).items():
         refs.setdefault(target, []).append(f"tag: {name}")
     if current is None:
         refs.setdefault(store.head(), []).insert(0, "HEAD")
@@ -185,7 +186,7 @@ def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) ->
     from editstore.evaluations import evaluations
 
     store = open_store(ctx, store_dir)
-    shown = store.show(rev)
+    shown = porcelain.show(store, rev).to_json()
     if shown["type"] == "commit":
         shown["evaluations"] = evaluations(store, shown["id"])
     echo_json(shown) if as_json else click.echo(format_show(shown))
@@ -202,16 +203,16 @@ def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json
     """List branches, create branch NAME at REV, or delete it with -d."""
     store = open_store(ctx, store_dir)
     if name is None:
-        branches = store.branches()
+        branches = porcelain.branches(store)
         if as_json:
             echo_json([{"name": b.name, "commit": b.commit, "current": b.current} for b in branches])
         for b in [] if as_json else branches:
             click.echo(f"{'*' if b.current else ' '} {b.name:20} {b.commit[:12]}")
     elif delete:
-        store.delete_branch(name)
+        porcelain.delete_branch(store, name)
         click.echo(f"Deleted branch {name}")
     else:
-        click.echo(f"Created branch {name} at {store.create_branch(name, rev)[:12]}")
+        click.echo(f"Created branch {name} at {porcelain.create_branch(store, name, rev)[:12]}")
 
 
 @cli.command()
@@ -221,7 +222,7 @@ def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json
 @click.pass_context
 def switch(ctx: click.Context, name: str, create: bool, store_dir: Path | None) -> None:
     """Make branch NAME the current branch."""
-    open_store(ctx, store_dir).switch(name, create=create)
+    porcelain.switch(open_store(ctx, store_dir), name, create=create)
     click.echo(f"Switched to branch {name}")
 
 
@@ -234,10 +235,10 @@ def tag(ctx: click.Context, name: str | None, rev: str, store_dir: Path | None) 
     """List tags, or create tag NAME at REV."""
     store = open_store(ctx, store_dir)
     if name is None:
-        for tag_name, target in store.tags().items():
+        for tag_name, target in porcelain.tags(store).items():
             click.echo(f"{tag_name:20} {target[:12]}")
         return
-    click.echo(f"Tagged {store.tag(name, rev)[:12]} as {name}")
+    click.echo(f"Tagged {porcelain.tag(store, name, rev)[:12]} as {name}")
 
 
 @cli.command()
@@ -247,7 +248,7 @@ def tag(ctx: click.Context, name: str | None, rev: str, store_dir: Path | None) 
 def reset(ctx: click.Context, rev: str, store_dir: Path | None) -> None:
     """Move the current branch to REV."""
     store = open_store(ctx, store_dir)
-    click.echo(f"HEAD is now at {store.reset(rev)[:12]}")
+    click.echo(f"HEAD is now at {porcelain.reset(store, rev)[:12]}")
 
 
 @cli.command()
@@ -257,7 +258,7 @@ def reset(ctx: click.Context, rev: str, store_dir: Path | None) -> None:
 @click.pass_context
 def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | None) -> None:
     """Commit a new version without the edit REV (or without the edits commit REV introduced)."""
-    click.echo(open_store(ctx, store_dir).revert(rev, message=message))
+    click.echo(porcelain.revert(open_store(ctx, store_dir), rev, message=message))
 
 
 @cli.command()

@@ -12,11 +12,16 @@ Every user operation writes inside one ``db.atomic()`` transaction.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from ..errors import StoreFormatError
+from .records import Commit, author, now, tree_id
+from .refs import DEFAULT_BRANCH, HEAD, HEADS
 
 CORE_TABLES = ("bases", "base_tensors", "edits", "trees", "commits", "refs")  # what version 1 already had
 FORMAT_VERSION = 4  # 2: stats (an editstore that does not know them would gc their objects); 3: conflicts; 4: editors
@@ -67,7 +72,7 @@ def create(path: Path) -> sqlite_utils.Database:
     db = connect(path)
     db.enable_wal()
     db.conn.executescript(SCHEMA)
-    db["meta"].insert({"key": "format_version", "value": str(FORMAT_VERSION)}, replace=True)
+    db.table("meta").insert({"key": "format_version", "value": str(FORMAT_VERSION)}, replace=True)
     return db
 
 
@@ -92,3 +97,22 @@ def check_format(db: sqlite_utils.Database, path: Path) -> None:
     if version < FORMAT_VERSION:  # every upgrade so far only adds tables: one transaction adds them
         stamp = f"INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', '{FORMAT_VERSION}');"
         db.conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{stamp}\nCOMMIT;")
+
+
+def create_store(path: Path, *, base: str, base_path: str, config: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write a new store database at ``path``: the tables, the base row (fingerprint ``base``, its directory
+    ``base_path`` and ``config``), the empty root commit, ``main``, ``HEAD`` and the ``meta`` entries (JSON
+    values). It is built beside ``path`` and renamed into place: ``path`` is either absent or complete."""
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.unlink(missing_ok=True)
+    db = create(staging)
+    with db.atomic():
+        db.table("bases").insert({"fingerprint": base, "path": base_path, "config": json.dumps(config), "created": now()})
+        root = Commit(base, (), tree_id([]), "init", "init", author(), now())
+        db.table("trees").insert({"id": root.tree, "edits": "[]", "size": 0}, ignore=True)
+        db.table("commits").insert(root.row())
+        db.table("refs").insert({"name": HEADS + DEFAULT_BRANCH, "target": root.id, "symbolic": None})
+        db.table("refs").insert({"name": HEAD, "target": None, "symbolic": HEADS + DEFAULT_BRANCH})
+        db.table("meta").insert_all([{"key": k, "value": json.dumps(v)} for k, v in meta.items()])
+    db.close()
+    os.replace(staging, path)

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..errors import RefError, RevisionError, UnknownRevisionError
+from ..errors import AmbiguousRevisionError, RefError, RevisionError, UnknownRevisionError
+from .hashing import HEX_ID_LENGTH, is_hex
+from .refs import HEAD, HEADS, TAGS, Refs
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 MIN_PREFIX = 4
 MAX_REF_NAME = 255  # characters, as a file name (git keeps a ref as a file)
@@ -85,3 +91,30 @@ def ref_name_problem(name: str) -> str | None:
         if component.endswith(".lock"):
             return "no part between slashes may end with '.lock'"
     return None
+
+
+def lookup(db: sqlite_utils.Database, refs: Refs, name: str) -> tuple[str, str]:
+    """``("commit", id)``, ``("edit", id)`` or ``("editor", id)`` for a revision's name (no ``~``/``^``):
+    HEAD, a branch, a tag, or a full id or unique prefix of a commit, edit or trained editor."""
+    if name == HEAD:
+        return "commit", refs.head()
+    for prefix in (HEADS, TAGS):
+        ref = refs.get(prefix + name)
+        if ref is not None and ref.target is not None:
+            return "commit", ref.target
+    text = name.lower()
+    if not is_hex(text) or len(text) > HEX_ID_LENGTH:
+        raise UnknownRevisionError(f"unknown revision {name!r} (not a branch, tag or id)")
+    if len(text) < MIN_PREFIX:
+        raise UnknownRevisionError(f"unknown revision {name!r}; id prefixes need at least {MIN_PREFIX} characters")
+    matches = [
+        (kind, row[0])
+        for kind, table in (("commit", "commits"), ("edit", "edits"), ("editor", "editors"))
+        for row in db.execute(f"SELECT id FROM {table} WHERE id >= ? AND id < ?", [text, text + "g"])
+    ]
+    if not matches:
+        raise UnknownRevisionError(f"unknown revision {name!r}")
+    if len(matches) > 1:
+        listed = ", ".join(f"{k} {i[:12]}" for k, i in matches[:5])
+        raise AmbiguousRevisionError(f"revision {name!r} is ambiguous: {listed}")
+    return matches[0]

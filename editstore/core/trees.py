@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
-def minus(items: Sequence[str], other: Sequence[str]) -> list[str]:
+def minus(items: Iterable[str], other: Iterable[str]) -> list[str]:
     """``items`` without those in ``other``, order kept."""
     drop = set(other)
     return [i for i in items if i not in drop]
