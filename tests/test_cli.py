@@ -248,3 +248,15 @@ def test_log_and_checkout_import_neither_transformers_nor_faiss(tmp_path: Path, 
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "store"), str(tmp_path / "out")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_store_is_one_group_option_that_may_follow_the_command(store_dir: Path, tmp_path: Path) -> None:
+    from editstore_cli.main import hoist_store_option
+
+    assert hoist_store_option(["log", "--store", "s", "-n", "1"]) == ["--store", "s", "log", "-n", "1"]
+    assert hoist_store_option(["--store", "a", "-v", "log", "--store=b"]) == ["--store", "a", "-v", "--store=b", "log"]
+    assert hoist_store_option(["stats", "list", "--store", "s", "--", "--store"]) == ["--store", "s", "stats", "list",
+                                                                                       "--", "--store"]
+    assert run("log", "--oneline", "--store", store_dir) == run("--store", store_dir, "log", "--oneline")
+    assert "[init]" in run("--store", tmp_path / "nowhere", "log", "--oneline", "--store", store_dir)  # the later wins
+    assert "--store" not in run("log", "--help")  # declared once, on the group

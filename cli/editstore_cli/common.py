@@ -10,12 +10,6 @@ import click
 if TYPE_CHECKING:
     from editstore.store import Store
 
-store_option = click.option(
-    "--store",
-    "store_dir",
-    type=click.Path(path_type=Path),
-    help="Store directory (default: $EDITSTORE_DIR, else .editstore here or in a parent).",
-)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                              help="Where to compute: auto is CUDA when available.")
@@ -26,10 +20,12 @@ def requests_option(help: str) -> Any:
                         help=help)
 
 
-def open_store(ctx: click.Context, store_dir: Path | None) -> Store:
+def open_store(ctx: click.Context) -> Store:
+    """The store the group's ``--store`` (or ``$EDITSTORE_DIR``) names, else the nearest ``.editstore``
+    upwards; closed when the command ends."""
     from editstore.store import Store
 
-    store = Store.open(store_dir or ctx.obj.get("store"))
+    store = Store.open(ctx.find_root().params.get("store_dir"))
     ctx.call_on_close(store.close)
     return store
 

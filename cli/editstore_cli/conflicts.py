@@ -14,7 +14,7 @@ from editstore.conflicts.detect import Conflict, ConflictError, blocking, fact
 from editstore.merge import merge as run_merge
 from editstore.methods import METHODS
 
-from .common import device_option, json_option, open_store, read_requests, request_options, store_option
+from .common import device_option, json_option, open_store, read_requests, request_options
 from .output import echo_json, print_table
 
 
@@ -34,14 +34,13 @@ def conflict_table(conflicts: Sequence[Conflict], title: str) -> Table:
               help="For a prospective edit: the method whose edited modules interference is checked at.")
 @device_option
 @json_option
-@store_option
 @click.pass_context
 def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: str | None, target: str | None,
               suppress: str | None, target_true: str | None, requests_file: Path | None, method: str, device: str,
-              as_json: bool, store_dir: Path | None) -> None:
+              as_json: bool) -> None:
     """List the conflicts inside version REV (default HEAD), or, with --prompt/--subject/--target or
     --requests, check prospective edits against HEAD without committing (exit 3 on a contradiction)."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     requests = read_requests(prompt, subject, target, suppress, target_true, requests_file, required=False)
     if requests and rev is not None:
         raise click.UsageError("give REV or a prospective edit, not both")
@@ -70,13 +69,11 @@ def conflicts(ctx: click.Context, rev: str | None, prompt: str | None, subject: 
 @click.option("-m", "--message", help="Commit message (default: Merge BRANCH).")
 @device_option
 @json_option
-@store_option
 @click.pass_context
-def merge(ctx: click.Context, branch: str, resolution: str | None, message: str | None, device: str, as_json: bool,
-          store_dir: Path | None) -> None:
+def merge(ctx: click.Context, branch: str, resolution: str | None, message: str | None, device: str, as_json: bool) -> None:
     """Merge BRANCH into the current branch: the union of the two versions' edits, as a commit with two
     parents. Contradictions between the branches stop the merge (exit 3) unless --ours, --theirs or --force."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     result = run_merge(store, branch, resolution=resolution, message=message, device=resolve_device(device))
     if as_json:
         echo_json({"commit": result.commit, "added": result.added, "dropped": result.dropped,

@@ -18,7 +18,7 @@ from editstore.model.tokens import load_tokenizer
 from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
 from editstore.porcelain import show
 
-from .common import device_option, json_option, layers_option, open_store, read_requests, request_options, store_option
+from .common import device_option, json_option, layers_option, open_store, read_requests, request_options
 from .output import echo_json
 
 
@@ -51,17 +51,16 @@ def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
               "version in the same commit (log and show name them).")
 @device_option
 @json_option
-@store_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: str | None, suppress: str | None,
          target_true: str | None, requests_file: Path | None, method: str, hparams_file: Path | None,
-         message: str | None, force: bool, replace: bool, device: str, as_json: bool, store_dir: Path | None) -> None:
+         message: str | None, force: bool, replace: bool, device: str, as_json: bool) -> None:
     """Compute an edit on the current version and commit it (one commit for a --requests batch); prints the
     commit id. --suppress makes it a behaviour deletion (rome, memit, emmet, alphaedit). An edit that
     contradicts the current version is refused with exit code 3 unless --force, or --replace to update the fact."""
     requests = read_requests(prompt, subject, target, suppress, target_true, requests_file)
     hparams = load_hparams(hparams_file) if hparams_file else None
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     with progress_bars() as bars:
         commit = run_edit(store, requests, method=method, hparams=hparams, message=message, device=device,
                           force=force, replace=replace, progress=bars)
@@ -89,14 +88,13 @@ def stats() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="memit", show_default=True,
               help="Whose hparams give the module template and default layers.")
 @device_option
-@store_option
 @click.pass_context
 def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple[str, ...], layers: tuple[int, ...] | None,
-                  method: str, device: str, store_dir: Path | None) -> None:
+                  method: str, device: str) -> None:
     """Stream CORPUS through the base and store Σ per module."""
     from editstore.methods import resolve_hparams
 
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     names = list(modules)
     if not names:
         hp = resolve_hparams(store.base, method)
@@ -114,18 +112,16 @@ def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple
 @stats.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--module", required=True, help="The module the statistics are of, e.g. transformer.h.17.mlp.c_proj.")
-@store_option
 @click.pass_context
-def stats_import(ctx: click.Context, file: Path, module: str, store_dir: Path | None) -> None:
+def stats_import(ctx: click.Context, file: Path, module: str) -> None:
     """Import an original ROME/MEMIT .npz (mom2.mom2, mom2.count) for MODULE."""
-    row = import_npz(open_store(ctx, store_dir), module, file)
+    row = import_npz(open_store(ctx), module, file)
     click.echo(f"{row.module}: {row.count} positions imported, object {row.object[:12]}")
 
 
 @stats.command("list")
-@store_option
 @click.pass_context
-def stats_list(ctx: click.Context, store_dir: Path | None) -> None:
+def stats_list(ctx: click.Context) -> None:
     """The stored statistics."""
-    for r in stats_rows(open_store(ctx, store_dir)):
+    for r in stats_rows(open_store(ctx)):
         click.echo(f"{r.object[:12]} {r.module} from {r.source} ({r.samples} samples, {r.count} positions, {r.created})")

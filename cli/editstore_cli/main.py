@@ -21,7 +21,7 @@ from editstore import porcelain
 from editstore.core.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 
-from .common import device_option, json_option, open_store, requests_option, store_option
+from .common import device_option, json_option, open_store, requests_option
 from .output import echo_json, format_commit, format_show, print_table
 
 if TYPE_CHECKING:
@@ -55,6 +55,28 @@ NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click �
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def hoist_store_option(args: list[str]) -> list[str]:
+    """``--store DIR`` is the group's option; given after the command (``editstore log --store DIR``), as
+    many users type it, it is moved to just before the command, where it wins over one given earlier."""
+    command = next((i for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--store")),
+                   None)
+    if command is None:
+        return args
+    head, rest, hoisted = args[:command], [], []
+    i = command
+    while i < len(args):
+        if args[i] == "--":
+            rest += args[i:]
+            break
+        if args[i] == "--store" and i + 1 < len(args):
+            hoisted += args[i : i + 2]
+            i += 2
+            continue
+        (hoisted if args[i].startswith("--store=") else rest).append(args[i])
+        i += 1
+    return head + hoisted + rest
+
+
 class EditStoreGroup(click.Group):
     """Turns library errors into clean messages and exit codes; loads the LAZY_COMMANDS when named."""
 
@@ -77,6 +99,7 @@ class EditStoreGroup(click.Group):
             formatter.write_dl(rows)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = hoist_store_option(args)
         for arg in args:  # bytes that are not UTF-8 arrive as lone surrogates, which no record can hold
             try:
                 arg.encode("utf-8")
@@ -119,17 +142,15 @@ class EditStoreGroup(click.Group):
 def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
     """Version control for knowledge edits of transformer language models."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
-    ctx.ensure_object(dict)["store"] = store_dir
 
 
 @cli.command()
 @click.option("--base", required=True, type=click.Path(path_type=Path), help="Hugging Face model directory.")
-@store_option
-def init(base: Path, store_dir: Path | None) -> None:
+def init(base: Path) -> None:
     """Create a store for the base checkpoint BASE (default location: ./.editstore)."""
     from editstore.store import Store
 
-    store = Store.init(base, store_dir or click.get_current_context().obj.get("store"))
+    store = Store.init(base, click.get_current_context().find_root().params.get("store_dir"))
     click.echo(f"Initialised editstore in {store.root} for base {store.base.path} ({store.base_fingerprint[:12]})")
     store.close()
 
@@ -138,11 +159,10 @@ def init(base: Path, store_dir: Path | None) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("-m", "--message", required=True, help="Commit message.")
 @click.option("--name", help="A short name for the edit.")
-@store_option
 @click.pass_context
-def import_delta(ctx: click.Context, file: Path, message: str, name: str | None, store_dir: Path | None) -> None:
+def import_delta(ctx: click.Context, file: Path, message: str, name: str | None) -> None:
     """Validate a delta safetensors FILE against the base and commit it as one edit."""
-    click.echo(porcelain.import_delta(open_store(ctx, store_dir), file, message=message, name=name))
+    click.echo(porcelain.import_delta(open_store(ctx), file, message=message, name=name))
 
 
 def ref_decorations(store: Store) -> dict[str, list[str]]:
@@ -162,11 +182,10 @@ def ref_decorations(store: Store) -> dict[str, list[str]]:
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
 @json_option
-@store_option
 @click.pass_context
-def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_json: bool, store_dir: Path | None) -> None:
+def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_json: bool) -> None:
     """Show the history reachable from REV (default HEAD), newest first."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     entries = store.log(rev, limit=max_count)
     if as_json:
         echo_json([{"id": cid, **c.record()} for cid, c in entries])
@@ -179,13 +198,12 @@ def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_j
 @cli.command()
 @click.argument("rev", default="HEAD")
 @json_option
-@store_option
 @click.pass_context
-def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) -> None:
+def show(ctx: click.Context, rev: str, as_json: bool) -> None:
     """Show a commit (and the edits it added or removed), an edit, or a trained editor."""
     from editstore.evaluations import evaluations
 
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     shown = porcelain.show(store, rev).to_json()
     if shown["type"] == "commit":
         shown["evaluations"] = evaluations(store, shown["id"])
@@ -197,11 +215,10 @@ def show(ctx: click.Context, rev: str, as_json: bool, store_dir: Path | None) ->
 @click.argument("rev", default="HEAD")
 @click.option("-d", "--delete", is_flag=True, help="Delete branch NAME.")
 @json_option
-@store_option
 @click.pass_context
-def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json: bool, store_dir: Path | None) -> None:
+def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json: bool) -> None:
     """List branches, create branch NAME at REV, or delete it with -d."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     if name is None:
         branches = porcelain.branches(store)
         if as_json:
@@ -218,22 +235,20 @@ def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json
 @cli.command()
 @click.argument("name")
 @click.option("-c", "--create", is_flag=True, help="Create the branch at HEAD first.")
-@store_option
 @click.pass_context
-def switch(ctx: click.Context, name: str, create: bool, store_dir: Path | None) -> None:
+def switch(ctx: click.Context, name: str, create: bool) -> None:
     """Make branch NAME the current branch."""
-    porcelain.switch(open_store(ctx, store_dir), name, create=create)
+    porcelain.switch(open_store(ctx), name, create=create)
     click.echo(f"Switched to branch {name}")
 
 
 @cli.command()
 @click.argument("name", required=False)
 @click.argument("rev", default="HEAD")
-@store_option
 @click.pass_context
-def tag(ctx: click.Context, name: str | None, rev: str, store_dir: Path | None) -> None:
+def tag(ctx: click.Context, name: str | None, rev: str) -> None:
     """List tags, or create tag NAME at REV."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     if name is None:
         for tag_name, target in porcelain.tags(store).items():
             click.echo(f"{tag_name:20} {target[:12]}")
@@ -243,22 +258,20 @@ def tag(ctx: click.Context, name: str | None, rev: str, store_dir: Path | None) 
 
 @cli.command()
 @click.argument("rev")
-@store_option
 @click.pass_context
-def reset(ctx: click.Context, rev: str, store_dir: Path | None) -> None:
+def reset(ctx: click.Context, rev: str) -> None:
     """Move the current branch to REV."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     click.echo(f"HEAD is now at {porcelain.reset(store, rev)[:12]}")
 
 
 @cli.command()
 @click.argument("rev")
 @click.option("-m", "--message", help="Commit message (default: Revert \"...\").")
-@store_option
 @click.pass_context
-def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | None) -> None:
+def revert(ctx: click.Context, rev: str, message: str | None) -> None:
     """Commit a new version without the edit REV (or without the edits commit REV introduced)."""
-    click.echo(porcelain.revert(open_store(ctx, store_dir), rev, message=message))
+    click.echo(porcelain.revert(open_store(ctx), rev, message=message))
 
 
 @cli.command()
@@ -270,16 +283,14 @@ def revert(ctx: click.Context, rev: str, message: str | None, store_dir: Path | 
 @device_option
 @click.option("--link", is_flag=True, help="Hard-link unedited shards to the base where the filesystem cannot "
               "reflink them (instant; never save_pretrained into such a checkout: it would overwrite the base).")
-@store_option
 @click.pass_context
-def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, device: str, link: bool,
-             store_dir: Path | None) -> None:
+def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, device: str, link: bool) -> None:
     """Write version REV as a Hugging Face directory that from_pretrained loads."""
     from tqdm import tqdm
 
     from editstore.compose.checkout import checkout_to
 
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     params = len({p for e in store.edits(store.tree(rev)).values() for p in e.params})
     with tqdm(total=params, desc="composing", unit="param", disable=params == 0, delay=0.5) as bar:
         path = checkout_to(store, rev, out, compose=compose, device=device, link=link, progress=lambda _: bar.update())
@@ -290,13 +301,12 @@ def checkout(ctx: click.Context, rev: str, out: Path, compose: str | None, devic
 @click.argument("rev", default="HEAD")
 @click.option("--peft", "peft_dir", required=True, type=click.Path(path_type=Path),
               help="Output directory (missing or empty) for the LoRA adapter.")
-@store_option
 @click.pass_context
-def export(ctx: click.Context, rev: str, peft_dir: Path, store_dir: Path | None) -> None:
+def export(ctx: click.Context, rev: str, peft_dir: Path) -> None:
     """Write version REV's deltas as a PEFT LoRA adapter (PeftModel.from_pretrained(base, DIR))."""
     from editstore.export import export_peft
 
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     path = export_peft(store, rev, peft_dir)
     click.echo(f"Exported {store.resolve(rev)[:12]} as a LoRA adapter to {path}")
 
@@ -308,12 +318,11 @@ def export(ctx: click.Context, rev: str, peft_dir: Path, store_dir: Path | None)
 @requests_option("Extra requests to probe (JSONL).")
 @device_option
 @json_option
-@store_option
 @click.pass_context
 def diff(ctx: click.Context, rev_a: str, rev_b: str, behavior: bool, requests_file: Path | None, device: str,
-         as_json: bool, store_dir: Path | None) -> None:
+         as_json: bool) -> None:
     """Edits only in REV_A or REV_B, and per parameter ‖W_B − W_A‖_F and rank (or, with --behavior, answers)."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     if behavior:
         show_behavior_diff(store, rev_a, rev_b, requests_file, device, as_json)
         return
@@ -354,13 +363,12 @@ def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path
 @requests_option("Requests to score (JSONL; default: the requests of the version's edits).")
 @device_option
 @json_option
-@store_option
 @click.pass_context
-def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str, as_json: bool, store_dir: Path | None) -> None:
+def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str, as_json: bool) -> None:
     """Efficacy, paraphrase, specificity (and top-1 variants) and recall of untouched facts of REV."""
     from editstore.behavior import evaluate_version, load_requests
 
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     requests = load_requests(requests_file) if requests_file else None
     metrics = evaluate_version(store, rev, requests=requests, device=device).to_json()
     if as_json:
@@ -376,14 +384,13 @@ def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str,
 @click.option("--rebuild", is_flag=True, help="Also delete the derived state (the conflict index, the composed "
               "cache) and build the conflict index again from SQLite and the objects.")
 @device_option
-@store_option
 @click.pass_context
-def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None) -> None:
+def fsck(ctx: click.Context, rebuild: bool, device: str) -> None:
     """Re-hash every object and check every record and ref; exit 1 on any fault."""
     from editstore.fsck import fsck as run_fsck
     from editstore.fsck import rebuild_derived
 
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     report = run_fsck(store)
     if rebuild and report.ok:
         click.echo(f"rebuilt the conflict index: {rebuild_derived(store, device=device)} edits")
@@ -398,13 +405,12 @@ def fsck(ctx: click.Context, rebuild: bool, device: str, store_dir: Path | None)
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-@store_option
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
+def gc(ctx: click.Context, dry_run: bool) -> None:
     """Remove commits, edits and objects that no branch or tag reaches."""
     from editstore.fsck import gc as run_gc
 
-    report = run_gc(open_store(ctx, store_dir), dry_run=dry_run)
+    report = run_gc(open_store(ctx), dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(report.commits)} commits, {len(report.edits)} edits, {len(report.objects)} objects, "
                f"{len(report.temporaries)} temporary files")
@@ -416,11 +422,10 @@ def gc(ctx: click.Context, dry_run: bool, store_dir: Path | None) -> None:
 @cli.command()
 @click.argument("key", required=False)
 @click.argument("value", required=False)
-@store_option
 @click.pass_context
-def config(ctx: click.Context, key: str | None, value: str | None, store_dir: Path | None) -> None:
+def config(ctx: click.Context, key: str | None, value: str | None) -> None:
     """Show every setting, print KEY's value, or set KEY to VALUE (checkout.*, cache.max_bytes, conflicts.*)."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     if key is None:
         for name in SETTINGS:
             click.echo(f"{name} = {store.config(name)}")

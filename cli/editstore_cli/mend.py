@@ -13,7 +13,7 @@ from editstore.behavior import load_requests
 from editstore.editors import editor_rows, train_mend
 from editstore.methods import load_hparams, resolve_hparams
 
-from .common import device_option, json_option, layers_option, open_store, requests_option, store_option
+from .common import device_option, json_option, layers_option, open_store, requests_option
 from .output import echo_json, print_table
 
 
@@ -30,12 +30,11 @@ def mend() -> None:
 @requests_option("Training requests (JSONL with paraphrase_prompts and neighborhood_prompts; default: the fact "
                  "world's, minus the held-out subjects).")
 @device_option
-@store_option
 @click.pass_context
 def train(ctx: click.Context, layers: tuple[int, ...] | None, steps: int | None, hparams_file: Path | None,
-          requests_file: Path | None, device: str, store_dir: Path | None) -> None:
+          requests_file: Path | None, device: str) -> None:
     """Meta-train an editor for the store's base and store it; prints its id."""
-    store = open_store(ctx, store_dir)
+    store = open_store(ctx)
     hp = resolve_hparams(store.base, "mend", load_hparams(hparams_file) if hparams_file else None)
     if layers:
         hp = resolve_hparams(store.base, "mend", hp.replace(layers=layers))
@@ -55,11 +54,10 @@ def train(ctx: click.Context, layers: tuple[int, ...] | None, steps: int | None,
 
 @mend.command("list")
 @json_option
-@store_option
 @click.pass_context
-def list_(ctx: click.Context, as_json: bool, store_dir: Path | None) -> None:
+def list_(ctx: click.Context, as_json: bool) -> None:
     """The editors trained for the store's base (the newest is used by `edit --method mend`)."""
-    rows = editor_rows(open_store(ctx, store_dir))
+    rows = editor_rows(open_store(ctx))
     if as_json:
         echo_json(rows)
         return
