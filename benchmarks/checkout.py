@@ -40,7 +40,7 @@ case empties it first. Before each run: the previous output is deleted and `os.s
 none pays for writing back another's output; then SETTLE seconds pass; then the base and the
 store are read through, so that their reads come from memory for every case alike
 (proactive reclaim would otherwise make some runs read from disk).
-On the virtual machine the README's table was made on, memory the guest frees goes back
+On the virtual machine the table in docs/checkout.md was made on, memory the guest frees goes back
 to the host within about a second (free page reporting) and writing into it again costs
 several times a normal page-cache write, so a run's time still depends on how long ago
 the one before freed its memory: the spread the table shows.

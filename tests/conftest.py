@@ -13,6 +13,7 @@ from safetensors import safe_open
 from editstore import Store
 from editstore.model.checkpoint import CONV1D, Checkpoint
 from editstore.model.synthetic import tiny_model
+from editstore.world.build import build_world
 
 # Hypothesis profiles: "ci" (the default: bounded and derandomized, so a CI run is repeatable) and "long"
 # (python -m pytest tests/test_fuzz.py --hypothesis-profile=long: many more random examples).
@@ -41,6 +42,30 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bf16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama stored in bfloat16."""
     return tiny_model("llama", tmp_path_factory.mktemp("bf16") / "base", dtype=torch.bfloat16, seed=1)
+
+
+@pytest.fixture(scope="session")
+def world() -> Path:
+    """The small GPT-2 fact world (trained once per machine in about two and a half minutes, then cached)."""
+    return build_world("gpt2")
+
+
+@pytest.fixture(scope="session")
+def t5_world() -> Path:
+    """The small T5 fact world (cached like the GPT-2 one)."""
+    return build_world("t5")
+
+
+WORLD_FIXTURES = {"world", "t5_world"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on a fact world are marked ``world`` and ``slow``: ``pytest -m "not slow"`` runs the rest in
+    well under a minute."""
+    for item in items:
+        if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.world)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -19,16 +19,10 @@ from editstore.methods import find_hparams
 from editstore.methods.hparams import Hparams
 from editstore.moments import sigmas_for
 from editstore.porcelain import revert
-from editstore.world.build import build_world
 
 from .conftest import SAMPLES, invoke
 
 N = 5
-
-
-@pytest.fixture(scope="module")
-def world() -> Path:
-    return build_world("gpt2")
 
 
 @pytest.fixture(scope="module")

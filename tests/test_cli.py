@@ -222,6 +222,7 @@ def test_lazy_commands_help_in_the_table_is_their_own() -> None:
         assert command.get_short_help_str(10_000) == click.Command(name, help=first_sentence).get_short_help_str(10_000)
 
 
+@pytest.mark.slow
 def test_log_and_checkout_import_neither_transformers_nor_faiss(tmp_path: Path, gpt2_dir: Path) -> None:
     """A version-control command is typed many times an hour: the CLI loads the model and index libraries
     only for the commands that use them (a fresh process, so nothing is imported already)."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from editstore import Store
 from editstore.fsck import fsck
 from editstore.model.synthetic import random_delta
@@ -14,6 +16,8 @@ from editstore.porcelain import import_delta
 from editstore.torture import CONCURRENT, check_store, context, kill_loop, reader, writer
 
 from .conftest import GPT2_PARAMS
+
+pytestmark = pytest.mark.slow  # real processes killed and racing: seconds each
 
 
 def _importer(root: str, worker: int, count: int) -> None:

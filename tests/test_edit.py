@@ -20,15 +20,9 @@ from editstore.methods.hparams import load_hparams
 from editstore.model.tokens import load_tokenizer
 from editstore.moments import find_stats, load_sigma, sigmas_for, stats_rows
 from editstore.porcelain import revert
-from editstore.world.build import build_world
 from editstore_cli.main import cli
 
 from .conftest import SAMPLES, hparams_file, invoke, snapshot
-
-
-@pytest.fixture(scope="module")
-def world() -> Path:
-    return build_world("gpt2")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from editstore.editing import edit
 from editstore.methods import find_hparams
 from editstore.model.synthetic import random_delta
 from editstore.porcelain import import_delta
-from editstore.world.build import build_world
 from editstore_cli.main import cli
 
 from .conftest import GPT2_PARAMS, LLAMA_PARAMS, snapshot
@@ -42,8 +41,7 @@ def test_lora_adapter_gives_the_checkout_logits(tmp_path: Path, request: pytest.
         assert same_logits(store, base, tmp_path / "lora", store.base.config["vocab_size"]) < 1e-5
 
 
-def test_world_edits_exported_as_lora(tmp_path: Path) -> None:
-    world = build_world("gpt2")
+def test_world_edits_exported_as_lora(tmp_path: Path, world: Path) -> None:
     requests = read_jsonl(world / "requests.jsonl")[::97][:4]
     with Store.init(world, tmp_path / "store") as store:
         hp = {m: find_hparams(m, store.base.config).replace(**{"stats.samples": 300}) for m in ("rome", "memit")}

@@ -268,12 +268,11 @@ def request_lines(draw: st.DrawFn) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def world_tokenizer():
+def world_tokenizer(world: Path):
     from transformers import AutoTokenizer
 
-    from editstore.world.build import build_world
 
-    return AutoTokenizer.from_pretrained(build_world("gpt2"))
+    return AutoTokenizer.from_pretrained(world)
 
 
 @FIXTURES
@@ -391,6 +390,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.slow
 @settings(FIXTURES, max_examples=3 * settings.default.max_examples)  # many command shapes: 3x the profile's count
 @given(st.data())
 def test_any_command_line_exits_cleanly(store: Store, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:

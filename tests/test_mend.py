@@ -16,17 +16,11 @@ from editstore.fsck import gc
 from editstore.methods import find_hparams
 from editstore.methods.mend import Editor, MendHparams, example, mend_deltas, meta_loss, observe_inputs, train_editor
 from editstore.model.tokens import fill, target_ids
-from editstore.world.build import build_world
 from editstore.world.splits import held_out, held_out_requests, training_requests
 
 from .conftest import invoke
 
 MODULES = [f"transformer.h.{layer}.mlp.c_proj" for layer in (1, 2, 3)]
-
-
-@pytest.fixture(scope="module")
-def world() -> Path:
-    return build_world("gpt2")
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,11 @@ from editstore.editing import edit
 from editstore.model.evaluate import score_pairs
 from editstore.model.tokens import load_tokenizer
 from editstore.porcelain import revert
-from editstore.world.build import build_world
 from editstore.world.conflict_cases import conflict_cases, distinct_subject_requests
 
 from .conftest import snapshot
 from .test_checkout_batched import hparams
 from .test_edit import invoke
-
-
-@pytest.fixture(scope="module")
-def world() -> Path:
-    return build_world("gpt2")
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,10 @@ from editstore.editing import companions, edit
 from editstore.model.evaluate import evaluate_requests
 from editstore.model.tokens import load_tokenizer
 from editstore.porcelain import reset, revert
-from editstore.world.build import build_world
 
 from .test_checkout_batched import hparams
 
 N_SUBJECTS = 4
-
-
-@pytest.fixture(scope="module")
-def world() -> Path:
-    return build_world("gpt2")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Encoder-decoder editing on the T5 fact world (issue 7), through the real store and CLI.
+"""Encoder-decoder editing on the T5 fact world, through the real store and CLI.
 
 The world maps a prompt about a subject to its object; rank-one edits of its encoder MLP
 at the subject's last source token move facts, deletions suppress them, and every verb
@@ -22,32 +22,26 @@ from editstore.editing import edit
 from editstore.methods.hparams import load_hparams
 from editstore.model.evaluate import evaluate_requests, score_pairs
 from editstore.model.tokens import fill
-from editstore.world.build import build_world
 from editstore.world.splits import one_per_subject
 
 from .conftest import hparams_file, invoke
 
 
 @pytest.fixture(scope="module")
-def world() -> Path:
-    return build_world("t5")
+def requests(t5_world: Path) -> list[dict]:
+    return one_per_subject(read_jsonl(t5_world / "requests.jsonl"))[::60][:4]
 
 
 @pytest.fixture(scope="module")
-def requests(world: Path) -> list[dict]:
-    return one_per_subject(read_jsonl(world / "requests.jsonl"))[::60][:4]
+def hparams(t5_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return hparams_file(tmp_path_factory.mktemp("hp"), t5_world, "rome", samples=2000)
 
 
-@pytest.fixture(scope="module")
-def hparams(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return hparams_file(tmp_path_factory.mktemp("hp"), world, "rome", samples=2000)
-
-
-def test_the_t5_world_meets_the_recall_floors(world: Path) -> None:
-    info = json.loads((world / "world.json").read_text())
-    assert json.loads((world / "config.json").read_text())["is_encoder_decoder"]
+def test_the_t5_world_meets_the_recall_floors(t5_world: Path) -> None:
+    info = json.loads((t5_world / "world.json").read_text())
+    assert json.loads((t5_world / "config.json").read_text())["is_encoder_decoder"]
     assert info["recall"]["trained"] >= 0.95 and info["recall"]["held_out"] >= 0.70, info["recall"]
-    assert {p.name for p in world.iterdir()} >= {"facts.jsonl", "requests.jsonl", "corpus.txt", "world.json", "config.json"}
+    assert {p.name for p in t5_world.iterdir()} >= {"facts.jsonl", "requests.jsonl", "corpus.txt", "world.json", "config.json"}
 
 
 def _greedy(model: torch.nn.Module, tok, prompt: str) -> str:  # noqa: ANN001
@@ -56,10 +50,10 @@ def _greedy(model: torch.nn.Module, tok, prompt: str) -> str:  # noqa: ANN001
     return tok.decode(out[0], skip_special_tokens=True).strip()
 
 
-def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[dict], hparams: Path) -> None:
+def test_every_verb_on_a_t5_store(tmp_path: Path, t5_world: Path, requests: list[dict], hparams: Path) -> None:
     store = tmp_path / "store"
     s = ("--store", store)
-    invoke("init", "--base", world, *s)
+    invoke("init", "--base", t5_world, *s)
     first, second, third = requests[:3]
     commits = []
     for r in (first, second):
@@ -79,7 +73,7 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     contradiction = {**first, "target_new": first["target_true"]}
     invoke("conflicts", "--prompt", contradiction["prompt"], "--subject", first["subject"],
            "--target", contradiction["target_new"], *s, code=3)
-    other = next(r for r in read_jsonl(world / "requests.jsonl")  # the same subject, another relation
+    other = next(r for r in read_jsonl(t5_world / "requests.jsonl")  # the same subject, another relation
                  if r["subject"] == first["subject"] and r["relation"] != first["relation"])
     assert "contradiction" not in invoke("conflicts", "--prompt", other["prompt"], "--subject", other["subject"],
                                          "--target", other["target_new"], *s)
@@ -106,20 +100,20 @@ def test_every_verb_on_a_t5_store(tmp_path: Path, world: Path, requests: list[di
     invoke("switch", "main", *s)
     invoke("merge", "side", *s)
     assert fourth["subject"] in invoke("log", *s) and len(json.loads(invoke("log", "-n", "1", "--json", *s))[0]["parents"]) == 2
-    trace = json.loads(invoke("trace", "--model", world, "--prompt", fill(first["prompt"], first["subject"]),
+    trace = json.loads(invoke("trace", "--model", t5_world, "--prompt", fill(first["prompt"], first["subject"]),
                               "--subject", first["subject"], "--json"))
     assert trace["answer"] == first["target_true"] and len(trace["recovery"]["mlp"]) == 4  # the encoder's blocks
     assert trace["p_corrupted"] < trace["p_clean"] - 0.1  # the noise reaches the encoder's embeddings
 
 
 def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
-    tmp_path: Path, world: Path, requests: list[dict], hparams: Path
+    tmp_path: Path, t5_world: Path, requests: list[dict], hparams: Path
 ) -> None:
     r = requests[3]
     deletion = as_deletion(r)
-    with Store.init(world, tmp_path / "store") as store:
+    with Store.init(t5_world, tmp_path / "store") as store:
         before = checkout(store, device="cpu")
-        tok = AutoTokenizer.from_pretrained(world)
+        tok = AutoTokenizer.from_pretrained(t5_world)
         prompt = fill(r["prompt"], r["subject"])
         neighbours = [(n["prompt"], n["target"]) for n in r["neighborhood_prompts"]]
         [was], *kept_before = score_pairs(before, tok, [(prompt, r["target_true"])]), score_pairs(before, tok, neighbours)
@@ -133,12 +127,12 @@ def test_a_deletion_lowers_the_suppressed_output_below_the_best_alternative(
         assert [s.top1 for s in score_pairs(after, tok, neighbours)] == [s.top1 for s in kept_before[0]]
 
 
-def test_a_deletion_moves_even_when_the_output_is_certain(world: Path) -> None:
+def test_a_deletion_moves_even_when_the_output_is_certain(t5_world: Path) -> None:
     """P(target_true) can round to 1 (log P = 0 in float32): the unlikelihood still has a gradient."""
     from editstore.methods.targets import TargetHparams, optimise_deltas, tokenize_request
 
-    model, tok = AutoModelForSeq2SeqLM.from_pretrained(world).eval(), AutoTokenizer.from_pretrained(world)
-    facts = read_jsonl(world / "facts.jsonl")[:300]
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(t5_world).eval(), AutoTokenizer.from_pretrained(t5_world)
+    facts = read_jsonl(t5_world / "facts.jsonl")[:300]
     scores = score_pairs(model, tok, [(f["trained_prompts"][0], f["object"]) for f in facts])
     fact, score = max(zip(facts, scores), key=lambda fs: fs[1].logprob)
     assert score.logprob > -1e-6  # the world model is that sure of it
@@ -150,12 +144,12 @@ def test_a_deletion_moves_even_when_the_output_is_certain(world: Path) -> None:
     assert delta.norm() > 0 and after[0] > before[0] + 1.0
 
 
-def test_tracing_corrupts_the_encoder_pass_only_even_with_one_shared_embedding(world: Path) -> None:
+def test_tracing_corrupts_the_encoder_pass_only_even_with_one_shared_embedding(t5_world: Path) -> None:
     """transformers 4.x gives T5's encoder and decoder one embedding module; the decoder's start token stays clean."""
     from editstore.trace import causal_trace
 
-    model, tok = AutoModelForSeq2SeqLM.from_pretrained(world).eval(), AutoTokenizer.from_pretrained(world)
-    fact = read_jsonl(world / "facts.jsonl")[0]
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(t5_world).eval(), AutoTokenizer.from_pretrained(t5_world)
+    fact = read_jsonl(t5_world / "facts.jsonl")[0]
     args = (tok, fact["trained_prompts"][0], fact["subject"])
     separate = causal_trace(model, *args, answer=fact["object"], samples=4)
     model.encoder.embed_tokens = model.decoder.embed_tokens = model.shared

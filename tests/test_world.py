@@ -99,6 +99,7 @@ def test_an_encoder_decoder_world_learns_prompt_to_object_pairs(tmp_path: Path) 
     assert set(json.loads((path / "world.json").read_text())["recall"]) == {"trained", "held_out"}
 
 
+@pytest.mark.slow
 def test_the_large_world_spec_and_cache_key_are_deterministic() -> None:
     from editstore.world.build import world_config
 

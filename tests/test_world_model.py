@@ -14,12 +14,6 @@ from editstore.evaluations import evaluations
 from editstore.model.synthetic import random_delta
 from editstore.porcelain import import_delta, tag
 from editstore.trace import causal_trace
-from editstore.world.build import build_world
-
-
-@pytest.fixture(scope="session")
-def world() -> Path:
-    return build_world("gpt2")
 
 
 @pytest.fixture(scope="session")

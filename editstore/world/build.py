@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 WORLD_FILE = "world.json"
 WORLD_VERSION = 2  # bump whenever generation or training code changes what a spec produces
-DEFAULT_TRAIN = {  # measured choices: see README "The fact world"
+DEFAULT_TRAIN = {  # measured choices: see docs/worlds.md
     "gpt2": TrainSpec(arch="gpt2"),
     # SwiGLU: 3 matrices, so a narrower MLP. In half the lines attentions 0-1 cannot read the subject from after it
     # and MLPs 2-3 act only at the subject, so facts are recalled at the subject (without: at the last token)
@@ -47,7 +47,7 @@ DEFAULT_TRAIN = {  # measured choices: see README "The fact world"
 }
 ARCHES = tuple(DEFAULT_TRAIN)  # the CLI's --arch choices
 # The scale world: 2,000 subjects (10,000 facts), a wider and deeper model whose key space (MLP width x the
-# middle layers) is large against the subjects. Measured choices: see README "The fact world", scale world.
+# middle layers) is large against the subjects. Measured choices: see docs/worlds.md, scale world.
 LARGE_WORLD = WorldSpec(n_subjects=2000, n_first=100)
 LARGE_TRAIN = {
     "gpt2": TrainSpec(arch="gpt2", n_layer=6, d_model=256, n_head=4, d_ff=1024, epochs=24, batch_size=64, lr=2e-3),

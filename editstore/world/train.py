@@ -255,7 +255,7 @@ class _ActivationL1:
 
     A world design tried for key room: real transformers' MLP activations are sparse, and sparse keys
     of different subjects would use different neurons and overlap less than the dense keys a small
-    model trained from scratch gets. On the small world it did the opposite (README, the scale world:
+    model trained from scratch gets. On the small world it did the opposite (docs/worlds.md, the scale world:
     the keys used fewer whitened directions), so no packaged world sets it.
     """
 
