@@ -247,10 +247,32 @@ def sigmas_for(
                 f"no second-moment statistics for {', '.join(missing)} and no corpus at {path}: "
                 "run `editstore stats compute --corpus FILE` or set stats.corpus in the hparams"
             )
-        base = load_model(store.base, {}, device=device, base_hashes={})
-        texts = corpus.texts(hp.stats.samples)
-        advance = progress("statistics", len(texts)) if progress else None
-        for row in compute_stats(store, base, tokenizer, missing, corpus, texts, hp.stats.samples, progress=advance):
+        for row in stream_stats(store, missing, corpus, hp.stats.samples, device=device, tokenizer=tokenizer,
+                                progress=progress):
             rows[row.module] = row
-        del base
     return {m: load_sigma(store, row).to(device) for m, row in rows.items() if row is not None}
+
+
+def stats_modules(store: Store, *, modules: Sequence[str] = (), method_name: str = "memit",
+                  layers: Sequence[int] | None = None) -> list[str]:
+    """The modules ``stats compute`` measures: ``modules`` as given, else those of ``method_name``'s packaged
+    hparams for the base, at ``layers`` (default: the hparams' layers)."""
+    from .methods import resolve_hparams
+
+    if modules:
+        return list(modules)
+    hp = resolve_hparams(store.base, method_name)
+    return [hp.module_name(layer) for layer in layers or hp.layers]
+
+
+def stream_stats(store: Store, modules: Sequence[str], corpus: Corpus, samples: int, *, device: torch.device,
+                 tokenizer: Any | None = None, progress: ProgressFactory | None = None) -> list[StatsRow]:
+    """Load the base on ``device``, stream ``corpus.texts(samples)`` through it once and store Σ of every
+    module's input (``tokenizer``: the base's, loaded when not given)."""
+    from .model.tokens import load_tokenizer
+
+    base = load_model(store.base, {}, device=device, base_hashes={})
+    texts = corpus.texts(samples)
+    advance = progress("statistics", len(texts)) if progress else None
+    return compute_stats(store, base, tokenizer or load_tokenizer(store.base), modules, corpus, texts, samples,
+                         progress=advance)

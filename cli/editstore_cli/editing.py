@@ -10,12 +10,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from editstore.compose.materialise import load_model
 from editstore.compose.sequential import resolve_device
 from editstore.editing import edit as run_edit
 from editstore.methods import METHODS, load_hparams
-from editstore.model.tokens import load_tokenizer
-from editstore.moments import compute_stats, import_npz, read_corpus, stats_rows
+from editstore.moments import import_npz, read_corpus, stats_modules, stats_rows, stream_stats
 from editstore.porcelain import show
 
 from .common import device_option, json_option, layers_option, open_store, read_requests, request_options
@@ -92,19 +90,10 @@ def stats() -> None:
 def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple[str, ...], layers: tuple[int, ...] | None,
                   method: str, device: str) -> None:
     """Stream CORPUS through the base and store Σ per module."""
-    from editstore.methods import resolve_hparams
-
     store = open_store(ctx)
-    names = list(modules)
-    if not names:
-        hp = resolve_hparams(store.base, method)
-        names = [hp.module_name(layer) for layer in layers or hp.layers]
-    loaded = read_corpus(corpus)
-    texts = loaded.texts(samples)
-    model = load_model(store.base, {}, device=resolve_device(device), base_hashes={})
+    names = stats_modules(store, modules=modules, method_name=method, layers=layers)
     with progress_bars() as bars:
-        rows = compute_stats(store, model, load_tokenizer(store.base), names, loaded, texts, samples,
-                             progress=bars("statistics", len(texts)))
+        rows = stream_stats(store, names, read_corpus(corpus), samples, device=resolve_device(device), progress=bars)
     for row in rows:
         click.echo(f"{row.module}: {row.count} positions, object {row.object[:12]}")
 
