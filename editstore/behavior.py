@@ -17,6 +17,7 @@ import torch
 
 from .compose.checkout import checkout
 from .core.inputs import iter_jsonl, read_jsonl
+from .core.requests import EditRequest
 from .core.schema import validate
 from .evaluations import record_evaluation
 from .model.evaluate import Metrics, evaluate_requests, next_tokens
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 FACTS_FILE = "facts.jsonl"
 
 
-def load_requests(path: str | Path) -> list[dict[str, Any]]:
+def load_requests(path: str | Path) -> list[EditRequest]:
     """Edit requests from a UTF-8 JSON Lines file, each validated against ``edit-request.schema.json``;
     errors name the line (:class:`InputError` for what is not JSON, :class:`SchemaError` for what is not a request)."""
     rows = []
@@ -38,7 +39,7 @@ def load_requests(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def edit_requests(store: Store, tree: Sequence[str]) -> list[dict[str, Any]]:
+def edit_requests(store: Store, tree: Sequence[str]) -> list[EditRequest]:
     """The requests of the edits in a tree (imported deltas have none)."""
     return [r for r in (store.edit(e).request for e in tree) if r]
 
@@ -57,7 +58,7 @@ def evaluate_version(
     store: Store,
     rev: str = "HEAD",
     *,
-    requests: Sequence[dict[str, Any]] | None = None,
+    requests: Sequence[EditRequest] | None = None,
     recall_limit: int = 500,
     device: str | torch.device = "auto",
 ) -> Metrics:
@@ -105,7 +106,7 @@ class BehaviorDiff:
         }
 
 
-def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[dict[str, Any]], *, facts: int) -> list[Probe]:
+def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[EditRequest], *, facts: int) -> list[Probe]:
     """Edit prompts, paraphrases and neighbourhoods of every request, then untouched facts; no duplicates."""
     reqs = [r for tree in trees for r in edit_requests(store, tree)] + list(requests)
     probes: list[Probe] = []
@@ -115,8 +116,10 @@ def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[
         probes += [Probe("neighborhood", n["prompt"]) for n in r.get("neighborhood_prompts", [])]
     edited = {r["subject"] for r in reqs}
     probes += [Probe("fact", p) for p, _ in untouched_facts(store.base.path, edited, limit=facts)]
-    seen: set[str] = set()
-    return [p for p in probes if not (p.prompt in seen or seen.add(p.prompt))]
+    first: dict[str, Probe] = {}
+    for p in probes:  # each prompt once, where it first came
+        first.setdefault(p.prompt, p)
+    return list(first.values())
 
 
 def behavior_diff(
@@ -124,7 +127,7 @@ def behavior_diff(
     rev_a: str,
     rev_b: str,
     *,
-    requests: Sequence[dict[str, Any]] = (),
+    requests: Sequence[EditRequest] = (),
     facts: int = 200,
     device: str | torch.device = "auto",
 ) -> BehaviorDiff:

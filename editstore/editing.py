@@ -22,7 +22,7 @@ from .compose.sequential import resolve_device
 from .conflicts.checks import precheck
 from .conflicts.detect import Conflict, ConflictError, blocking
 from .conflicts.index import Whitener, whitened_keys
-from .core.requests import check_requests, describe_target, normalise_subject
+from .core.requests import EditRequest, check_requests, describe_target, normalise_subject
 from .editors import load_editor
 from .errors import HparamsError, SubjectNotInPromptError
 from .methods import compute_edits, edited_modules, registry, resolve_hparams
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ProgressFactory = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
 
 
-def make_request(prompt: str, subject: str, target_new: str | None, target_true: str | None = None) -> dict[str, Any]:
+def make_request(prompt: str, subject: str, target_new: str | None, target_true: str | None = None) -> EditRequest:
     """A request from CLI-style pieces; a prompt without ``{}`` gets one where the subject first occurs.
 
     Without ``target_new`` the request is a behaviour deletion of ``target_true``.
@@ -47,7 +47,7 @@ def make_request(prompt: str, subject: str, target_new: str | None, target_true:
         if not subject or subject not in prompt:
             raise SubjectNotInPromptError(f"subject {subject!r} does not occur in the prompt {prompt!r} (and it has no {{}})")
         prompt = prompt.replace(subject, "{}", 1)
-    request: dict[str, Any] = {"prompt": prompt, "subject": subject}
+    request: EditRequest = {"prompt": prompt, "subject": subject}
     if target_new:
         request["target_new"] = target_new
     if target_true:
@@ -63,7 +63,7 @@ def prior_keys(store: Store, tree: Sequence[str], hp: Hparams) -> dict[str, torc
 
 def edit(
     store: Store,
-    requests: Sequence[dict[str, Any]],
+    requests: Sequence[EditRequest],
     *,
     method: str = "rome",
     hparams: Hparams | None = None,
@@ -85,9 +85,9 @@ def edit(
     are computed on the version without them, and each new edit's ``info["replaces"]``
     names them. Contradictions between the requests themselves still refuse the commit.
     """
-    requests = [dict(r) for r in requests]
+    requests = [EditRequest(**r) for r in requests]  # the caller's dicts stay as they are
     check_requests(requests)
-    editor, about = None, {}
+    editor, about = None, dict[str, Any]()
     if method == "mend":  # the weights it changes, and how, are the trained editor's
         if hparams is not None:
             raise HparamsError("MEND's hyperparameters come from its trained editor; give them to `editstore mend train`")
@@ -140,13 +140,13 @@ def edit(
 
 
 def companions(
-    store: Store, tree: Sequence[str], requests: Sequence[dict[str, Any]], contradicted: Sequence[str] = ()
-) -> list[list[dict[str, Any]]]:
+    store: Store, tree: Sequence[str], requests: Sequence[EditRequest], contradicted: Sequence[str] = ()
+) -> list[list[EditRequest]]:
     """Per request, the requests of the live edits in ``tree`` about its subject (the facts its target must
     keep), in tree order; ``contradicted`` edits (committed over with ``force``) are not kept."""
     wanted = {normalise_subject(r["subject"]) for r in requests}
     records = store.edits(tree)
-    by_subject: dict[str, list[dict[str, Any]]] = {}
+    by_subject: dict[str, list[EditRequest]] = {}
     for eid in tree:
         request = records[eid].request
         if eid not in contradicted and request and normalise_subject(request.get("subject", "")) in wanted:
@@ -154,10 +154,10 @@ def companions(
     return [by_subject.get(normalise_subject(r["subject"]), []) for r in requests]
 
 
-def replaced_by(request: dict[str, Any], found: Sequence[Conflict]) -> list[str]:
+def replaced_by(request: EditRequest, found: Sequence[Conflict]) -> list[str]:
     """The live edits ``request`` contradicts (what ``--replace`` takes out), in the order found."""
     return list(dict.fromkeys(c.other for c in blocking(found) if c.request is request and c.other))
 
 
-def _describe(request: dict[str, Any]) -> str:
+def _describe(request: EditRequest) -> str:
     return f"{fill(request['prompt'], request['subject'])} -> {describe_target(request)}"

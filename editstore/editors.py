@@ -29,6 +29,7 @@ from .methods.mend import Editor, MendHparams
 from .model.checkpoint import safetensors_header
 
 if TYPE_CHECKING:
+    from .core.requests import EditRequest
     from .store import Store
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def train_mend(
     store: Store,
     hp: Hparams,
     *,
-    requests: list[dict[str, Any]] | None = None,
+    requests: list[EditRequest] | None = None,
     device: str = "auto",
     progress: Any = None,
 ) -> tuple[str, dict[str, Any]]:

@@ -12,10 +12,11 @@ from .core.hashing import sha256_json
 from .core.records import now
 
 if TYPE_CHECKING:
+    from .core.requests import EditRequest
     from .store import Store
 
 
-def record_evaluation(store: Store, commit_id: str, requests: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+def record_evaluation(store: Store, commit_id: str, requests: list[EditRequest], metrics: dict[str, Any]) -> None:
     """Store ``metrics`` of ``commit_id`` on ``requests``."""
     with store.locked(), store.db.atomic():
         store.db["evaluations"].insert(

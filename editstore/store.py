@@ -38,6 +38,7 @@ from .errors import (
 if TYPE_CHECKING:
     import torch
 
+    from .core.requests import EditRequest
     from .model.checkpoint import Checkpoint
     from .model.delta import Delta
 
@@ -70,7 +71,7 @@ class NewEdit:
     delta: Delta
     method: str
     name: str | None = None
-    request: dict[str, Any] | None = None
+    request: EditRequest | None = None
     hparams: dict[str, Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     embedding: tuple[str, torch.Tensor] | None = None  # (backend, prompt embedding), see editstore.conflicts.index

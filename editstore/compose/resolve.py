@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -60,6 +60,7 @@ from ..moments import sigmas_for
 from .materialise import load_model
 
 if TYPE_CHECKING:
+    from ..core.requests import EditRequest
     from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Group:
     hp: Hparams
     edits: list[str] = field(default_factory=list)
     deltas: list[Delta] = field(default_factory=list)
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[EditRequest] = field(default_factory=list)
 
     def stacked(self, param: str, part: str) -> torch.Tensor:
         """The group's ``part`` (keys, targets or hidden) of ``param``, columns side by side, float64."""

@@ -26,6 +26,7 @@ import torch
 
 from ..compose.checkout import checkout
 from ..core.records import embedding_row
+from ..core.requests import EditRequest
 from ..methods.hparams import Hparams
 from ..store import Store, on_head_moved
 from .detect import Checker, Conflict, Thresholds, tree_requests
@@ -135,7 +136,7 @@ def rebuild_index(store: Store, *, device: torch.device | None = None) -> Confli
 
 
 def check_edits(store: Store, checker: Checker, edits: Sequence[str], vectors: Mapping[str, np.ndarray],
-                requests: Mapping[str, dict[str, Any]]) -> list[Conflict]:
+                requests: Mapping[str, EditRequest]) -> list[Conflict]:
     """Conflicts of stored ``edits`` (with their embeddings, requests and recorded keys) with the checker's version."""
     keys = delta_keys(store, edits, Whitener(store))
     return checker.check([requests[e] for e in edits], torch.from_numpy(np.stack([vectors[e] for e in edits])),
@@ -163,7 +164,7 @@ def version_conflicts(store: Store, rev: str = "HEAD", *, device: torch.device |
     return list(pairs.values())
 
 
-def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]],
+def prospective_keys(store: Store, model: torch.nn.Module, tokenizer: Any, requests: Sequence[EditRequest],
                      hp: Hparams) -> list[dict[str, np.ndarray]]:
     """Per request, the whitened keys it would have at ``hp``'s modules on the version in ``model``."""
     from ..methods.targets import context_prefixes, mean_keys, tokenize_request
@@ -191,7 +192,7 @@ class Precheck:
     conflicts: list[Conflict]
 
 
-def precheck(store: Store, requests: Sequence[dict[str, Any]], tree: Sequence[str], *, device: torch.device) -> Precheck:
+def precheck(store: Store, requests: Sequence[EditRequest], tree: Sequence[str], *, device: torch.device) -> Precheck:
     """Load the base, embed ``requests`` and check them against ``tree`` (HEAD's) and each other."""
     from ..compose.materialise import load_model
 
@@ -204,7 +205,7 @@ def precheck(store: Store, requests: Sequence[dict[str, Any]], tree: Sequence[st
 
 def check_prospective(
     store: Store,
-    requests: Sequence[dict[str, Any]],
+    requests: Sequence[EditRequest],
     *,
     method: str = "rome",
     device: torch.device | None = None,

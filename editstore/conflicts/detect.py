@@ -37,6 +37,7 @@ from .embeddings import relation_similarity
 from .index import ConflictIndex
 
 if TYPE_CHECKING:
+    from ..core.requests import EditRequest
     from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,9 @@ class Conflict:
     """One conflict: ``request`` (of edit ``edit``, or a prospective one) against ``other``."""
 
     kind: str
-    request: dict[str, Any]
+    request: EditRequest
     other: str | None  # the other edit's id; None for another request of the same batch
-    other_request: dict[str, Any] | None
+    other_request: EditRequest | None
     score: float
     edit: str | None = None
     param: str | None = None
@@ -93,7 +94,7 @@ class Thresholds:
         return cls(*(float(store.config(f"conflicts.{k}_threshold")) for k in ("relation", "semantic", "interference")))
 
 
-def fact(request: dict[str, Any]) -> str:
+def fact(request: EditRequest) -> str:
     """``'filled prompt' -> 'target'``."""
     prompt = request.get("prompt", "").replace("{}", request.get("subject", ""))
     return f"{prompt!r} -> {describe_target(request)!r}"
@@ -114,7 +115,7 @@ def fact_conflict(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     return "contradiction" if kind_a == kind_b == "write" else None
 
 
-def tree_requests(store: Store, tree: Sequence[str]) -> dict[str, dict[str, Any]]:
+def tree_requests(store: Store, tree: Sequence[str]) -> dict[str, EditRequest]:
     """The requests of ``tree``'s edits that have one, by edit id."""
     return {e: r.request for e, r in store.edits(tree).items() if r.request}
 
@@ -134,7 +135,7 @@ class Checker:
 
     def check(
         self,
-        requests: Sequence[dict[str, Any]],
+        requests: Sequence[EditRequest],
         vectors: torch.Tensor,
         keys: Sequence[Mapping[str, np.ndarray]] | None = None,
         *,
@@ -155,7 +156,7 @@ class Checker:
 
     def interference(
         self,
-        requests: Sequence[dict[str, Any]],
+        requests: Sequence[EditRequest],
         keys: Sequence[Mapping[str, np.ndarray]],
         found: Sequence[Conflict] = (),
         *,
@@ -171,7 +172,7 @@ class Checker:
                 out += self._interference(request, param, rows, seen | {edits[i]}, edits[i])
         return out
 
-    def _facts(self, request: dict[str, Any], vector: torch.Tensor, skip: str | None) -> list[tuple[str, str, float]]:
+    def _facts(self, request: EditRequest, vector: torch.Tensor, skip: str | None) -> list[tuple[str, str, float]]:
         """(kind, other edit, relation cosine) for same-subject edits of the same relation."""
         candidates = [e for e in self.by_subject.get(normalise_subject(request["subject"]), []) if e != skip]
         stored = self.index.semantic_vectors(candidates)
@@ -182,7 +183,7 @@ class Checker:
         kinds = [fact_conflict(request, self.requests[e]) for e in candidates]
         return [(k, e, float(s)) for k, e, s in zip(kinds, candidates, sims.tolist()) if k and s >= self.thresholds.relation]
 
-    def _semantic(self, request: dict[str, Any], vector: torch.Tensor, seen: set, edit: str | None) -> list[Conflict]:
+    def _semantic(self, request: EditRequest, vector: torch.Tensor, seen: set, edit: str | None) -> list[Conflict]:
         [near] = self.index.neighbours(vector[None].numpy(), NEIGHBOURS)
         return [
             Conflict("semantic", request, e, self.requests.get(e), s, edit)
@@ -191,7 +192,7 @@ class Checker:
             and not same_target(request, self.requests[e])
         ]
 
-    def _interference(self, request: dict[str, Any], param: str, rows: np.ndarray, seen: set,
+    def _interference(self, request: EditRequest, param: str, rows: np.ndarray, seen: set,
                       edit: str | None) -> list[Conflict]:
         best: dict[str, float] = {}
         for near in self.index.key_neighbours(param, rows, NEIGHBOURS):
@@ -200,7 +201,7 @@ class Checker:
                     best[e] = max(best.get(e, -1.0), s)
         return [Conflict("interference", request, e, self.requests.get(e), s, edit, param) for e, s in best.items()]
 
-    def _within(self, requests: Sequence[dict[str, Any]], vectors: torch.Tensor) -> list[Conflict]:
+    def _within(self, requests: Sequence[EditRequest], vectors: torch.Tensor) -> list[Conflict]:
         """Contradictions and duplicates between the requests of one batch."""
         out = []
         for i in range(len(requests)):

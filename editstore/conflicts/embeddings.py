@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..core.requests import EditRequest
 from ..errors import ConfigError
 from ..model.forward import is_encoder_decoder, right_pad, run
 from ..model.tokens import fill, pad_id
@@ -50,7 +51,7 @@ class Embedder(Protocol):
     name: str
     dim: int
 
-    def embed(self, requests: Sequence[dict[str, Any]]) -> torch.Tensor:
+    def embed(self, requests: Sequence[EditRequest]) -> torch.Tensor:
         """(n, dim) float32 unit vectors."""
         ...
 
@@ -96,7 +97,7 @@ class ModelEmbedder:
         self.name = model_backend_name(config)
 
     @torch.no_grad()
-    def embed(self, requests: Sequence[dict[str, Any]]) -> torch.Tensor:
+    def embed(self, requests: Sequence[EditRequest]) -> torch.Tensor:
         out = []
         for i in range(0, len(requests), self.batch_size):
             chunk = requests[i : i + self.batch_size]
@@ -107,14 +108,14 @@ class ModelEmbedder:
     def _rows(self, prompts: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(p)["input_ids"] for p in prompts]
 
-    def _causal(self, requests: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
+    def _causal(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
         rows = self._rows([fill(r["prompt"], r["subject"]) for r in requests])
         states = run(self.model, rows, pad_id(self.tokenizer), output_hidden_states=True).hidden_states
         device = states[0].device
         last = torch.tensor([len(r) - 1 for r in rows], device=device)
         return [states[layer][torch.arange(len(rows), device=device), last] for layer in self.layers]
 
-    def _seq2seq(self, requests: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
+    def _seq2seq(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
         pad = pad_id(self.tokenizer)
         template = self._rows([fill(r["prompt"], PLACEHOLDER) for r in requests])
         encoder = run(self.model, template, pad, output_hidden_states=True).encoder_hidden_states[self.layers[0]]
@@ -143,7 +144,7 @@ class SentenceTransformerEmbedder:
         self.dim = 2 * int(self.encoder.get_sentence_embedding_dimension())
         self.name = f"sentence-transformers:{self.path}"
 
-    def embed(self, requests: Sequence[dict[str, Any]]) -> torch.Tensor:
+    def embed(self, requests: Sequence[EditRequest]) -> torch.Tensor:
         prompts = [fill(r["prompt"], r["subject"]) for r in requests]
         v = torch.as_tensor(self.encoder.encode(prompts, normalize_embeddings=True), dtype=torch.float32)
         return torch.cat([v, v], dim=-1) / 2**0.5

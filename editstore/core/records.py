@@ -14,6 +14,8 @@ from .hashing import sha256_json
 if TYPE_CHECKING:
     import torch
 
+    from .requests import EditRequest
+
 
 def now() -> str:
     """The current UTC time, ISO 8601 with microseconds."""
@@ -75,7 +77,7 @@ class Edit(Record):
     base: str
     name: str | None
     method: str
-    request: dict[str, Any] | None
+    request: EditRequest | None
     hparams: dict[str, Any] | None
     delta: str
     params: tuple[str, ...]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..core.requests import EditRequest
 from ..errors import HparamsError
 from ..model.checkpoint import Checkpoint
 from .finetune import finetune
@@ -32,13 +33,13 @@ def edited_modules(hp: Hparams) -> list[str]:
 def compute_edits(
     model: torch.nn.Module,
     tokenizer: Any,
-    requests: Sequence[dict[str, Any]],
+    requests: Sequence[EditRequest],
     hp: Hparams,
     *,
     sigmas: Mapping[str, torch.Tensor] | None = None,
     prior_keys: Mapping[str, torch.Tensor] | None = None,
     editor: Editor | None = None,
-    companions: Sequence[Sequence[dict[str, Any]]] | None = None,
+    companions: Sequence[Sequence[EditRequest]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EditResult:
     """One delta per request, by ``hp.method``; ``model`` is left unchanged. MEND needs its trained ``editor``.

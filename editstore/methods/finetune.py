@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..core.requests import EditRequest
 from ..model.delta import Delta, Factors
 from ..model.forward import target_logits
 from ..model.tokens import fill, pad_id, target_ids
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 def finetune(
     model: torch.nn.Module,
     tokenizer: Any,
-    request: dict[str, Any],
+    request: EditRequest,
     hp: Hparams,
     *,
     pending: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,

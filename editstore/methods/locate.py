@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..core.requests import EditRequest
 from ..errors import MissingStatsError
 from ..model.delta import Delta, Factors
 from ..model.tokens import pad_id
@@ -51,13 +52,13 @@ class EditResult:
 def locate_and_edit(
     model: torch.nn.Module,
     tokenizer: Any,
-    requests: Sequence[dict[str, Any]],
+    requests: Sequence[EditRequest],
     hp: Hparams,
     *,
     sigmas: Mapping[str, torch.Tensor],
     prior_keys: Mapping[str, torch.Tensor] | None = None,
     pending: Updates | None = None,
-    companions: Sequence[Sequence[dict[str, Any]]] | None = None,
+    companions: Sequence[Sequence[EditRequest]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> EditResult:
     """Solve ``requests`` jointly with ``hp.method``'s solver; ``model`` is left unchanged.

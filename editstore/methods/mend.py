@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.requests import EditRequest
 from ..model.delta import Delta, Factors
 from ..model.forward import next_token_logits, target_logits
 from ..model.tokens import fill, pad_id, target_ids
@@ -130,7 +131,7 @@ class Example:
     locality: list[list[int]]
 
 
-def example(tokenizer: Any, request: dict[str, Any], *, locality: Sequence[str] = ()) -> Example:
+def example(tokenizer: Any, request: EditRequest, *, locality: Sequence[str] = ()) -> Example:
     target = target_ids(tokenizer, request["target_new"])
     prompt = tokenizer(fill(request["prompt"], request["subject"]))["input_ids"]
     paraphrases = [tokenizer(p)["input_ids"] for p in request.get("paraphrase_prompts", [])]
@@ -180,7 +181,7 @@ def gradient_pairs(model: nn.Module, ex: Example, modules: Sequence[str], pad: i
     return [(inputs[m][0].detach().float(), g[0].detach().float()) for m, g in zip(modules, grads)]
 
 
-def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[dict[str, Any]], editor: Editor,
+def mend_deltas(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], editor: Editor,
                 *, progress: Callable[[int], None] | None = None) -> tuple[list[Delta], list[float], list[float]]:
     """One delta per request (each on top of the earlier ones); ``model`` is left unchanged."""
     pad = pad_id(tokenizer)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from ..core.requests import is_deletion
+from ..core.requests import EditRequest, is_deletion
 from ..errors import EditStoreError, HparamsError
 
 
@@ -68,7 +67,7 @@ def method(name: str) -> Method:
         raise UnknownMethodError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
 
 
-def require_writes(name: str, requests: Sequence[dict[str, Any]]) -> None:
+def require_writes(name: str, requests: Sequence[EditRequest]) -> None:
     """:class:`HparamsError` when ``requests`` hold a behaviour deletion that method ``name`` cannot do."""
     if not method(name).can_delete and any(is_deletion(r) for r in requests):
         deleting = ", ".join(m.name for m in REGISTRY.values() if m.can_delete)

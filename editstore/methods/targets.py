@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.requests import is_deletion
+from ..core.requests import EditRequest, is_deletion
 from ..errors import HparamsError, SchemaError
 from ..model.forward import is_encoder_decoder, on_decoder, tails_after, target_logits
 from ..model.tokens import fill, pad_id, subject_span, target_ids
@@ -109,7 +109,7 @@ def sample_prefixes(model: torch.nn.Module, tokenizer: Any, n: int, length: int,
 
 
 def tokenize_request(
-    tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str], *, companions: Sequence[dict[str, Any]] = (),
+    tokenizer: Any, request: EditRequest, prefixes: Sequence[str], *, companions: Sequence[EditRequest] = (),
     kl_at: str = "next",
 ) -> Prompts:
     """Token rows of one request (and of its ``companions``); raises :class:`SubjectNotInPromptError` when
@@ -129,7 +129,7 @@ def tokenize_request(
                    companions=tuple(_objective(tokenizer, c, prefixes) for c in companions))
 
 
-def _objective(tokenizer: Any, request: dict[str, Any], prefixes: Sequence[str]) -> Objective:
+def _objective(tokenizer: Any, request: EditRequest, prefixes: Sequence[str]) -> Objective:
     if not (request.get("target_new") or request.get("target_true")):
         raise SchemaError("an edit request needs a target_new to write or a target_true to suppress")
     subject = request["subject"]

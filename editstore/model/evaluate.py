@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..core.requests import EditRequest
 from .forward import next_token_logits, target_logits
 from .tokens import fill, pad_id, target_ids
 
@@ -85,7 +86,7 @@ def _mean(values: Iterable[bool]) -> float | None:
 def evaluate_requests(
     model: torch.nn.Module,
     tokenizer: Any,
-    requests: Sequence[dict[str, Any]],
+    requests: Sequence[EditRequest],
     *,
     recall_facts: Sequence[tuple[str, str]] = (),
     batch_size: int = 64,

@@ -18,6 +18,7 @@ from typing import Any
 from ..behavior import untouched_facts
 from ..core.hashing import sha256_json
 from ..core.inputs import read_jsonl
+from ..core.requests import EditRequest
 from ..editors import EDITOR_FORMAT, editor_bytes, editor_from_bytes
 from ..methods import METHODS, EditResult, compute_edits, edited_modules, find_hparams
 from ..methods import method as method_of
@@ -72,7 +73,7 @@ class WorldBench:
         """``n`` requests spread evenly over the world (distinct subjects)."""
         return self.requests[offset :: max(1, len(self.requests) // n)][:n]
 
-    def edit(self, method: str, requests: Sequence[dict[str, Any]], earlier: Sequence[Delta] = ()) -> EditResult:
+    def edit(self, method: str, requests: Sequence[EditRequest], earlier: Sequence[Delta] = ()) -> EditResult:
         """``method``'s deltas for ``requests`` on the base plus ``earlier`` (whose keys AlphaEdit avoids)."""
         prior = as_keys(earlier) if method_of(method).prior_keys else None
         editor = self.editor if method == "mend" else None
@@ -102,7 +103,7 @@ class WorldBench:
         """``n`` of the requests (distinct subjects) about subjects MEND is not trained on."""
         return held_out_requests(self.requests, n)
 
-    def evaluate(self, requests: Sequence[dict[str, Any]], deltas: Sequence[Delta], *, recall: int = 0) -> Metrics:
+    def evaluate(self, requests: Sequence[EditRequest], deltas: Sequence[Delta], *, recall: int = 0) -> Metrics:
         """Metrics of ``requests`` on the base plus ``deltas``; recall over ``recall`` facts of unedited subjects."""
         facts = untouched_facts(self.path, {r["subject"] for r in requests}, limit=recall) if recall else []
         with patched(self.model, as_updates(deltas)):
@@ -124,7 +125,7 @@ def settings(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def sequence(bench: WorldBench, method: str, requests: Sequence[dict[str, Any]]) -> list[Delta]:
+def sequence(bench: WorldBench, method: str, requests: Sequence[EditRequest]) -> list[Delta]:
     """The deltas of editing ``requests`` one on top of the other."""
     deltas: list[Delta] = []
     for r in requests:

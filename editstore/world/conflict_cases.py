@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.requests import EditRequest
 from .knowledge import RELATIONS
 from .splits import one_per_subject
 
@@ -25,7 +26,7 @@ EXPECTED = {"contradiction": "contradiction", "duplicate": "duplicate", "other-s
 @dataclass(frozen=True)
 class Case:
     label: str  # one of KINDS
-    request: dict[str, Any]
+    request: EditRequest
     stored: int | None  # index of the stored request it is about (None for other-subject)
 
 
@@ -52,7 +53,7 @@ def conflict_cases(stored: Sequence[dict[str, Any]], free_subjects: Sequence[str
     return cases
 
 
-def distinct_subject_requests(requests: Sequence[dict[str, Any]], n: int, *, seed: int = 0) -> tuple[list[dict], list[str]]:
+def distinct_subject_requests(requests: Sequence[EditRequest], n: int, *, seed: int = 0) -> tuple[list[dict], list[str]]:
     """``n`` requests on distinct subjects, and the subjects that no chosen request is about."""
     rng = random.Random(seed)
     pool = list(requests)

@@ -11,8 +11,10 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.requests import EditRequest
 
-def one_per_subject(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+
+def one_per_subject(requests: Sequence[EditRequest]) -> list[dict[str, Any]]:
     """The first request of each subject, in order."""
     seen: set[str] = set()
     return [r for r in requests if not (r["subject"] in seen or seen.add(r["subject"]))]
@@ -28,7 +30,7 @@ def _validation(subject: str) -> bool:
     return hashlib.sha256(subject.encode("utf-8")).digest()[1] % 8 == 0
 
 
-def training_requests(requests: Sequence[dict[str, Any]], val_size: int) -> tuple[list[dict], list[dict]]:
+def training_requests(requests: Sequence[EditRequest], val_size: int) -> tuple[list[dict], list[dict]]:
     """(train, validation) requests about subjects that are not held out, on disjoint subjects.
 
     Validation takes ``val_size`` requests spread over its subjects and relations. No
@@ -48,12 +50,12 @@ def training_requests(requests: Sequence[dict[str, Any]], val_size: int) -> tupl
     return train, val
 
 
-def held_out_requests(requests: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def held_out_requests(requests: Sequence[EditRequest], n: int) -> list[dict[str, Any]]:
     """``n`` requests about distinct held-out subjects."""
     return one_per_subject([r for r in requests if held_out(r["subject"])])[:n]
 
 
-def split_by_subject(requests: Sequence[dict[str, Any]], val_size: int) -> tuple[list[dict], list[dict]]:
+def split_by_subject(requests: Sequence[EditRequest], val_size: int) -> tuple[list[dict], list[dict]]:
     """A user's requests as (train, validation) on disjoint subjects (about one in eight for validation)."""
     val_pool = [r for r in requests if _validation(r["subject"])]
     val = val_pool[:: max(1, len(val_pool) // max(val_size, 1))][:val_size]
