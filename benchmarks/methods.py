@@ -6,7 +6,7 @@
                                  [--world KEY=JSON ...] [--train KEY=JSON ...]
 
 single:     each request edited alone on the base (every method), on requests about the quarter of
-            the subjects that MEND's editor is not meta-trained on (editstore/world/splits.py);
+            the subjects that MEND's editor is not meta-trained on (editstore/methods/splits.py);
             MEND's editor is trained on the others the first time and cached (its training time
             is printed under the table).
 batch:      one batch solved jointly (MEMIT, EMMET, AlphaEdit; ROME and FT edit it in sequence).

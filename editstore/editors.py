@@ -121,8 +121,8 @@ def train_mend(
     from .core.inputs import read_jsonl
     from .core.requests import check_requests
     from .methods.mend import train_editor
+    from .methods.splits import split_by_subject, training_requests
     from .model.tokens import load_tokenizer
-    from .world.splits import split_by_subject, training_requests
 
     if requests is None:
         path = store.base.path / "requests.jsonl"

@@ -15,8 +15,8 @@ from editstore.editors import editor_bytes, editor_from_bytes
 from editstore.fsck import gc
 from editstore.methods import find_hparams
 from editstore.methods.mend import Editor, MendHparams, example, mend_deltas, meta_loss, observe_inputs, train_editor
+from editstore.methods.splits import held_out, held_out_requests, training_requests
 from editstore.model.tokens import fill, target_ids
-from editstore.world.splits import held_out, held_out_requests, training_requests
 
 from .conftest import invoke
 

@@ -20,9 +20,9 @@ from editstore.core.inputs import read_jsonl
 from editstore.core.requests import as_deletion
 from editstore.editing import edit
 from editstore.methods.hparams import load_hparams
+from editstore.methods.splits import one_per_subject
 from editstore.model.evaluate import evaluate_requests, score_pairs
 from editstore.model.tokens import fill
-from editstore.world.splits import one_per_subject
 
 from .conftest import hparams_file, invoke
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from editstore import porcelain
 from editstore.core.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 
@@ -162,10 +161,14 @@ def init(base: Path) -> None:
 @click.pass_context
 def import_delta(ctx: click.Context, file: Path, message: str, name: str | None) -> None:
     """Validate a delta safetensors FILE against the base and commit it as one edit."""
+    from editstore import porcelain
+
     click.echo(porcelain.import_delta(open_store(ctx), file, message=message, name=name))
 
 
 def ref_decorations(store: Store) -> dict[str, list[str]]:
+    from editstore import porcelain
+
     current = store.current_branch()
     refs: dict[str, list[str]] = {}
     for b in porcelain.branches(store):
@@ -201,6 +204,7 @@ def log(ctx: click.Context, rev: str, oneline: bool, max_count: int | None, as_j
 @click.pass_context
 def show(ctx: click.Context, rev: str, as_json: bool) -> None:
     """Show a commit (and the edits it added or removed), an edit, or a trained editor."""
+    from editstore import porcelain
     from editstore.evaluations import evaluations
 
     store = open_store(ctx)
@@ -218,6 +222,8 @@ def show(ctx: click.Context, rev: str, as_json: bool) -> None:
 @click.pass_context
 def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json: bool) -> None:
     """List branches, create branch NAME at REV, or delete it with -d."""
+    from editstore import porcelain
+
     store = open_store(ctx)
     if name is None:
         branches = porcelain.branches(store)
@@ -238,6 +244,8 @@ def branch(ctx: click.Context, name: str | None, rev: str, delete: bool, as_json
 @click.pass_context
 def switch(ctx: click.Context, name: str, create: bool) -> None:
     """Make branch NAME the current branch."""
+    from editstore import porcelain
+
     porcelain.switch(open_store(ctx), name, create=create)
     click.echo(f"Switched to branch {name}")
 
@@ -248,6 +256,8 @@ def switch(ctx: click.Context, name: str, create: bool) -> None:
 @click.pass_context
 def tag(ctx: click.Context, name: str | None, rev: str) -> None:
     """List tags, or create tag NAME at REV."""
+    from editstore import porcelain
+
     store = open_store(ctx)
     if name is None:
         for tag_name, target in porcelain.tags(store).items():
@@ -261,6 +271,8 @@ def tag(ctx: click.Context, name: str | None, rev: str) -> None:
 @click.pass_context
 def reset(ctx: click.Context, rev: str) -> None:
     """Move the current branch to REV."""
+    from editstore import porcelain
+
     store = open_store(ctx)
     click.echo(f"HEAD is now at {porcelain.reset(store, rev)[:12]}")
 
@@ -271,6 +283,8 @@ def reset(ctx: click.Context, rev: str) -> None:
 @click.pass_context
 def revert(ctx: click.Context, rev: str, message: str | None) -> None:
     """Commit a new version without the edit REV (or without the edits commit REV introduced)."""
+    from editstore import porcelain
+
     click.echo(porcelain.revert(open_store(ctx), rev, message=message))
 
 

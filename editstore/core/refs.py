@@ -11,8 +11,10 @@ the SQLite transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 HEAD = "HEAD"
 HEADS = "refs/heads/"

@@ -25,13 +25,13 @@ from ..methods import method as method_of
 from ..methods.hooks import as_keys, as_updates, patched
 from ..methods.hparams import Hparams
 from ..methods.mend import Editor, train_editor
+from ..methods.splits import held_out_requests, one_per_subject, training_requests
 from ..model.checkpoint import from_pretrained
 from ..model.delta import Delta
 from ..model.evaluate import Metrics, evaluate_requests
 from ..model.stats import second_moment
 from ..moments import CORPUS_FILE
 from .build import WorldConfig, build_world, cache_root, world_config
-from .splits import held_out_requests, one_per_subject, training_requests
 
 
 def design(arch: str, size: str = "small", *, world: Mapping[str, Any] | None = None,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.requests import EditRequest
+from ..methods.splits import one_per_subject
 from .knowledge import RELATIONS
-from .splits import one_per_subject
 
 KINDS = ("contradiction", "duplicate", "other-subject", "other-relation")
 EXPECTED = {"contradiction": "contradiction", "duplicate": "duplicate", "other-subject": None, "other-relation": None}

@@ -1,4 +1,4 @@
-"""Which of the fact world's subjects are held out from training learned editors (MEND).
+"""Subject-disjoint splits of edit requests for learned editors (MEND): which subjects are held out.
 
 A quarter of the subjects, chosen by a hash of the name, are held out: MEND's editor is
 meta-trained on requests about the others, and its benchmark row is measured on requests
