@@ -100,3 +100,12 @@ class UnknownWorldError(EditStoreError, ValueError):
 
 class InputError(EditStoreError):
     """An input file or argument that cannot be read or parsed (see :mod:`editstore.core.inputs`)."""
+
+
+class RemoteError(EditStoreError):
+    """A remote cannot be used: a bad URL, missing credentials or bucket, an unreachable server, another base."""
+
+
+class NonFastForwardError(EditStoreError):
+    """A push would drop commits the remote has (or another push moved the branch first): fetch first."""
+

@@ -22,7 +22,7 @@ from .compose.cache import TrimReport
 from .compose.checkout import composed_cache
 from .core.hashing import sha256_bytes
 from .core.records import Commit, Edit, tree_id
-from .core.refs import HEADS, TAGS
+from .core.refs import HEADS, REMOTES, TAGS
 from .core.revisions import ref_name_problem
 from .errors import BaseModelError, CorruptObjectError, InvalidDeltaError
 from .model.delta import SUPPORTED_DTYPES, Delta
@@ -168,8 +168,8 @@ def _check_refs(store: Store, report: FsckReport) -> None:
     for name, row in refs.items():
         if row["target"] is not None and row["target"] not in commit_ids:
             report.errors.append(f"ref {name} points at missing commit {row['target'][:12]}")
-        short = name.removeprefix(HEADS).removeprefix(TAGS)
-        problem = "not a branch or tag" if short == name else ref_name_problem(short)
+        short = name.removeprefix(HEADS).removeprefix(TAGS).removeprefix(REMOTES)
+        problem = "not a branch, tag or remote-tracking branch" if short == name else ref_name_problem(short)
         if name != "HEAD" and problem:
             report.warnings.append(f"ref {name!r} has a name editstore no longer accepts ({problem}); "
                                    "give its commit a valid name and delete this ref")

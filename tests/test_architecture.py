@@ -25,6 +25,7 @@ LAYERS = [
     ["editstore.conflicts", "editstore.porcelain"],
     ["editstore.editors", "editstore.behavior", "editstore.trace", "editstore.export", "editstore.fsck"],
     ["editstore.editing", "editstore.merge", "editstore.torture"],
+    ["editstore.remote"],  # clone, fetch, pull (which merges) and push
     ["editstore.world"],
     ["editstore"],  # the package's lazy front door
 ]

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from editstore.compose.sequential import resolve_device
 from editstore.editing import edit as run_edit
@@ -17,24 +13,7 @@ from editstore.moments import import_npz, read_corpus, stats_modules, stats_rows
 from editstore.porcelain import show
 
 from .common import device_option, json_option, layers_option, open_store, read_requests, request_options
-from .output import echo_json
-
-
-@contextlib.contextmanager
-def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """A factory of tqdm bars on stderr, closed on exit: ``make(what, total)(n)`` advances by n."""
-    bars: list[tqdm] = []
-
-    def make(what: str, total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, desc=what, file=sys.stderr, delay=0.5)
-        bars.append(bar)
-        return bar.update
-
-    try:
-        yield make
-    finally:
-        for bar in bars:
-            bar.close()
+from .output import echo_json, progress_bars
 
 
 @click.command()

@@ -42,6 +42,16 @@ LAZY_COMMANDS = {  # name: (module:attribute, the first sentence of its help, wh
              "--requests batch); prints the commit id."),
     "stats": ("editstore_cli.editing:stats", "Second-moment statistics Σ = E[k kᵀ] of the edited modules' inputs."),
     "world": ("editstore_cli.world:world", "The fact world: a synthetic knowledge base and small LMs trained on it."),
+    "remote": ("editstore_cli.remote:remote", "The remotes of this store: object storage (s3://BUCKET/PREFIX) or a shared "
+               "directory."),
+    "clone": ("editstore_cli.remote:clone", "Copy the history at URL into a new store in DIRECTORY/.editstore, with URL as "
+              "its remote origin."),
+    "fetch": ("editstore_cli.remote:fetch", "Bring REMOTE's branches (as REMOTE/BRANCH) and tags here, with every record "
+              "and object they need."),
+    "pull": ("editstore_cli.remote:pull", "Fetch REMOTE, then fast-forward the current branch to REMOTE/BRANCH or merge it "
+             "(exit 3 on a contradiction, unless --ours, --theirs or --force)."),
+    "push": ("editstore_cli.remote:push", "Send BRANCH (default: the current one) to REMOTE; refused unless it "
+             "fast-forwards the remote's (exit 2: fetch first), or with --force."),
     "trace": ("editstore_cli.world:trace", "Causal tracing: which layer and token recover the answer when the subject "
               "is corrupted."),
 }

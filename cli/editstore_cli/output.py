@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -80,3 +83,22 @@ def format_show(shown: dict[str, Any]) -> str:
         values = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
         lines.append(f"eval {ev['time']} ({m['n_requests']} requests): {values}")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def progress_bars() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """A factory of tqdm bars on stderr, closed on exit: ``make(what, total)(n)`` advances by n."""
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []
+
+    def make(what: str, total: int) -> Callable[[int], None]:
+        bar = tqdm(total=total, desc=what, file=sys.stderr, delay=0.5)
+        bars.append(bar)
+        return bar.update
+
+    try:
+        yield make
+    finally:
+        for bar in bars:
+            bar.close()

@@ -11,6 +11,7 @@
 | ``conflicts.semantic_threshold`` | embedding cosine from which a neighbour is a possible conflict | 0.85 |
 | ``conflicts.interference_threshold`` | whitened-key cosine from which two edits share a slot | 0.8 |
 | ``conflicts.flat_max`` | vectors up to which the conflict index is exact (flat), IVF above | 20000 |
+| ``remote.endpoint_url`` | the S3 endpoint of the store's ``s3://`` remotes (MinIO, SeaweedFS, Ceph...), when ``$AWS_ENDPOINT_URL`` and the AWS profile set none; empty: AWS | (empty) |
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def _number(cast: Callable[[str], float], low: float, high: float, what: str) ->
     return check
 
 
+def _endpoint(value: str) -> str:
+    if value and not (value.startswith(("http://", "https://")) and len(value.split("://", 1)[1]) > 0):
+        raise ConfigError(f"remote.endpoint_url takes an http:// or https:// URL (or nothing), not {value!r}")
+    return value
+
+
 def _backend(value: str) -> str:
     if value != "model" and not (value.startswith("sentence-transformers:") and value.split(":", 1)[1]):
         raise ConfigError(f"conflicts.backend takes model or sentence-transformers:PATH, not {value!r}")
@@ -71,6 +78,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], str]]] = {
     "conflicts.semantic_threshold": ("0.85", _cosine),
     "conflicts.interference_threshold": ("0.8", _cosine),
     "conflicts.flat_max": ("20000", _size),
+    "remote.endpoint_url": ("", _endpoint),
 }
 
 

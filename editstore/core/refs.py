@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 HEAD = "HEAD"
 HEADS = "refs/heads/"
 TAGS = "refs/tags/"
+REMOTES = "refs/remotes/"  # REMOTES + "origin/main": where the remote's branch was when last fetched
 DEFAULT_BRANCH = "main"
 
 
@@ -92,6 +93,13 @@ class Refs:
         else:
             cursor = self.db.execute("DELETE FROM refs WHERE name = ? AND target = ?", [name, old])
         return cursor.rowcount == 1
+
+    def set(self, name: str, target: str) -> None:
+        """Point the direct ref ``name`` at ``target`` whatever it held (remote-tracking refs mirror the remote)."""
+        self.db.execute(
+            "INSERT INTO refs (name, target, symbolic) VALUES (?, ?, NULL) "
+            "ON CONFLICT (name) DO UPDATE SET target = excluded.target, symbolic = NULL", [name, target]
+        )
 
     def set_symbolic(self, name: str, other: str) -> None:
         """Make ``name`` (HEAD) point at the ref ``other``."""

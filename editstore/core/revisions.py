@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import AmbiguousRevisionError, RefError, RevisionError, UnknownRevisionError
 from .hashing import HEX_ID_LENGTH, is_hex
-from .refs import HEAD, HEADS, TAGS, Refs
+from .refs import HEAD, HEADS, REMOTES, TAGS, Refs
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -95,10 +95,11 @@ def ref_name_problem(name: str) -> str | None:
 
 def lookup(db: sqlite_utils.Database, refs: Refs, name: str) -> tuple[str, str]:
     """``("commit", id)``, ``("edit", id)`` or ``("editor", id)`` for a revision's name (no ``~``/``^``):
-    HEAD, a branch, a tag, or a full id or unique prefix of a commit, edit or trained editor."""
+    HEAD, a branch, a tag, a remote-tracking branch (``origin/main``), or a full id or unique prefix of a
+    commit, edit or trained editor."""
     if name == HEAD:
         return "commit", refs.head()
-    for prefix in (HEADS, TAGS):
+    for prefix in (HEADS, TAGS, REMOTES):  # main, v1, origin/main
         ref = refs.get(prefix + name)
         if ref is not None and ref.target is not None:
             return "commit", ref.target

@@ -1,0 +1,469 @@
+"""Remotes: clone, fetch, pull and push a store through object storage or a shared directory.
+
+The remote holds what the store holds, content-addressed and immutable, plus refs::
+
+    editstore.json            the format and the base's fingerprint (written once)
+    objects/ab/cdef...        blobs: deltas, statistics, editors (and, with --with-base, the base's files)
+    edits/ID.json             edit records; ID is the sha256 of the canonical record
+    trees/ID.json             a version's ordered edit ids; ID is their tree id
+    commits/ID.json           commit records
+    stats/OBJECT.json         what a statistics object is of (module, corpus, samples, count)
+    editors/OBJECT.json       a trained editor's row
+    tensors/PARAM.json        the sha256 of a base tensor that some delta touches
+    base/FINGERPRINT.json     with --with-base: the base's files, name -> object
+    refs/heads/NAME           {"target": COMMIT}; refs/tags/NAME likewise
+
+Everything but the refs is written create-only. A push uploads objects, then records, then moves
+the branch by compare-and-swap on the version it read (S3 ``If-Match``), so a remote ref never
+points at anything missing, whatever is interrupted, and of concurrent pushes to one branch
+exactly one wins; the others are told to fetch first. Everything read from a remote is verified
+(objects by their sha256, records by their id) before it enters the local store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.hashing import canonical_json, sha256_bytes
+from ..core.records import Commit, Edit, tree_id
+from ..core.refs import HEADS, REMOTES, TAGS
+from ..core.revisions import check_ref_name
+from ..errors import CorruptObjectError, NonFastForwardError, RefError, RemoteError
+from ..store import Store
+from .backends import Backend, directory_of, open_backend
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+ProgressFactory = Callable[[str, int], Callable[[int], None]]  # (what, total) -> advance(n)
+WORKERS = 16  # transfers in flight at once
+
+
+# ---------------------------------------------------------------------- remotes of a store
+
+
+def _key(name: str) -> str:
+    return f"remote.{name}"
+
+
+def remotes(store: Store) -> dict[str, str]:
+    """Remote name -> URL."""
+    rows = store.db.execute("SELECT key, value FROM meta WHERE key LIKE 'remote.%' ORDER BY key")
+    return {key.removeprefix("remote."): json.loads(value)["url"] for key, value in rows.fetchall()}
+
+
+def add_remote(store: Store, name: str, url: str) -> None:
+    """Register remote ``name`` at ``url`` (``s3://BUCKET/PREFIX``, ``file:///PATH`` or a directory)."""
+    check_ref_name(name)
+    if "/" in name:
+        raise RefError(f"remote name {name!r} may not contain '/'")
+    directory = directory_of(url)  # an s3:// URL is not contacted until it is used, as git does
+    if directory is not None and not directory.is_dir():
+        raise RemoteError(f"remote {url}: {directory} is not a directory (create it first)")
+    with store.locked(), store.db.atomic():
+        if store.db.execute("SELECT 1 FROM meta WHERE key = ?", [_key(name)]).fetchone():
+            raise RefError(f"remote {name!r} already exists")
+        store.db.table("meta").insert({"key": _key(name), "value": json.dumps({"url": url})})
+
+
+def remove_remote(store: Store, name: str) -> None:
+    """Forget remote ``name`` and its remote-tracking refs."""
+    url_of(store, name)
+    with store.locked(), store.db.atomic():
+        store.db.execute("DELETE FROM meta WHERE key = ?", [_key(name)])
+        store.db.execute("DELETE FROM refs WHERE substr(name, 1, ?) = ?", [len(REMOTES + name) + 1,
+                                                                          f"{REMOTES}{name}/"])
+
+
+def url_of(store: Store, name: str) -> str:
+    """The URL of remote ``name``; :class:`RemoteError` naming the known ones otherwise."""
+    known = remotes(store)
+    if name not in known:
+        raise RemoteError(f"no remote named {name!r}" + (f"; known: {', '.join(known)}" if known else
+                                                         "; add one with `editstore remote add NAME URL`"))
+    return known[name]
+
+
+def backend_of(store: Store, name: str) -> Backend:
+    endpoint = store.config("remote.endpoint_url") or None
+    return open_backend(url_of(store, name), endpoint=endpoint)
+
+
+# ---------------------------------------------------------------------- paths on a remote
+
+
+def object_path(oid: str) -> str:
+    return f"objects/{oid[:2]}/{oid[2:]}"
+
+
+def record_path(kind: str, rid: str) -> str:
+    return f"{kind}/{rid}.json"
+
+
+def _ids(backend: Backend, kind: str) -> set[str]:
+    """The ids of the records of ``kind`` on the remote."""
+    return {path.rsplit("/", 1)[-1].removesuffix(".json") for path in backend.list(f"{kind}/")}
+
+
+def _objects(backend: Backend) -> set[str]:
+    return {"".join(path.split("/")[-2:]) for path in backend.list("objects/")}
+
+
+def _ref_target(found: Any) -> str | None:
+    if found is None:
+        return None
+    try:
+        target = json.loads(found.data)["target"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptObjectError("a ref on the remote is not {\"target\": ID}") from None
+    return str(target)
+
+
+# ---------------------------------------------------------------------- transfers
+
+
+def _parallel(fn: Callable[[Any], Any], items: Sequence[Any], what: str, progress: ProgressFactory | None) -> list[Any]:
+    """``fn`` over ``items`` on a thread pool, in order, advancing a progress bar named ``what``."""
+    if not items:
+        return []
+    advance = progress(what, len(items)) if progress else None
+    out = []
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for result in pool.map(fn, items):
+            out.append(result)
+            if advance:
+                advance(1)
+    return out
+
+
+@dataclass
+class Summary:
+    """What a push or fetch moved: refs (name -> [old, new]), records and objects, bytes."""
+
+    refs: dict[str, list[str | None]] = field(default_factory=dict)
+    commits: int = 0
+    edits: int = 0
+    objects: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"refs": self.refs, "commits": self.commits, "edits": self.edits, "objects": self.objects,
+                "bytes": self.bytes}
+
+
+def _reachable(store: Store, commit: str) -> list[str]:
+    """Commits reachable from ``commit``, newest first."""
+    return [cid for cid, _ in store.log(commit)]
+
+
+def _check_base(store: Store, backend: Backend) -> None:
+    """The remote's base is this store's (written by the first push)."""
+    info = {"format": FORMAT, "base": store.base_fingerprint}
+    if backend.create("editstore.json", canonical_json(info).encode()):
+        return
+    found = backend.get("editstore.json")
+    remote = json.loads(found.data) if found else {}
+    if remote.get("base") != store.base_fingerprint:
+        raise RemoteError(f"{backend.url} holds a store of another base ({str(remote.get('base'))[:12]}), "
+                          f"not this one's ({store.base_fingerprint[:12]})")
+
+
+def push(store: Store, remote: str, branch: str | None = None, *, force: bool = False, with_base: bool = False,
+         progress: ProgressFactory | None = None) -> Summary:
+    """Send branch ``branch`` (default: the current one) to ``remote`` and move the remote's branch to it.
+
+    Refused (:class:`NonFastForwardError`) unless the remote's branch is an ancestor of ours, or when
+    another push moves it first; ``force`` replaces it anyway (still by compare-and-swap)."""
+    backend = backend_of(store, remote)
+    branch = branch or store.current_branch()
+    if branch is None:
+        raise RefError("HEAD is detached: name the branch to push")
+    ref = store.refs.get(HEADS + branch)
+    if ref is None or ref.target is None:
+        raise RefError(f"no branch named {branch!r}")
+    ours = ref.target
+    _check_base(store, backend)
+    found = backend.get(f"refs/heads/{branch}")
+    theirs = _ref_target(found)
+    summary = Summary()
+    mine = _reachable(store, ours)
+    if theirs is not None and theirs != ours and not force and theirs not in set(mine):
+        raise NonFastForwardError(f"the remote's {branch} has commits this store lacks ({theirs[:12]}): "
+                                  f"fetch first (`editstore pull {remote} {branch}`), or push --force")
+    summary.commits, summary.edits, summary.objects, summary.bytes = _upload(store, backend, mine, progress)
+    if with_base:
+        summary.bytes += _upload_base(store, backend, progress)
+    body = canonical_json({"target": ours}).encode()
+    if theirs != ours and not backend.swap(f"refs/heads/{branch}", body, found.version if found else None):
+        raise NonFastForwardError(f"the remote's {branch} moved while pushing: fetch first (`editstore pull "
+                                  f"{remote} {branch}`), then push again")
+    summary.refs[f"{HEADS}{branch}"] = [theirs, ours]
+    with store.locked(), store.db.atomic():
+        store.refs.set(f"{REMOTES}{remote}/{branch}", ours)
+    log.info("pushed %s to %s: %d commits, %d objects", branch, remote, summary.commits, summary.objects)
+    return summary
+
+
+def _upload(store: Store, backend: Backend, commits: Sequence[str], progress: ProgressFactory | None
+            ) -> tuple[int, int, int, int]:
+    """Objects, then edits, trees and commits the remote lacks, for ``commits``; also every statistics
+    object and trained editor. Returns (commits, edits, objects, bytes) sent."""
+    have_commits = _ids(backend, "commits")
+    new_commits = [c for c in commits if c not in have_commits]
+    records = {cid: store.commit(cid) for cid in new_commits}
+    trees = {c.tree: store.tree_edits(c.tree) for c in records.values()}
+    have_edits = _ids(backend, "edits")
+    edit_ids = sorted({e for tree in trees.values() for e in tree} - have_edits)
+    edits = store.edits(edit_ids)
+    stats = [dict(r) for r in store.db["stats"].rows_where("base = ?", [store.base_fingerprint])]
+    editors = [dict(r) for r in store.db["editors"].rows_where("base = ?", [store.base_fingerprint])]
+    wanted = {e.delta for e in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
+    missing = sorted(wanted - _objects(backend))
+
+    def send_object(oid: str) -> int:
+        data = store.objects.read(oid)
+        backend.create(object_path(oid), data)
+        return len(data)
+
+    sent = sum(_parallel(send_object, missing, "objects", progress))
+    params = sorted({p for e in edits.values() for p in e.params})
+    hashes = store.base_hashes()
+    _parallel(lambda p: backend.create(f"tensors/{p}.json", canonical_json({"sha256": hashes.get(p)}).encode()),
+              [p for p in params if p in hashes], "tensors", None)
+    _parallel(lambda r: backend.create(record_path("stats", r["object"]), canonical_json(r).encode()), stats,
+              "statistics", None)
+    _parallel(lambda r: backend.create(record_path("editors", r["id"]), canonical_json(r).encode()), editors,
+              "editors", None)
+    _parallel(lambda e: backend.create(record_path("edits", e.id), canonical_json(e.record()).encode()),
+              list(edits.values()), "edits", progress)
+    _parallel(lambda t: backend.create(record_path("trees", t[0]), canonical_json(t[1]).encode()),
+              list(trees.items()), "trees", None)
+    # a commit only after everything it names (parents first, so an interrupted push leaves whole histories)
+    for cid in reversed(new_commits):
+        backend.create(record_path("commits", cid), canonical_json(records[cid].record()).encode())
+    return len(new_commits), len(edits), len(missing), sent
+
+
+def _upload_base(store: Store, backend: Backend, progress: ProgressFactory | None) -> int:
+    """The base checkpoint's files as objects, and ``base/FINGERPRINT.json`` naming them."""
+    root = store.base.path
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    manifest: dict[str, str] = {}
+    sent = 0
+    have = _objects(backend)
+    for path in files:
+        data = path.read_bytes()
+        oid = sha256_bytes(data)
+        manifest[path.relative_to(root).as_posix()] = oid
+        if oid not in have and backend.create(object_path(oid), data):
+            sent += len(data)
+    backend.create(f"base/{store.base_fingerprint}.json", canonical_json(manifest).encode())
+    return sent
+
+
+# ---------------------------------------------------------------------- fetch
+
+
+def _get_verified_record(backend: Backend, kind: str, rid: str) -> Any:
+    found = backend.get(record_path(kind, rid))
+    if found is None:
+        raise CorruptObjectError(f"the remote lacks {kind} {rid[:12]}, which one of its refs reaches")
+    value = json.loads(found.data)
+    made = {"commits": lambda v: Commit(**{**v, "parents": tuple(v["parents"])}).id,
+            "edits": lambda v: Edit(**{**v, "params": tuple(v["params"])}).id,
+            "trees": lambda v: tree_id(list(v))}[kind]
+    try:
+        ok = made(value) == rid
+    except TypeError:
+        ok = False
+    if not ok:
+        raise CorruptObjectError(f"{kind} {rid[:12]} on the remote does not match its id; nothing was fetched")
+    return value
+
+
+def _get_verified_object(backend: Backend, oid: str) -> bytes:
+    found = backend.get(object_path(oid))
+    if found is None:
+        raise CorruptObjectError(f"the remote lacks object {oid[:12]}, which one of its records names")
+    if sha256_bytes(found.data) != oid:
+        raise CorruptObjectError(f"object {oid[:12]} on the remote does not match its sha256; nothing was fetched")
+    return found.data
+
+
+def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None) -> Summary:
+    """Bring the remote's branches and tags here: records and objects this store lacks (verified), then
+    ``refs/remotes/REMOTE/BRANCH`` and tags it does not have yet."""
+    backend = backend_of(store, remote)
+    info = backend.get("editstore.json")
+    if info is None:
+        return Summary()  # an empty remote: nothing pushed yet
+    if json.loads(info.data).get("base") != store.base_fingerprint:
+        raise RemoteError(f"{backend.url} holds a store of another base; this store's is {store.base_fingerprint[:12]}")
+    heads = {p.removeprefix("refs/heads/"): _ref_target(backend.get(p)) for p in backend.list("refs/heads/")}
+    tags = {p.removeprefix("refs/tags/"): _ref_target(backend.get(p)) for p in backend.list("refs/tags/")}
+    known = {row[0] for row in store.db.execute("SELECT id FROM commits")}
+    commits: dict[str, dict[str, Any]] = {}
+    frontier = [t for t in [*heads.values(), *tags.values()] if t and t not in known]
+    while frontier:  # walk down from each ref until the commits this store has
+        batch = [c for c in dict.fromkeys(frontier) if c not in commits and c not in known]
+        values = _parallel(lambda c: _get_verified_record(backend, "commits", c), batch, "commits", None)
+        commits.update(zip(batch, values))
+        frontier = [p for v in values for p in v["parents"]]
+    have_trees = {row[0] for row in store.db.execute("SELECT id FROM trees")}
+    tree_ids = sorted({v["tree"] for v in commits.values()} - have_trees)
+    trees = dict(zip(tree_ids, _parallel(lambda t: _get_verified_record(backend, "trees", t), tree_ids, "trees", None)))
+    have_edits = {row[0] for row in store.db.execute("SELECT id FROM edits")}
+    edit_ids = sorted({e for tree in trees.values() for e in tree} - have_edits)
+    edits = dict(zip(edit_ids, _parallel(lambda e: _get_verified_record(backend, "edits", e), edit_ids, "edits",
+                                         progress)))
+    stats = [json.loads(f.data) for f in map(backend.get, backend.list("stats/")) if f is not None]
+    editors = [json.loads(f.data) for f in map(backend.get, backend.list("editors/")) if f is not None]
+    wanted = {v["delta"] for v in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
+    missing = sorted(o for o in wanted if not store.objects.exists(o))
+    blobs = _parallel(lambda o: _get_verified_object(backend, o), missing, "objects", progress)
+    hashes = _tensor_hashes(store, backend, sorted({p for v in edits.values() for p in v["params"]}))
+    summary = Summary(commits=len(commits), edits=len(edits), objects=len(missing), bytes=sum(map(len, blobs)))
+    with store.locked():
+        for oid, data in zip(missing, blobs):
+            store.objects.write(data)
+        with store.db.atomic():
+            store.db.table("base_tensors").insert_all(hashes, ignore=True)
+            for value in edits.values():
+                store.db.table("edits").insert(Edit(**{**value, "params": tuple(value["params"])}).row(), ignore=True)
+            for tid, tree in trees.items():
+                store.db.table("trees").insert({"id": tid, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
+            for value in commits.values():
+                store.db.table("commits").insert(Commit(**{**value, "parents": tuple(value["parents"])}).row(),
+                                                 ignore=True)
+            store.db.table("stats").insert_all([r for r in stats if r.get("base") == store.base_fingerprint],
+                                               ignore=True)
+            store.db.table("editors").insert_all([r for r in editors if r.get("base") == store.base_fingerprint],
+                                                 ignore=True)
+            for name, target in heads.items():
+                if target:
+                    old = store.refs.get(f"{REMOTES}{remote}/{name}")
+                    store.refs.set(f"{REMOTES}{remote}/{name}", target)
+                    if old is None or old.target != target:
+                        summary.refs[f"{REMOTES}{remote}/{name}"] = [old.target if old else None, target]
+            for name, target in tags.items():
+                if target and store.refs.add_if_new(f"{TAGS}{name}", target):
+                    summary.refs[f"{TAGS}{name}"] = [None, target]
+    log.info("fetched %s: %d commits, %d objects", remote, summary.commits, summary.objects)
+    return summary
+
+
+def _tensor_hashes(store: Store, backend: Backend, params: Iterable[str]) -> list[dict[str, str]]:
+    """Rows of ``base_tensors`` for ``params`` this store has no hash of, checked against the remote's."""
+    known = store.base_hashes()
+    rows = []
+    for param in params:
+        if param in known:
+            continue
+        ours = store.base.tensor_hash(param)
+        found = backend.get(f"tensors/{param}.json")
+        theirs = json.loads(found.data).get("sha256") if found else None
+        if theirs is not None and theirs != ours:
+            raise RemoteError(f"base tensor {param} differs from the one the remote's edits were made on: "
+                              "this store's base has the same layout but other weights")
+        rows.append({"base": store.base_fingerprint, "name": param, "sha256": ours})
+    return rows
+
+
+# ---------------------------------------------------------------------- pull and clone
+
+
+@dataclass(frozen=True)
+class PullResult:
+    fetched: Summary
+    how: str  # "up to date", "fast-forward" or "merge"
+    commit: str
+
+
+def pull(store: Store, remote: str, branch: str | None = None, *, resolution: str | None = None,
+         progress: ProgressFactory | None = None) -> PullResult:
+    """Fetch, then bring ``remote``'s ``branch`` (default: the current branch's name) into the current
+    branch: a fast-forward when ours is an ancestor of theirs, else the three-way merge (its conflicts
+    refuse the pull, exit 3, unless ``resolution``)."""
+    from ..merge import ancestors, merge
+
+    fetched = fetch(store, remote, progress=progress)
+    branch = branch or store.current_branch()
+    if branch is None:
+        raise RefError("HEAD is detached: name the branch to pull")
+    tracking = store.refs.get(f"{REMOTES}{remote}/{branch}")
+    if tracking is None or tracking.target is None:
+        raise RefError(f"the remote {remote} has no branch {branch!r}")
+    ours, theirs = store.head(), tracking.target
+    if theirs in ancestors(store, ours):
+        return PullResult(fetched, "up to date", ours)
+    if ours in ancestors(store, theirs):
+        with store.locked():
+            with store.db.atomic():
+                store.move_head(ours, theirs)
+            store.head_moved()
+        return PullResult(fetched, "fast-forward", theirs)
+    result = merge(store, f"{remote}/{branch}", resolution=resolution)
+    return PullResult(fetched, "merge", result.commit)
+
+
+def clone(url: str, directory: str | Path, *, base: str | Path | None = None, endpoint: str | None = None,
+          progress: ProgressFactory | None = None) -> Store:
+    """A new store in ``directory/.editstore`` with ``url`` as its remote ``origin``, holding the remote's
+    history, on the branch the remote's ``main`` is on. ``base``: a local copy of the base checkpoint
+    (its fingerprint must be the remote's); without it, the base the remote holds (pushed with
+    ``--with-base``) is downloaded into ``directory/base``."""
+    from ..core.paths import STORE_DIRNAME
+    from ..model.checkpoint import Checkpoint
+
+    backend = open_backend(url, endpoint=endpoint)
+    info = backend.get("editstore.json")
+    if info is None:
+        raise RemoteError(f"{url} holds no editstore history (nothing was pushed there)")
+    fingerprint = json.loads(info.data)["base"]
+    target = Path(directory)
+    if (target / STORE_DIRNAME).exists():
+        raise RemoteError(f"{target / STORE_DIRNAME} exists: clone into a new directory")
+    if base is None:
+        base = _download_base(backend, fingerprint, target / "base", progress)
+    elif Checkpoint(base).fingerprint != fingerprint:
+        raise RemoteError(f"--base {base} is not the remote's base (fingerprint {Checkpoint(base).fingerprint[:12]}, "
+                          f"the remote's {fingerprint[:12]})")
+    store = Store.init(base, target / STORE_DIRNAME)
+    try:
+        if endpoint:
+            store.set_config("remote.endpoint_url", endpoint)
+        add_remote(store, "origin", url)
+        fetch(store, "origin", progress=progress)
+        main = store.refs.get(f"{REMOTES}origin/main")
+        if main is not None and main.target is not None:
+            with store.locked():
+                with store.db.atomic():
+                    store.move_head(store.head(), main.target)
+                store.head_moved()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _download_base(backend: Backend, fingerprint: str, out: Path, progress: ProgressFactory | None) -> Path:
+    found = backend.get(f"base/{fingerprint}.json")
+    if found is None:
+        raise RemoteError(f"{backend.url} does not hold its base checkpoint: give --base DIR (a local copy), or "
+                          "push it once with `editstore push --with-base`")
+    manifest: dict[str, str] = json.loads(found.data)
+    if out.exists():
+        raise RemoteError(f"{out} exists: clone into a new directory")
+    names = sorted(manifest)
+    blobs = _parallel(lambda n: _get_verified_object(backend, manifest[n]), names, "base files", progress)
+    for name, data in zip(names, blobs):
+        path = out.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return out
