@@ -128,6 +128,11 @@ def _ref_target(found: Any) -> str | None:
 # ---------------------------------------------------------------------- transfers
 
 
+def _send(backend: Backend, path: str, data: bytes) -> int:
+    """Create ``path`` unless it exists; the bytes sent (0 when another push already wrote it)."""
+    return len(data) if backend.create(path, data) else 0
+
+
 def _parallel(fn: Callable[[Any], Any], items: Sequence[Any], what: str, progress: ProgressFactory | None) -> list[Any]:
     """``fn`` over ``items`` on a thread pool, in order, advancing a progress bar named ``what``."""
     if not items:
@@ -226,27 +231,19 @@ def _upload(store: Store, backend: Backend, commits: Sequence[str], progress: Pr
     wanted = {e.delta for e in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
     missing = sorted(wanted - _objects(backend))
 
-    def send_object(oid: str) -> int:
-        data = store.objects.read(oid)
-        backend.create(object_path(oid), data)
-        return len(data)
-
-    sent = sum(_parallel(send_object, missing, "objects", progress))
+    sent = sum(_parallel(lambda o: _send(backend, object_path(o), store.objects.read(o)), missing, "objects",
+                         progress))
     params = sorted({p for e in edits.values() for p in e.params})
     hashes = store.base_hashes()
-    _parallel(lambda p: backend.create(f"tensors/{p}.json", canonical_json({"sha256": hashes.get(p)}).encode()),
-              [p for p in params if p in hashes], "tensors", None)
-    _parallel(lambda r: backend.create(record_path("stats", r["object"]), canonical_json(r).encode()), stats,
-              "statistics", None)
-    _parallel(lambda r: backend.create(record_path("editors", r["id"]), canonical_json(r).encode()), editors,
-              "editors", None)
-    _parallel(lambda e: backend.create(record_path("edits", e.id), canonical_json(e.record()).encode()),
-              list(edits.values()), "edits", progress)
-    _parallel(lambda t: backend.create(record_path("trees", t[0]), canonical_json(t[1]).encode()),
-              list(trees.items()), "trees", None)
+    files: list[tuple[str, Any]] = [(f"tensors/{p}.json", {"sha256": hashes[p]}) for p in params if p in hashes]
+    files += [(record_path("stats", r["object"]), r) for r in stats]
+    files += [(record_path("editors", r["id"]), r) for r in editors]
+    files += [(record_path("edits", e.id), e.record()) for e in edits.values()]
+    files += [(record_path("trees", tid), tree) for tid, tree in trees.items()]
+    sent += sum(_parallel(lambda f: _send(backend, f[0], canonical_json(f[1]).encode()), files, "records", progress))
     # a commit only after everything it names (parents first, so an interrupted push leaves whole histories)
     for cid in reversed(new_commits):
-        backend.create(record_path("commits", cid), canonical_json(records[cid].record()).encode())
+        sent += _send(backend, record_path("commits", cid), canonical_json(records[cid].record()).encode())
     return len(new_commits), len(edits), len(missing), sent
 
 
@@ -270,7 +267,8 @@ def _upload_base(store: Store, backend: Backend, progress: ProgressFactory | Non
 # ---------------------------------------------------------------------- fetch
 
 
-def _get_verified_record(backend: Backend, kind: str, rid: str) -> Any:
+def _get_verified_record(backend: Backend, kind: str, rid: str) -> tuple[Any, int]:
+    """The record ``kind``/``rid`` checked against its id, and its size in bytes."""
     found = backend.get(record_path(kind, rid))
     if found is None:
         raise CorruptObjectError(f"the remote lacks {kind} {rid[:12]}, which one of its refs reaches")
@@ -284,7 +282,7 @@ def _get_verified_record(backend: Backend, kind: str, rid: str) -> Any:
         ok = False
     if not ok:
         raise CorruptObjectError(f"{kind} {rid[:12]} on the remote does not match its id; nothing was fetched")
-    return value
+    return value, len(found.data)
 
 
 def _get_verified_object(backend: Backend, oid: str) -> bytes:
@@ -308,27 +306,33 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     heads = {p.removeprefix("refs/heads/"): _ref_target(backend.get(p)) for p in backend.list("refs/heads/")}
     tags = {p.removeprefix("refs/tags/"): _ref_target(backend.get(p)) for p in backend.list("refs/tags/")}
     known = {row[0] for row in store.db.execute("SELECT id FROM commits")}
+    received = 0
+
+    def records(kind: str, ids: Sequence[str], bar: ProgressFactory | None) -> dict[str, Any]:
+        nonlocal received
+        got = _parallel(lambda r: _get_verified_record(backend, kind, r), ids, kind, bar)
+        received += sum(size for _, size in got)
+        return {rid: value for rid, (value, _) in zip(ids, got)}
+
     commits: dict[str, dict[str, Any]] = {}
     frontier = [t for t in [*heads.values(), *tags.values()] if t and t not in known]
     while frontier:  # walk down from each ref until the commits this store has
         batch = [c for c in dict.fromkeys(frontier) if c not in commits and c not in known]
-        values = _parallel(lambda c: _get_verified_record(backend, "commits", c), batch, "commits", None)
-        commits.update(zip(batch, values))
-        frontier = [p for v in values for p in v["parents"]]
+        found = records("commits", batch, None)
+        commits.update(found)
+        frontier = [p for v in found.values() for p in v["parents"]]
     have_trees = {row[0] for row in store.db.execute("SELECT id FROM trees")}
-    tree_ids = sorted({v["tree"] for v in commits.values()} - have_trees)
-    trees = dict(zip(tree_ids, _parallel(lambda t: _get_verified_record(backend, "trees", t), tree_ids, "trees", None)))
+    trees = records("trees", sorted({v["tree"] for v in commits.values()} - have_trees), None)
     have_edits = {row[0] for row in store.db.execute("SELECT id FROM edits")}
-    edit_ids = sorted({e for tree in trees.values() for e in tree} - have_edits)
-    edits = dict(zip(edit_ids, _parallel(lambda e: _get_verified_record(backend, "edits", e), edit_ids, "edits",
-                                         progress)))
+    edits = records("edits", sorted({e for tree in trees.values() for e in tree} - have_edits), progress)
     stats = [json.loads(f.data) for f in map(backend.get, backend.list("stats/")) if f is not None]
     editors = [json.loads(f.data) for f in map(backend.get, backend.list("editors/")) if f is not None]
     wanted = {v["delta"] for v in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
     missing = sorted(o for o in wanted if not store.objects.exists(o))
     blobs = _parallel(lambda o: _get_verified_object(backend, o), missing, "objects", progress)
     hashes = _tensor_hashes(store, backend, sorted({p for v in edits.values() for p in v["params"]}))
-    summary = Summary(commits=len(commits), edits=len(edits), objects=len(missing), bytes=sum(map(len, blobs)))
+    summary = Summary(commits=len(commits), edits=len(edits), objects=len(missing),
+                      bytes=received + sum(map(len, blobs)))
     with store.locked():
         for oid, data in zip(missing, blobs):
             store.objects.write(data)
