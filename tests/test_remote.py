@@ -290,6 +290,7 @@ def test_bad_urls_credentials_and_buckets_are_clear_errors(tmp_path: Path, gpt2_
     assert "credentials" in refused("push", "--store", root)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")  # no instance role to fall back on, at once
     assert "error:" in refused("push", "--store", root)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     assert "error:" in refused("fetch", "--store", root)

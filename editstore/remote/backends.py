@@ -25,6 +25,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -115,8 +116,9 @@ class ObjectStoreBackend:
         parsed = urlparse(url)
         self.url = url
         prefix = parsed.path.strip("/")
+        retry = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}  # a wrong endpoint fails in seconds
         try:
-            self.store = S3Store(parsed.netloc, prefix=prefix or None, **_s3_options(endpoint))
+            self.store = S3Store(parsed.netloc, prefix=prefix or None, retry_config=retry, **_s3_options(endpoint))
         except Exception as exc:  # obstore's configuration errors: unknown keys, a malformed endpoint
             raise RemoteError(f"cannot use remote {url}: {exc}") from None
 
