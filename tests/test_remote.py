@@ -309,6 +309,7 @@ def test_push_with_base_lets_clone_fetch_the_base(tmp_path: Path, gpt2_dir: Path
     assert all((wa[k] == wb[k]).all() for k in wa)
     with pytest.raises(RemoteError, match="not the remote's base"):
         clone(url, tmp_path / "c", base=_other_base(tmp_path))
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # a failed clone leaves nothing
 
 
 def _other_base(tmp_path: Path) -> Path:

@@ -116,7 +116,7 @@ class ObjectStoreBackend:
         parsed = urlparse(url)
         self.url = url
         prefix = parsed.path.strip("/")
-        retry = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}  # a wrong endpoint fails in seconds
+        retry: Any = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}  # a wrong endpoint fails in seconds
         try:
             self.store = S3Store(parsed.netloc, prefix=prefix or None, retry_config=retry, **_s3_options(endpoint))
         except Exception as exc:  # obstore's configuration errors: unknown keys, a malformed endpoint

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -431,27 +432,33 @@ def clone(url: str, directory: str | Path, *, base: str | Path | None = None, en
         raise RemoteError(f"{url} holds no editstore history (nothing was pushed there)")
     fingerprint = json.loads(info.data)["base"]
     target = Path(directory)
-    if (target / STORE_DIRNAME).exists():
-        raise RemoteError(f"{target / STORE_DIRNAME} exists: clone into a new directory")
-    if base is None:
-        base = _download_base(backend, fingerprint, target / "base", progress)
-    elif Checkpoint(base).fingerprint != fingerprint:
-        raise RemoteError(f"--base {base} is not the remote's base (fingerprint {Checkpoint(base).fingerprint[:12]}, "
-                          f"the remote's {fingerprint[:12]})")
-    store = Store.init(base, target / STORE_DIRNAME)
-    try:
-        if endpoint:
-            store.set_config("remote.endpoint_url", endpoint)
-        add_remote(store, "origin", url)
-        fetch(store, "origin", progress=progress)
-        main = store.refs.get(f"{REMOTES}origin/main")
-        if main is not None and main.target is not None:
-            with store.locked():
-                with store.db.atomic():
-                    store.move_head(store.head(), main.target)
-                store.head_moved()
+    if (target / STORE_DIRNAME).exists() or (base is None and (target / "base").exists()):
+        raise RemoteError(f"{target} already holds a store or a base: clone into a new directory")
+    made = [p for p in (target / STORE_DIRNAME, target / "base") if not p.exists()]
+    try:  # a clone that fails leaves nothing behind
+        if base is None:
+            base = _download_base(backend, fingerprint, target / "base", progress)
+        elif Checkpoint(base).fingerprint != fingerprint:
+            raise RemoteError(f"--base {base} is not the remote's base (fingerprint "
+                              f"{Checkpoint(base).fingerprint[:12]}, the remote's {fingerprint[:12]})")
+        store = Store.init(base, target / STORE_DIRNAME)
+        try:
+            if endpoint:
+                store.set_config("remote.endpoint_url", endpoint)
+            add_remote(store, "origin", url)
+            fetch(store, "origin", progress=progress)
+            main = store.refs.get(f"{REMOTES}origin/main")
+            if main is not None and main.target is not None:
+                with store.locked():
+                    with store.db.atomic():
+                        store.move_head(store.head(), main.target)
+                    store.head_moved()
+        except BaseException:
+            store.close()
+            raise
     except BaseException:
-        store.close()
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
         raise
     return store
 
@@ -462,8 +469,6 @@ def _download_base(backend: Backend, fingerprint: str, out: Path, progress: Prog
         raise RemoteError(f"{backend.url} does not hold its base checkpoint: give --base DIR (a local copy), or "
                           "push it once with `editstore push --with-base`")
     manifest: dict[str, str] = json.loads(found.data)
-    if out.exists():
-        raise RemoteError(f"{out} exists: clone into a new directory")
     names = sorted(manifest)
     blobs = _parallel(lambda n: _get_verified_object(backend, manifest[n]), names, "base files", progress)
     for name, data in zip(names, blobs):
