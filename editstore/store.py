@@ -96,12 +96,19 @@ class Store:
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
-    def init(cls, base: str | Path, store: str | Path | None = None) -> Store:
+    def init(cls, base: str | Path, store: str | Path | None = None, *, download: bool = False) -> Store:
         """Register the checkpoint ``base`` and create a store with an empty ``main`` branch.
 
-        The store goes to ``store``, else ``./.editstore``.
+        ``base``: a Hugging Face directory, or a Hub id ``org/name[@revision]`` found in the local Hugging
+        Face cache (fetched first with ``download``; see :mod:`editstore.model.hub`). The store goes to
+        ``store``, else ``./.editstore``.
         """
+        from .model import hub
         from .model.checkpoint import Checkpoint  # torch: only commands that read the base pay for it
+
+        resolved = hub.resolve(str(base), download=download) if hub.is_hub_id(str(base)) else None
+        if resolved is not None:
+            base = resolved.path
 
         root = Path(store or Path.cwd() / STORE_DIRNAME)
         if root.exists() and not root.is_dir():
@@ -114,8 +121,11 @@ class Store:
         with writer_lock(root / "lock"):
             if (root / DB_FILE).exists():
                 raise StoreExistsError(f"a store already exists at {root}")
+            meta = {_orientations_key(checkpoint): checkpoint.orientations}
+            if resolved is not None:
+                meta["base.hub"] = {"id": resolved.repo_id, "revision": resolved.revision, "commit": resolved.commit}
             dbmod.create_store(root / DB_FILE, base=checkpoint.fingerprint, base_path=str(checkpoint.path),
-                               config=checkpoint.config, meta={_orientations_key(checkpoint): checkpoint.orientations})
+                               config=checkpoint.config, meta=meta)
         log.info("initialised store at %s for base %s", root, checkpoint.path)
         return cls(root)
 

@@ -154,12 +154,14 @@ def cli(ctx: click.Context, store_dir: Path | None, verbose: int) -> None:
 
 
 @cli.command()
-@click.option("--base", required=True, type=click.Path(path_type=Path), help="Hugging Face model directory.")
-def init(base: Path) -> None:
+@click.option("--base", required=True, help="Hugging Face model directory, or a Hub id org/name[@revision] in the "
+              "local Hugging Face cache.")
+@click.option("--download", is_flag=True, help="Fetch a Hub id's files that the local cache lacks (unless HF_HUB_OFFLINE).")
+def init(base: str, download: bool) -> None:
     """Create a store for the base checkpoint BASE (default location: ./.editstore)."""
     from editstore.store import Store
 
-    store = Store.init(base, click.get_current_context().find_root().params.get("store_dir"))
+    store = Store.init(base, click.get_current_context().find_root().params.get("store_dir"), download=download)
     click.echo(f"Initialised editstore in {store.root} for base {store.base.path} ({store.base_fingerprint[:12]})")
     store.close()
 
