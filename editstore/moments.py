@@ -25,13 +25,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .compose.materialise import load_model
-from .core.hashing import sha256_bytes
+from .core.hashing import canonical_json, sha256_bytes
 from .core.inputs import loads, read_bytes
 from .core.records import now
 from .errors import BaseModelError, EditStoreError, MissingStatsError
 from .methods import edited_modules, method
 from .methods.hparams import Hparams
-from .model.stats import second_moment
+from .model.stats import BATCH, second_moment
 
 if TYPE_CHECKING:
     from .store import Store
@@ -121,7 +121,10 @@ def find_stats(store: Store, module: str, corpus: str | None, samples: int) -> S
 
 def save_stats(store: Store, module: str, sigma: torch.Tensor, count: int, *, corpus: str, samples: int, source: str) -> StatsRow:
     """Write Σ as an object and its row (replacing a row with the same key)."""
-    blob = st_save({"sigma": sigma.float().cpu().contiguous()}, metadata={"module": module, "count": str(count)})
+    # one metadata key holding canonical JSON: safetensors writes several keys in an order that varies
+    # between processes, which would give the same Σ another object id in each
+    blob = st_save({"sigma": sigma.float().cpu().contiguous()},
+                   metadata={"editstore": canonical_json({"module": module, "count": count})})
     with store.locked():
         oid = store.objects.write(blob)
         row = StatsRow(module, corpus, samples, count, oid, source, now())
@@ -141,10 +144,17 @@ def compute_stats(
     samples: int,
     *,
     progress: Callable[[int], None] | None = None,
+    reduce: Callable[[list[torch.Tensor], list[int]], tuple[list[torch.Tensor], list[int]]] | None = None,
+    save: bool = True,
 ) -> list[StatsRow]:
-    """Stream ``texts`` (``corpus.texts(samples)``) through ``model`` (the base) once; store Σ of every module's input."""
+    """Stream ``texts`` (``corpus.texts(samples)``, or this process's share of them, whose sums ``reduce``
+    adds up across processes) through ``model`` (the base) once; store Σ of every module's input (unless
+    ``save`` is False: the processes that only contribute)."""
     _check_modules(model, modules)
-    sigmas, counts = second_moment(model, tokenizer, texts, [model.get_submodule(m) for m in modules], progress=progress)
+    sigmas, counts = second_moment(model, tokenizer, texts, [model.get_submodule(m) for m in modules],
+                                   progress=progress, reduce=reduce)
+    if not save:
+        return []
     return [
         save_stats(store, m, s, n, corpus=corpus.digest, samples=samples, source=corpus.path.name)
         for m, s, n in zip(modules, sigmas, counts)
@@ -268,11 +278,30 @@ def stats_modules(store: Store, *, modules: Sequence[str] = (), method_name: str
 def stream_stats(store: Store, modules: Sequence[str], corpus: Corpus, samples: int, *, device: torch.device,
                  tokenizer: Any | None = None, progress: ProgressFactory | None = None) -> list[StatsRow]:
     """Load the base on ``device``, stream ``corpus.texts(samples)`` through it once and store Σ of every
-    module's input (``tokenizer``: the base's, loaded when not given)."""
+    module's input (``tokenizer``: the base's, loaded when not given).
+
+    Under ``torchrun`` each process takes every N-th batch of texts and the sums are added across
+    processes (:mod:`editstore.model.distributed`); the first process stores the result, the others
+    return it.
+    """
+    from .model import distributed
     from .model.tokens import load_tokenizer
 
-    base = load_model(store.base, {}, device=device, base_hashes={})
+    rank, size = distributed.world()
+    device = distributed.local_device(device)
     texts = corpus.texts(samples)
-    advance = progress("statistics", len(texts)) if progress else None
-    return compute_stats(store, base, tokenizer or load_tokenizer(store.base), modules, corpus, texts, samples,
-                         progress=advance)
+    if len(texts) <= (size - 1) * BATCH:
+        raise StatsError(f"{len(texts)} texts are too few for {size} processes ({BATCH} per batch, a batch each)")
+    with distributed.process_group(device):
+        base = load_model(store.base, {}, device=device, base_hashes={})
+        # whole batches in turn, so each process's forward passes are the single-process run's, bit for bit
+        share = [t for i in range(rank * BATCH, len(texts), size * BATCH) for t in texts[i : i + BATCH]]
+        advance = progress("statistics", len(share)) if progress and rank == 0 else None
+        reduce = distributed.all_reduce_sums if size > 1 else None
+        rows = compute_stats(store, base, tokenizer or load_tokenizer(store.base), modules, corpus, share, samples,
+                             progress=advance, reduce=reduce, save=rank == 0)
+        distributed.barrier()
+    if rank == 0:
+        return rows
+    found = [find_stats(store, m, corpus.digest, samples) for m in modules]
+    return [row for row in found if row is not None]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -65,14 +68,23 @@ def stats() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="memit", show_default=True,
               help="Whose hparams give the module template and default layers.")
 @device_option
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Processes sharing the corpus (launched with torchrun; gloo on CPUs, nccl on GPUs).")
 @click.pass_context
 def stats_compute(ctx: click.Context, corpus: Path, samples: int, modules: tuple[str, ...], layers: tuple[int, ...] | None,
-                  method: str, device: str) -> None:
+                  method: str, device: str, nproc: int) -> None:
     """Stream CORPUS through the base and store Σ per module."""
     store = open_store(ctx)
     names = stats_modules(store, modules=modules, method_name=method, layers=layers)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch the processes, each running this command
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+                "editstore", "--store", str(store.root), "stats", "compute", "--corpus", str(corpus),
+                "--samples", str(samples), "--device", device, *(f"--module={m}" for m in names)]
+        ctx.exit(subprocess.run(argv).returncode)
     with progress_bars() as bars:
         rows = stream_stats(store, names, read_corpus(corpus), samples, device=resolve_device(device), progress=bars)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one of several processes: the first reports
     for row in rows:
         click.echo(f"{row.module}: {row.count} positions, object {row.object[:12]}")
 

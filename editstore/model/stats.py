@@ -10,6 +10,8 @@ import torch
 from .forward import is_encoder_decoder, right_pad, run
 from .tokens import pad_id
 
+BATCH = 32  # texts per forward pass
+
 
 @torch.no_grad()
 def second_moment(
@@ -18,8 +20,9 @@ def second_moment(
     texts: Sequence[str],
     modules: torch.nn.Module | Sequence[torch.nn.Module],
     *,
-    batch_size: int = 32,
+    batch_size: int = BATCH,
     progress: Callable[[int], None] | None = None,
+    reduce: Callable[[list[torch.Tensor], list[int]], tuple[list[torch.Tensor], list[int]]] | None = None,
 ) -> tuple[Any, Any]:
     """(Σ (d_in, d_in) float64, number of keys) of each module's inputs over ``texts``.
 
@@ -28,6 +31,9 @@ def second_moment(
     token of a text (padding left out); an encoder-decoder's decoder module sees the one
     position that produces the first output token (:func:`editstore.model.forward.run`), which is
     where decoder edits read their keys.
+
+    ``reduce``: given each module's sum of k kᵀ (float64) and count over ``texts``, the totals over every
+    process's share of the corpus (see :func:`editstore.moments.stream_stats`); Σ is then their quotient.
     """
     single = isinstance(modules, torch.nn.Module)
     mods = [modules] if single else list(modules)
@@ -61,5 +67,8 @@ def second_moment(
             h.remove()
     if min(counts) == 0:
         raise ValueError("no text to compute statistics from")
-    sigmas = [a / n for a, n in zip(acc, counts)]
+    sums: list[torch.Tensor] = [a for a in acc if a is not None]  # (d_in, d_in) each, float64
+    if reduce is not None:
+        sums, counts = reduce(sums, counts)
+    sigmas = [a / n for a, n in zip(sums, counts)]
     return (sigmas[0], counts[0]) if single else (sigmas, counts)
