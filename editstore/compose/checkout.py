@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -115,15 +115,19 @@ def checkout_tree(
     compose: str | None = None,
     progress: Progress | None = None,
     into: torch.nn.Module | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """The version holding the edits ``tree`` (ids in order, whether or not a commit has it) as an in-memory
     ``PreTrainedModel``: the base loaded once, composed weights swapped in.
 
     ``into``: the base, already loaded and unedited, to compose into instead of loading it.
+    ``device_map``: ``"auto"`` or module -> ``"cpu"``, ``"disk"``, a GPU index: the base is dispatched
+    by accelerate over those devices (``device`` is then where the weights are composed).
     """
     dev = resolve_device(device)
     plan = composition(store, tree, compose=compose, device=dev)
-    model = load_model(store.base, plan, device=dev, base_hashes=store.base_hashes(), progress=progress, into=into)
+    model = load_model(store.base, plan, device=dev, base_hashes=store.base_hashes(), progress=progress, into=into,
+                       device_map=device_map)
     composed_cache(store).trim()
     return model
 
@@ -136,9 +140,11 @@ def checkout(
     compose: str | None = None,
     progress: Progress | None = None,
     into: torch.nn.Module | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """The version ``rev`` as an in-memory ``PreTrainedModel`` (see :func:`checkout_tree`)."""
-    return checkout_tree(store, store.tree(rev), device=device, compose=compose, progress=progress, into=into)
+    return checkout_tree(store, store.tree(rev), device=device, compose=compose, progress=progress, into=into,
+                         device_map=device_map)
 
 
 def checkout_to(

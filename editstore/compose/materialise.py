@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -306,17 +307,27 @@ def load_model(
     base_hashes: Mapping[str, str],
     progress: Progress | None = None,
     into: torch.nn.Module | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Load the base once with ``from_pretrained`` and swap the composed weights into its parameters.
 
-    ``into``: a base model already loaded (and not edited) to compose into instead.
+    ``into``: a base model already loaded (and not edited) to compose into instead. ``device_map``
+    (``"auto"`` or module -> device, ``"cpu"`` or ``"disk"``): the base is dispatched by accelerate
+    (through ``from_pretrained``), each composed weight goes to its parameter's device, and the weight
+    of an offloaded module replaces the one its offload keeps (:func:`_replace_offloaded`), so no
+    offloaded module is ever materialised.
     """
     if not isinstance(composition, Composition):
         composition = Composition.of(composition)
     composition.start()
     if into is None:
         composition.prepare()  # so that a re-solve's own model and the base are not in memory together
-    model = into if into is not None else from_pretrained(base.path, dtype="auto").to(device)
+    if into is not None:
+        model = into
+    elif device_map is not None:
+        model = _dispatched(base, device_map)
+    else:
+        model = from_pretrained(base.path, dtype="auto").to(device)
     model.eval()
     with torch.no_grad():
         for param, new, fresh in composed_params(base, composition, base_hashes=base_hashes, device=device):
@@ -324,9 +335,43 @@ def load_model(
             if name is None:
                 raise BaseModelError(f"the loaded model has no parameter matching {param!r}")
             p = model.get_parameter(name)
-            p.data = new.to(device=p.device, dtype=p.dtype)
+            if p.device.type == "meta":
+                _replace_offloaded(model, name, new.to(dtype=p.dtype))
+            else:
+                p.data = new.to(device=p.device, dtype=p.dtype)
             if fresh:
                 composition.remember(param, new)
             if progress:
                 progress(param)
     return model
+
+
+def _dispatched(base: Checkpoint, device_map: str | dict[str, Any]) -> torch.nn.Module:
+    """The base loaded by ``from_pretrained`` over the devices of ``device_map``, with a folder for the weights
+    it offloads to disk that lives as long as the model."""
+    import weakref
+
+    folder = tempfile.mkdtemp(prefix="editstore-offload-")
+    model = from_pretrained(base.path, dtype="auto", device_map=device_map, offload_folder=folder)
+    weakref.finalize(model, shutil.rmtree, folder, True)
+    return model
+
+
+def _replace_offloaded(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Put ``value`` where accelerate keeps the offloaded parameter ``name``: its hook's weights map, on disk
+    (a ``.dat`` file in the offload folder, as accelerate writes them) when the offload is on disk."""
+    from accelerate.utils import offload_weight
+
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    hooks = [getattr(module, "_hf_hook", None)]
+    hooks = [h for hook in hooks if hook is not None for h in getattr(hook, "hooks", [hook])]
+    weights_map = next((h.weights_map for h in hooks if getattr(h, "weights_map", None) is not None), None)
+    if weights_map is None:
+        raise BaseModelError(f"{name} is offloaded, but its module keeps no weights map to update")
+    loader, key = weights_map.dataset, weights_map.prefix + leaf
+    if getattr(loader, "save_folder", None):
+        offload_weight(value.cpu(), key, loader.save_folder, index=loader.index)  # a .dat file; the index entry names it
+        loader.state_dict.pop(key, None)
+    else:
+        loader.state_dict[key] = value.cpu()
