@@ -60,8 +60,9 @@ class Bench(WorldBench):
     """A world bench that times its edits and runs only the chosen methods."""
 
     def __init__(self, arch: str, overrides: dict[str, Any], methods: Sequence[str] | None, size: str,
-                 world: dict[str, Any], train: dict[str, Any]) -> None:
-        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS, world=world, train=train)
+                 world: dict[str, Any], train: dict[str, Any], device: str = "cpu") -> None:
+        super().__init__(arch, overrides=overrides, size=size, methods=methods or METHODS, world=world, train=train,
+                         device=device)
         self.methods = methods
 
     def chosen(self, methods: Sequence[str]) -> list[str]:
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--damage", type=int, default=20, help="Edits whose side effects on all facts are counted.")
     parser.add_argument("--deletion", type=int, default=100, help="Behaviour deletions, each alone on the base.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="Only these methods.")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="Where the model runs.")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                         help='Override hparams of every method, e.g. targets.nll_stop=0.3 "layers=[1]".')
     parser.add_argument("--world", nargs="+", default=[], metavar="KEY=JSON",
@@ -192,7 +194,7 @@ def main() -> None:
     overrides, world, train = settings(args.set), settings(args.world), settings(args.train)
     torch.manual_seed(0)
     for arch in args.arch:
-        bench = Bench(arch, overrides, args.methods, args.size, world, train)
+        bench = Bench(arch, overrides, args.methods, args.size, world, train, args.device)
         if "single" in args.parts:
             single(bench, args.single)
         if "batch" in args.parts:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..behavior import untouched_facts
+from ..compose.sequential import resolve_device
 from ..core.hashing import sha256_json
 from ..core.inputs import read_jsonl
 from ..core.requests import EditRequest
@@ -48,14 +49,15 @@ class WorldBench:
 
     def __init__(self, arch: str = "gpt2", *, overrides: Mapping[str, Any] | None = None, stride: int = 3,
                  size: str = "small", methods: Sequence[str] = METHODS, world: Mapping[str, Any] | None = None,
-                 train: Mapping[str, Any] | None = None) -> None:
-        """``world``, ``train``: a world design being tried (:func:`design`)."""
+                 train: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
+        """``world``, ``train``: a world design being tried (:func:`design`); ``device``: where the model
+        runs (edits, statistics and scores follow it)."""
         from transformers import AutoTokenizer
 
         self.mend_training: dict[str, Any] = {}
         self.arch = arch
         self.path: Path = build_world(config=design(arch, size, world=world, train=train))
-        self.model = from_pretrained(self.path)
+        self.model = from_pretrained(self.path).to(resolve_device(device))
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         config = json.loads((self.path / "config.json").read_text())
         self.hparams: dict[str, Hparams] = {}
