@@ -61,6 +61,7 @@ def evaluate_version(
     requests: Sequence[EditRequest] | None = None,
     recall_limit: int = 500,
     device: str | torch.device = "auto",
+    device_map: str | dict[str, Any] | None = None,
 ) -> Metrics:
     """Metrics of version ``rev`` on ``requests`` (default: its own edits' requests); stored against the commit."""
     commit_id = store.resolve(rev)
@@ -69,7 +70,7 @@ def evaluate_version(
     reqs = list(requests) if requests is not None else own
     edited = {r["subject"] for r in own}
     facts = untouched_facts(store.base.path, edited, limit=recall_limit)
-    model = checkout(store, commit_id, device=device)
+    model = checkout(store, commit_id, device=device, device_map=device_map)
     metrics = evaluate_requests(model, load_tokenizer(store.base), reqs, recall_facts=facts)
     record_evaluation(store, commit_id, reqs, metrics.to_json())
     return metrics

@@ -41,3 +41,26 @@ def test_a_disk_offloaded_checkout_gives_the_single_device_logits(tmp_path: Path
         assert offloaded.device.type == "meta"  # still offloaded after the edit: never materialised
         assert (got - want).abs().max() <= 1e-5
         assert (want - unedited).abs().max() > 1e-3  # the edits matter, so the comparison means something
+
+
+def test_eval_over_a_device_map_scores_as_on_one_device(tmp_path: Path, world: Path) -> None:
+    import json
+
+    from editstore.core.inputs import read_jsonl
+    from editstore.editing import edit
+
+    from .conftest import invoke
+    from .test_checkout_batched import hparams
+
+    requests = read_jsonl(world / "requests.jsonl")[::400][:3]
+    with Store.init(world, tmp_path / "s") as store:
+        edit(store, requests, method="memit", hparams=hparams(world, "memit"), device="cpu")
+    layers = json.loads((world / "config.json").read_text())["n_layer"]
+    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu",
+                  **{f"transformer.h.{i}": "disk" if i == 1 else "cpu" for i in range(layers)}}
+    (tmp_path / "map.json").write_text(json.dumps(device_map))
+    one = json.loads(invoke("eval", "--json", "--store", tmp_path / "s"))
+    spread = json.loads(invoke("eval", "--json", "--device-map", tmp_path / "map.json", "--store", tmp_path / "s"))
+    assert spread == one and one["efficacy"] > 0.5
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    invoke("eval", "--device-map", tmp_path / "bad.json", "--store", tmp_path / "s", code=2)

@@ -15,6 +15,24 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
                              help="Where to compute: auto is CUDA when available.")
 
 
+def _device_map(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | dict[str, Any] | None:
+    if value is None or value == "auto":
+        return value
+    from editstore.core.inputs import read_json
+
+    mapping = read_json(Path(value), what="device map")
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in
+                                                 mapping.items()):
+        raise click.BadParameter(f"{value} is not a JSON object of module -> device (\"cpu\", \"disk\", a GPU index)",
+                                 param=param)
+    return mapping
+
+
+device_map_option = click.option(
+    "--device-map", callback=_device_map, metavar="auto|FILE.json",
+    help="Spread the model over devices with accelerate: auto, or a JSON file of module -> cpu, disk or a GPU index.")
+
+
 def requests_option(help: str) -> Any:
     return click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                         help=help)

@@ -20,7 +20,7 @@ from rich.table import Table
 from editstore.core.config import COMPOSE_MODES, SETTINGS
 from editstore.errors import EditStoreError
 
-from .common import device_option, json_option, open_store, requests_option
+from .common import device_map_option, device_option, json_option, open_store, requests_option
 from .output import echo_json, format_commit, format_show, print_table
 
 if TYPE_CHECKING:
@@ -388,15 +388,17 @@ def show_behavior_diff(store: Store, rev_a: str, rev_b: str, requests_file: Path
 @click.argument("rev", default="HEAD")
 @requests_option("Requests to score (JSONL; default: the requests of the version's edits).")
 @device_option
+@device_map_option
 @json_option
 @click.pass_context
-def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str, as_json: bool) -> None:
+def eval_(ctx: click.Context, rev: str, requests_file: Path | None, device: str,
+          device_map: str | dict[str, Any] | None, as_json: bool) -> None:
     """Efficacy, paraphrase, specificity (and top-1 variants) and recall of untouched facts of REV."""
     from editstore.behavior import evaluate_version, load_requests
 
     store = open_store(ctx)
     requests = load_requests(requests_file) if requests_file else None
-    metrics = evaluate_version(store, rev, requests=requests, device=device).to_json()
+    metrics = evaluate_version(store, rev, requests=requests, device=device, device_map=device_map).to_json()
     if as_json:
         echo_json(metrics)
         return
