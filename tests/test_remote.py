@@ -336,3 +336,19 @@ def remove_remote_of_missing(tmp_path: Path) -> None:
 
     with Store.init(tiny_model("gpt2", tmp_path / "base"), tmp_path / "st") as store:
         remove_remote(store, "origin")
+
+
+def test_a_remote_naming_paths_instead_of_ids_is_refused(tmp_path: Path, gpt2_dir: Path) -> None:
+    """Ids from a remote become file paths: a ref or record naming anything but a 64-hex id stops the fetch."""
+    (tmp_path / "shared").mkdir()
+    a = Store.init(gpt2_dir, tmp_path / "a")
+    commit(a, 0)
+    add_remote(a, "origin", str(tmp_path / "shared"))
+    push(a, "origin")
+    (tmp_path / "shared" / "refs" / "heads" / "evil").write_text('{"target": "../../../etc/passwd"}')
+    b = Store.init(gpt2_dir, tmp_path / "b")
+    add_remote(b, "origin", str(tmp_path / "shared"))
+    before = snapshot(b.root)
+    with pytest.raises(CorruptObjectError, match="not an id"):
+        fetch(b, "origin")
+    assert snapshot(b.root) == before

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.hashing import canonical_json, sha256_bytes
+from ..core.hashing import HEX_ID_LENGTH, canonical_json, is_hex, sha256_bytes
 from ..core.records import Commit, Edit, tree_id
 from ..core.refs import HEADS, REMOTES, TAGS
 from ..core.revisions import check_ref_name
@@ -116,6 +116,13 @@ def _objects(backend: Backend) -> set[str]:
     return {"".join(path.split("/")[-2:]) for path in backend.list("objects/")}
 
 
+def _checked_id(value: Any, what: str) -> str:
+    """``value`` if it is a full id (64 hex digits): ids from a remote become paths, so nothing else passes."""
+    if not (isinstance(value, str) and len(value) == HEX_ID_LENGTH and is_hex(value)):
+        raise CorruptObjectError(f"the remote names {what} {str(value)[:80]!r}, which is not an id")
+    return value
+
+
 def _ref_target(found: Any) -> str | None:
     if found is None:
         return None
@@ -123,7 +130,25 @@ def _ref_target(found: Any) -> str | None:
         target = json.loads(found.data)["target"]
     except (ValueError, KeyError, TypeError):
         raise CorruptObjectError("a ref on the remote is not {\"target\": ID}") from None
-    return str(target)
+    return _checked_id(target, "a ref target")
+
+
+STATS_COLUMNS: dict[str, type] = {"base": str, "module": str, "corpus": str, "samples": int, "object": str, "count": int, "source": str,
+                 "created": str}
+EDITOR_COLUMNS: dict[str, type] = {"id": str, "base": str, "method": str, "modules": str, "hparams": str, "metrics": str, "created": str}
+
+
+def _row(found: Any, columns: dict[str, type], what: str) -> dict[str, Any]:
+    """A stats or editor row read from the remote, with exactly the table's columns and types."""
+    try:
+        row = json.loads(found.data)
+    except ValueError:
+        row = None
+    if not (isinstance(row, dict) and set(row) == set(columns)
+            and all(isinstance(row[k], kind) for k, kind in columns.items())):
+        raise CorruptObjectError(f"a {what} row on the remote is not one ({', '.join(columns)})")
+    _checked_id(row["object" if "object" in row else "id"], f"a {what} object")
+    return row
 
 
 # ---------------------------------------------------------------------- transfers
@@ -270,7 +295,7 @@ def _upload_base(store: Store, backend: Backend, progress: ProgressFactory | Non
 
 def _get_verified_record(backend: Backend, kind: str, rid: str) -> tuple[Any, int]:
     """The record ``kind``/``rid`` checked against its id, and its size in bytes."""
-    found = backend.get(record_path(kind, rid))
+    found = backend.get(record_path(kind, _checked_id(rid, kind[:-1])))
     if found is None:
         raise CorruptObjectError(f"the remote lacks {kind} {rid[:12]}, which one of its refs reaches")
     value = json.loads(found.data)
@@ -287,7 +312,7 @@ def _get_verified_record(backend: Backend, kind: str, rid: str) -> tuple[Any, in
 
 
 def _get_verified_object(backend: Backend, oid: str) -> bytes:
-    found = backend.get(object_path(oid))
+    found = backend.get(object_path(_checked_id(oid, "an object")))
     if found is None:
         raise CorruptObjectError(f"the remote lacks object {oid[:12]}, which one of its records names")
     if sha256_bytes(found.data) != oid:
@@ -326,8 +351,8 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     trees = records("trees", sorted({v["tree"] for v in commits.values()} - have_trees), None)
     have_edits = {row[0] for row in store.db.execute("SELECT id FROM edits")}
     edits = records("edits", sorted({e for tree in trees.values() for e in tree} - have_edits), progress)
-    stats = [json.loads(f.data) for f in map(backend.get, backend.list("stats/")) if f is not None]
-    editors = [json.loads(f.data) for f in map(backend.get, backend.list("editors/")) if f is not None]
+    stats = [_row(f, STATS_COLUMNS, "statistics") for f in map(backend.get, backend.list("stats/")) if f is not None]
+    editors = [_row(f, EDITOR_COLUMNS, "editor") for f in map(backend.get, backend.list("editors/")) if f is not None]
     wanted = {v["delta"] for v in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
     missing = sorted(o for o in wanted if not store.objects.exists(o))
     blobs = _parallel(lambda o: _get_verified_object(backend, o), missing, "objects", progress)
