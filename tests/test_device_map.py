@@ -66,3 +66,25 @@ def test_eval_over_a_device_map_scores_as_on_one_device(tmp_path: Path, world: P
     assert spread == one and one["efficacy"] > 0.5
     (tmp_path / "bad.json").write_text("[1, 2]")
     invoke("eval", "--device-map", tmp_path / "bad.json", "--store", tmp_path / "s", code=2)
+
+
+def test_trace_over_a_device_map_recovers_as_on_one_device(tmp_path: Path, world: Path) -> None:
+    import json
+
+    from editstore.core.inputs import read_jsonl
+
+    from .conftest import invoke
+
+    fact = read_jsonl(world / "facts.jsonl")[0]
+    layers = json.loads((world / "config.json").read_text())["n_layer"]
+    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu",
+                  **{f"transformer.h.{i}": "disk" if i == 2 else "cpu" for i in range(layers)}}
+    (tmp_path / "map.json").write_text(json.dumps(device_map))
+    args = ["trace", "--model", world, "--prompt", fact["trained_prompts"][0], "--subject", fact["subject"],
+            "--samples", "3", "--json"]
+    one = json.loads(invoke(*args))
+    spread = json.loads(invoke(*args, "--device-map", tmp_path / "map.json"))
+    assert spread["answer"] == one["answer"]
+    for kind in one["recovery"]:
+        a, b = torch.tensor(one["recovery"][kind]), torch.tensor(spread["recovery"][kind])
+        assert (a - b).abs().max() <= 1e-4, kind

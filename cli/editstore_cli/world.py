@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from editstore.world.build import ARCHES, SIZES
 
+from .common import device_map_option
 from .output import echo_json, print_table
 
 
@@ -71,16 +73,18 @@ def build(arch: str, size: str, seed: int, device: str, out: Path | None, force:
               help="Noise scale, in embedding std units.")
 @click.option("--out", type=click.Path(path_type=Path), help="Save a heatmap PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@device_map_option
 def trace(model_dir: Path, prompt: str, subject: str, answer: str | None, samples: int, noise: float,
-          out: Path | None, as_json: bool) -> None:
+          out: Path | None, as_json: bool, device_map: str | dict[str, Any] | None) -> None:
     """Causal tracing: which layer and token recover the answer when the subject is corrupted."""
     from transformers import AutoTokenizer
 
+    from editstore.compose.materialise import dispatched
     from editstore.model.checkpoint import Checkpoint, from_pretrained
     from editstore.trace import KINDS, causal_trace, save_heatmap
 
-    Checkpoint(model_dir)  # a clear error for a non-HF directory
-    model = from_pretrained(model_dir)
+    base = Checkpoint(model_dir)  # a clear error for a non-HF directory
+    model = dispatched(base, device_map) if device_map is not None else from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     result = causal_trace(model, tokenizer, prompt.replace("{}", subject), subject, answer=answer,
                           samples=samples, noise=noise)

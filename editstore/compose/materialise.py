@@ -326,7 +326,7 @@ def load_model(
     if into is not None:
         model = into
     elif device_map is not None:
-        model = _dispatched(base, device_map)
+        model = dispatched(base, device_map)
     else:
         model = from_pretrained(base.path, dtype="auto").to(device)
     model.eval()
@@ -347,7 +347,7 @@ def load_model(
     return model
 
 
-def _dispatched(base: Checkpoint, device_map: str | dict[str, Any]) -> torch.nn.Module:
+def dispatched(base: Checkpoint, device_map: str | dict[str, Any]) -> torch.nn.Module:
     """The base loaded by ``from_pretrained`` over the devices of ``device_map``, with a folder for the weights
     it offloads to disk that lives as long as the model."""
     import weakref
