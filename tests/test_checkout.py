@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from editstore import Store
 from editstore.compose.checkout import checkout, checkout_to
 from editstore.errors import BaseModelError, DeviceError, OutputDirError
+from editstore.model.checkpoint import Checkpoint
 from editstore.model.synthetic import random_delta
 from editstore.porcelain import import_delta, revert
 
@@ -100,20 +101,34 @@ def reflinks_work(where: Path) -> bool:
 
 
 def test_untouched_shards_are_copied_or_linked(tmp_path: Path, gpt2_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from editstore.compose.materialise import EDITED_SHARD
+
     store = Store.init(gpt2_dir, tmp_path / "store")
     import_delta(store, random_delta(store.base, GPT2_PARAMS[:1]), message="one")
+    edited_file = store.base.info(GPT2_PARAMS[0]).file
+    base_bytes = (gpt2_dir / edited_file).read_bytes()
     copied = checkout_to(store, "HEAD", tmp_path / "copied")  # the default: reflinks or copies
     linked = checkout_to(store, "HEAD", tmp_path / "linked", link=True)
-    edited_file = store.base.info(GPT2_PARAMS[0]).file
     listed = json.loads((linked / "editstore.json").read_text())["hard_linked_to_base"]
-    assert listed or reflinks_work(tmp_path), "--link neither hard-linked nor reflinked the untouched shards"
+    reflinks = reflinks_work(tmp_path)
+    assert listed or reflinks, "--link neither hard-linked nor reflinked the untouched shards"
     for f in store.base.weight_files:
         base_inode = (gpt2_dir / f).stat().st_ino
         assert (copied / f).stat().st_ino != base_inode  # by default nothing is shared with the base
         assert (f in listed) == ((linked / f).stat().st_ino == base_inode)
-        if f == edited_file:
-            assert f not in listed
-        assert (copied / f).read_bytes() == (linked / f).read_bytes()
+        if f != edited_file:
+            assert (copied / f).read_bytes() == (linked / f).read_bytes()
+    # without reflinks the touched shard is linked too, and its edited tensor lives in one more shard
+    assert (edited_file in listed) == (not reflinks) == (linked / EDITED_SHARD).is_file()
+    assert (gpt2_dir / edited_file).read_bytes() == base_bytes  # the base is never written
+    a = AutoModelForCausalLM.from_pretrained(copied).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(linked).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # read as a checkpoint (a base for another store), the index decides which copy of the tensor counts
+    assert Checkpoint(linked).fingerprint == Checkpoint(copied).fingerprint
+    assert Checkpoint(linked).tensor_hash(GPT2_PARAMS[0]) == Checkpoint(copied).tensor_hash(GPT2_PARAMS[0])
     assert json.loads((copied / "editstore.json").read_text())["hard_linked_to_base"] == []
     store.close()
 

@@ -47,6 +47,7 @@ from .sequential import apply_factors
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "editstore.json"
+EDITED_SHARD = "model-editstore-edited.safetensors"
 COPY_THREADS = 4  # shards copied at once: 7.5 GB took 10.7 s one at a time, 5.8 s four at a time (2 cores, SSD)
 Progress = Callable[[str], None]
 
@@ -227,6 +228,33 @@ def composed_params(base: Checkpoint, composition: Composition, *, base_hashes: 
                                          consume=True), True
 
 
+def _reflinks(src: Path, directory: Path) -> bool:
+    """True when files of ``src``'s filesystem can be cloned into ``directory`` (tried on a probe)."""
+    probe = directory / ".reflink-probe"
+    try:
+        return _place(src, probe, link=False) == "reflink"
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _edited_shard(base: Checkpoint, params: Sequence[str], path: Path) -> dict[str, int]:
+    """Lay out ``path`` as a safetensors file holding ``params`` (the base's dtypes and shapes), data to be
+    written later; return each tensor's absolute offset in it."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", "editstore": "the edited tensors of this version"}}
+    offset = 0
+    for param in params:
+        info = base.info(param)
+        header[param] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.end - info.begin]}
+        offset += info.end - info.begin
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little") + text)
+        fh.truncate(8 + len(text) + offset)
+    start = 8 + len(text)
+    return {p: start + header[p]["data_offsets"][0] for p in params}
+
+
 def _write_at(path: Path, offset: int, tensor: torch.Tensor) -> None:
     """Overwrite the bytes of ``path`` at ``offset`` with those of ``tensor``."""
     with open(path, "r+b") as fh:
@@ -249,7 +277,9 @@ def write_checkout(
 
     ``COPY_THREADS`` threads place the shards, those holding edited tensors first, while this one
     composes; two more write each composed tensor into its shard (once that is in place)
-    and into the cache.
+    and into the cache. With ``link`` on a sharded base whose filesystem has no reflinks, every shard
+    is hard-linked, touched ones too, and the edited tensors go to one more shard,
+    ``EDITED_SHARD``, which the index names for them (the linked shards keep the base's bytes, unread).
     """
     out = Path(out).resolve()
     with staged_output(out) as staging:
@@ -262,12 +292,24 @@ def write_checkout(
         for param in sorted(composition.params):
             by_file.setdefault(base.info(param).file, []).append(param)
         order = sorted(base.weight_files, key=lambda f: f not in by_file)  # touched shards first
+        separate = link and base.sharded and bool(by_file) and not _reflinks(base.path / INDEX_FILE, staging)
+        offsets: dict[str, int] = {}
+        if separate:
+            offsets = _edited_shard(base, sorted(composition.params), staging / EDITED_SHARD)
+            index = json.loads((base.path / INDEX_FILE).read_text())
+            index["weight_map"].update({p: EDITED_SHARD for p in composition.params})
+            (staging / INDEX_FILE).unlink()
+            (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="editstore-copy") as copier, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="editstore-write") as writer:
-            # a touched shard is never hard-linked: its edited tensors are written into it
-            placed = {f: copier.submit(_place, base.path / f, staging / f, link=link and f not in by_file) for f in order}
+            # a touched shard is hard-linked only when its edited tensors go to the edited shard
+            placed = {f: copier.submit(_place, base.path / f, staging / f, link=link and (separate or f not in by_file))
+                      for f in order}
 
             def write(param: str, new: torch.Tensor) -> None:
+                if separate:
+                    _write_at(staging / EDITED_SHARD, offsets[param], new)
+                    return
                 info = base.info(param)
                 placed[info.file].result()
                 _write_at(staging / info.file, info.begin, new)

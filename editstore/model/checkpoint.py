@@ -160,11 +160,14 @@ class Checkpoint:
         raise BaseModelError(f"{self.path} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}){hint}")
 
     def _locate_tensors(self) -> dict[str, TensorInfo]:
+        """Every tensor's place; in a sharded checkpoint, in the shard its index names (a shard may hold a
+        stale copy of a tensor that another shard replaces, as a ``checkout --link`` writes them)."""
+        index = read_json(self.path / INDEX_FILE, what="safetensors index")["weight_map"] if self.sharded else {}
         tensors: dict[str, TensorInfo] = {}
         for file in self.weight_files:
             header, data_start = read_safetensors_header(self.path / file)
             for name, entry in header.items():
-                if name == "__metadata__":
+                if name == "__metadata__" or index.get(name, file) != file:
                     continue
                 begin, end = entry["data_offsets"]
                 tensors[name] = TensorInfo(
