@@ -72,6 +72,7 @@ def edit(
     force: bool = False,
     replace: bool = False,
     progress: ProgressFactory | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> str:
     """Compute ``method``'s deltas for ``requests`` on the version at HEAD and commit them; returns the commit id.
 
@@ -84,6 +85,10 @@ def edit(
     subject and relation, another target) leave the tree in the same commit, the deltas
     are computed on the version without them, and each new edit's ``info["replaces"]``
     names them. Contradictions between the requests themselves still refuse the commit.
+
+    ``device_map``: the version is loaded over those devices by accelerate (see
+    :func:`editstore.compose.checkout.checkout_tree`) and the method runs on it; the modules it edits
+    must sit on a real device (a GPU or the CPU), not offloaded to disk.
     """
     requests = [EditRequest(**r) for r in requests]  # the caller's dicts stay as they are
     check_requests(requests)
@@ -100,7 +105,7 @@ def edit(
     tokenizer = load_tokenizer(store.base)
     head = store.head()
     tree = store.tree(head)
-    pre = precheck(store, requests, tree, device=dev)
+    pre = precheck(store, requests, tree, device=dev, device_map=device_map)
     found = pre.conflicts
     replaces = {id(r): replaced_by(r, found) for r in requests} if replace else {}
     replaced = sorted({e for ids in replaces.values() for e in ids})

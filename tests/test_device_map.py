@@ -88,3 +88,31 @@ def test_trace_over_a_device_map_recovers_as_on_one_device(tmp_path: Path, world
     for kind in one["recovery"]:
         a, b = torch.tensor(one["recovery"][kind]), torch.tensor(spread["recovery"][kind])
         assert (a - b).abs().max() <= 1e-4, kind
+
+
+def test_edit_over_a_device_map_computes_the_single_device_delta(tmp_path: Path, world: Path) -> None:
+    """ROME edits layer 1 while block 2 sits on disk: its target step back-propagates through the offloaded
+    block, and the delta is the one computed on one device."""
+    import json
+
+    from editstore.core.inputs import read_jsonl
+
+    from .conftest import invoke
+    from .test_checkout_batched import hparams
+
+    request = read_jsonl(world / "requests.jsonl")[11]
+    layers = json.loads((world / "config.json").read_text())["n_layer"]
+    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu",
+                  **{f"transformer.h.{i}": "disk" if i == 2 else "cpu" for i in range(layers)}}
+    (tmp_path / "map.json").write_text(json.dumps(device_map))
+    (tmp_path / "hp.json").write_text(json.dumps(hparams(world, "rome").to_json()))
+    deltas = []
+    for name, extra in (("one", []), ("map", ["--device-map", tmp_path / "map.json"])):
+        invoke("init", "--base", world, "--store", tmp_path / name)
+        invoke("edit", "--prompt", request["prompt"], "--subject", request["subject"], "--target",
+               request["target_new"], "--hparams", tmp_path / "hp.json", *extra, "--store", tmp_path / name)
+        with Store.open(tmp_path / name) as store:
+            deltas.append(store.load_delta(store.tree()[-1]))
+    for param, f in deltas[0].factors.items():
+        g = deltas[1].factors[param]
+        assert torch.allclose(f.U @ f.V.T, g.U @ g.V.T, atol=1e-6)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,7 +16,15 @@ from editstore.methods import METHODS, load_hparams
 from editstore.moments import import_npz, read_corpus, stats_modules, stats_rows, stream_stats
 from editstore.porcelain import show
 
-from .common import device_option, json_option, layers_option, open_store, read_requests, request_options
+from .common import (
+    device_map_option,
+    device_option,
+    json_option,
+    layers_option,
+    open_store,
+    read_requests,
+    request_options,
+)
 from .output import echo_json, progress_bars
 
 
@@ -30,11 +39,13 @@ from .output import echo_json, progress_bars
 @click.option("--replace", is_flag=True, help="Update a fact: the live edits the request contradicts leave the "
               "version in the same commit (log and show name them).")
 @device_option
+@device_map_option
 @json_option
 @click.pass_context
 def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: str | None, suppress: str | None,
          target_true: str | None, requests_file: Path | None, method: str, hparams_file: Path | None,
-         message: str | None, force: bool, replace: bool, device: str, as_json: bool) -> None:
+         message: str | None, force: bool, replace: bool, device: str, device_map: str | dict[str, Any] | None,
+         as_json: bool) -> None:
     """Compute an edit on the current version and commit it (one commit for a --requests batch); prints the
     commit id. --suppress makes it a behaviour deletion (rome, memit, emmet, alphaedit). An edit that
     contradicts the current version is refused with exit code 3 unless --force, or --replace to update the fact."""
@@ -43,7 +54,7 @@ def edit(ctx: click.Context, prompt: str | None, subject: str | None, target: st
     store = open_store(ctx)
     with progress_bars() as bars:
         commit = run_edit(store, requests, method=method, hparams=hparams, message=message, device=device,
-                          force=force, replace=replace, progress=bars)
+                          force=force, replace=replace, progress=bars, device_map=device_map)
     if not as_json:
         click.echo(commit)
         return

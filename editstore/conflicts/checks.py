@@ -192,11 +192,13 @@ class Precheck:
     conflicts: list[Conflict]
 
 
-def precheck(store: Store, requests: Sequence[EditRequest], tree: Sequence[str], *, device: torch.device) -> Precheck:
-    """Load the base, embed ``requests`` and check them against ``tree`` (HEAD's) and each other."""
+def precheck(store: Store, requests: Sequence[EditRequest], tree: Sequence[str], *, device: torch.device,
+             device_map: str | dict[str, Any] | None = None) -> Precheck:
+    """Load the base (over ``device_map`` when given), embed ``requests`` and check them against ``tree``
+    (HEAD's) and each other."""
     from ..compose.materialise import load_model
 
-    model = load_model(store.base, {}, device=device, base_hashes={})
+    model = load_model(store.base, {}, device=device, base_hashes={}, device_map=device_map)
     embedder = make_embedder(store, model)
     checker = version_checker(store, tree, embed=lambda: embedder, head=True)
     vectors = embedder.embed(requests)
