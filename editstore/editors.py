@@ -106,13 +106,15 @@ def train_mend(
     requests: list[EditRequest] | None = None,
     device: str = "auto",
     progress: Any = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Meta-train a MEND editor of ``hp``'s modules for the store's base and store it; (object id, metrics).
 
     ``requests``: training requests (with ``paraphrase_prompts`` and ``neighborhood_prompts``), split
     into training and validation by subject; default: the fact world's requests about subjects that
     are not held out.
-    ``progress(step, edit_loss, locality_loss)`` is called after every step.
+    ``progress(step, edit_loss, locality_loss)`` is called after every step. ``device_map``: the base is
+    spread over devices by accelerate; the modules the editor edits must sit on a real device.
     """
     import time
 
@@ -136,7 +138,7 @@ def train_mend(
         raise TrainingDataError(f"MEND needs more training requests than {len(requests or train)} "
                                 "(at least 10, and others about other subjects for validation)")
     dev = resolve_device(device)
-    model = load_model(store.base, {}, device=dev, base_hashes={})
+    model = load_model(store.base, {}, device=dev, base_hashes={}, device_map=device_map)
     modules = [hp.module_name(layer) for layer in hp.layers]
     start = time.perf_counter()
     editor, metrics = train_editor(model, load_tokenizer(store.base), modules, train, val, hp.mend, progress=progress)

@@ -116,3 +116,20 @@ def test_edit_over_a_device_map_computes_the_single_device_delta(tmp_path: Path,
     for param, f in deltas[0].factors.items():
         g = deltas[1].factors[param]
         assert torch.allclose(f.U @ f.V.T, g.U @ g.V.T, atol=1e-6)
+
+
+def test_mend_training_over_a_device_map_trains_the_same_editor(tmp_path: Path, world: Path) -> None:
+    """The editor's modules on the CPU, block 0 on disk: ten meta-training steps give the same editor object."""
+    import json
+
+    from .conftest import invoke
+
+    layers = json.loads((world / "config.json").read_text())["n_layer"]
+    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu",
+                  **{f"transformer.h.{i}": "disk" if i == 0 else "cpu" for i in range(layers)}}
+    (tmp_path / "map.json").write_text(json.dumps(device_map))
+    ids = []
+    for name, extra in (("one", []), ("map", ["--device-map", tmp_path / "map.json"])):
+        invoke("init", "--base", world, "--store", tmp_path / name)
+        ids.append(invoke("mend", "train", "--steps", "10", *extra, "--store", tmp_path / name).strip().splitlines()[-1])
+    assert ids[0] == ids[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -13,7 +14,7 @@ from editstore.behavior import load_requests
 from editstore.editors import editor_rows, train_mend
 from editstore.methods import load_hparams, resolve_hparams
 
-from .common import device_option, json_option, layers_option, open_store, requests_option
+from .common import device_map_option, device_option, json_option, layers_option, open_store, requests_option
 from .output import echo_json, print_table
 
 
@@ -30,9 +31,10 @@ def mend() -> None:
 @requests_option("Training requests (JSONL with paraphrase_prompts and neighborhood_prompts; default: the fact "
                  "world's, minus the held-out subjects).")
 @device_option
+@device_map_option
 @click.pass_context
 def train(ctx: click.Context, layers: tuple[int, ...] | None, steps: int | None, hparams_file: Path | None,
-          requests_file: Path | None, device: str) -> None:
+          requests_file: Path | None, device: str, device_map: str | dict[str, Any] | None) -> None:
     """Meta-train an editor for the store's base and store it; prints its id."""
     store = open_store(ctx)
     hp = resolve_hparams(store.base, "mend", load_hparams(hparams_file) if hparams_file else None)
@@ -46,7 +48,7 @@ def train(ctx: click.Context, layers: tuple[int, ...] | None, steps: int | None,
             bar.set_postfix(edit=f"{edit_loss:.3f}", locality=f"{locality:.4f}", refresh=False)
             bar.update()
 
-        oid, metrics = train_mend(store, hp, requests=requests, device=device, progress=advance)
+        oid, metrics = train_mend(store, hp, requests=requests, device=device, progress=advance, device_map=device_map)
     click.echo(f"trained in {metrics['seconds']} s ({metrics['steps']} steps, validation loss {metrics['best_val_loss']})",
                err=True)
     click.echo(oid)
