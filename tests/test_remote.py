@@ -114,7 +114,7 @@ def test_the_cli_over_a_directory_remote(tmp_path: Path, gpt2_dir: Path) -> None
     with Store.open(a) as store:
         commit(store, 0)
     invoke("remote", "add", "origin", tmp_path / "shared", "--store", a)
-    assert json.loads(invoke("remote", "list", "--json", "--store", a)) == {"origin": str(tmp_path / "shared")}
+    assert json.loads(invoke("remote", "list", "--json", "--store", a)) == {"origin": (tmp_path / "shared").as_uri()}
     out = json.loads(invoke("push", "--json", "--store", a))
     assert out["commits"] == 2 and out["objects"] == 1
     invoke("clone", f"file://{tmp_path / 'shared'}", b, "--base", gpt2_dir)
@@ -352,3 +352,63 @@ def test_a_remote_naming_paths_instead_of_ids_is_refused(tmp_path: Path, gpt2_di
     with pytest.raises(CorruptObjectError, match="not an id"):
         fetch(b, "origin")
     assert snapshot(b.root) == before
+
+
+def test_a_well_hashed_but_unusable_edit_is_refused(tmp_path: Path, gpt2_dir: Path) -> None:
+    """A remote can hold records and objects whose ids check out but whose content is not an edit of this
+    base (here a delta with a NaN, committed through records forged with valid ids): fetch refuses it."""
+    from editstore.core.hashing import canonical_json, sha256_bytes
+    from editstore.core.records import Commit, Edit, tree_id
+    from editstore.model.delta import Delta, Factors
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    a = Store.init(gpt2_dir, tmp_path / "a")
+    add_remote(a, "origin", str(shared))
+    push(a, "origin")
+    good = random_delta(a.base, GPT2_PARAMS[:1])
+    f = good.factors[GPT2_PARAMS[0]]
+    U = f.U.clone()
+    U[0, 0] = float("nan")
+    data = Delta({GPT2_PARAMS[0]: Factors(U, f.V)}, good.metadata).to_bytes()
+    oid = sha256_bytes(data)
+    backend = open_backend(str(shared))
+    backend.create(f"objects/{oid[:2]}/{oid[2:]}", data)
+    edit = Edit(a.base_fingerprint, None, "import", None, None, oid, (GPT2_PARAMS[0],), 1, {}, "x", "t")
+    backend.create(f"edits/{edit.id}.json", canonical_json(edit.record()).encode())
+    tid = tree_id([edit.id])
+    backend.create(f"trees/{tid}.json", canonical_json([edit.id]).encode())
+    commit_ = Commit(a.base_fingerprint, (a.head(),), tid, "import", "forged", "x", "t")
+    backend.create(f"commits/{commit_.id}.json", canonical_json(commit_.record()).encode())
+    found = backend.get("refs/heads/main")
+    assert backend.swap("refs/heads/main", canonical_json({"target": commit_.id}).encode(), found.version)
+    b = Store.init(gpt2_dir, tmp_path / "b")
+    add_remote(b, "origin", str(shared))
+    before = snapshot(b.root)
+    with pytest.raises(CorruptObjectError, match="not usable"):
+        fetch(b, "origin")
+    assert snapshot(b.root) == before
+
+
+def test_a_base_manifest_naming_paths_outside_is_refused(tmp_path: Path, gpt2_dir: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    a = Store.init(gpt2_dir, tmp_path / "a")
+    add_remote(a, "origin", str(shared))
+    push(a, "origin", with_base=True)
+    manifest = shared / "base" / f"{a.base_fingerprint}.json"
+    names = json.loads(manifest.read_text())
+    names["../../escaped.txt"] = next(iter(names.values()))
+    manifest.write_text(json.dumps(names))
+    with pytest.raises(CorruptObjectError, match="manifest"):
+        clone(str(shared), tmp_path / "c")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_relative_directory_remote_is_kept_absolute(tmp_path: Path, gpt2_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "shared").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with Store.init(gpt2_dir, tmp_path / "s") as store:
+        add_remote(store, "origin", "shared")
+        assert remotes(store)["origin"] == (tmp_path / "shared").resolve().as_uri()

@@ -47,7 +47,7 @@ from .sequential import apply_factors
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "editstore.json"
-EDITED_SHARD = "model-editstore-edited.safetensors"
+EDITED_SHARD = "zz-editstore-edited.safetensors"  # sorts after model-*, pytorch_model-* and itself
 COPY_THREADS = 4  # shards copied at once: 7.5 GB took 10.7 s one at a time, 5.8 s four at a time (2 cores, SSD)
 Progress = Callable[[str], None]
 
@@ -279,7 +279,9 @@ def write_checkout(
     composes; two more write each composed tensor into its shard (once that is in place)
     and into the cache. With ``link`` on a sharded base whose filesystem has no reflinks, every shard
     is hard-linked, touched ones too, and the edited tensors go to one more shard,
-    ``EDITED_SHARD``, which the index names for them (the linked shards keep the base's bytes, unread).
+    ``EDITED_SHARD``, which the index names for them (the linked shards keep the base's bytes, unread;
+    the shard sorts after the base's, as loaders that read every shard in name order need; a base that
+    already has such a shard, a linked checkout itself, is copied as usual).
     """
     out = Path(out).resolve()
     with staged_output(out) as staging:
@@ -292,7 +294,9 @@ def write_checkout(
         for param in sorted(composition.params):
             by_file.setdefault(base.info(param).file, []).append(param)
         order = sorted(base.weight_files, key=lambda f: f not in by_file)  # touched shards first
-        separate = link and base.sharded and bool(by_file) and not _reflinks(base.path / INDEX_FILE, staging)
+        # transformers reads every shard in name order, so the edited shard must sort after the base's
+        separate = (link and base.sharded and bool(by_file) and EDITED_SHARD > max(base.weight_files)
+                    and not _reflinks(base.path / INDEX_FILE, staging))
         offsets: dict[str, int] = {}
         if separate:
             offsets = _edited_shard(base, sorted(composition.params), staging / EDITED_SHARD)
@@ -395,7 +399,11 @@ def dispatched(base: Checkpoint, device_map: str | dict[str, Any]) -> torch.nn.M
     import weakref
 
     folder = tempfile.mkdtemp(prefix="editstore-offload-")
-    model = from_pretrained(base.path, dtype="auto", device_map=device_map, offload_folder=folder)
+    try:
+        model = from_pretrained(base.path, dtype="auto", device_map=device_map, offload_folder=folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     weakref.finalize(model, shutil.rmtree, folder, True)
     return model
 

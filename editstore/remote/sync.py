@@ -67,6 +67,8 @@ def add_remote(store: Store, name: str, url: str) -> None:
     directory = directory_of(url)  # an s3:// URL is not contacted until it is used, as git does
     if directory is not None and not directory.is_dir():
         raise RemoteError(f"remote {url}: {directory} is not a directory (create it first)")
+    if directory is not None:
+        url = directory.resolve().as_uri()  # a relative path means where it was typed, not where the store is
     with store.locked(), store.db.atomic():
         if store.db.execute("SELECT 1 FROM meta WHERE key = ?", [_key(name)]).fetchone():
             raise RefError(f"remote {name!r} already exists")
@@ -123,6 +125,33 @@ def _checked_id(value: Any, what: str) -> str:
     return value
 
 
+def _ref_name(path: str, prefix: str) -> str:
+    """The name of the remote ref at ``path``, which must be one editstore accepts."""
+    from ..errors import EditStoreError
+
+    name = path.removeprefix(prefix)
+    try:
+        check_ref_name(name)
+    except EditStoreError:
+        raise CorruptObjectError(f"the remote has a ref named {name[:80]!r}, which is not a valid name") from None
+    return name
+
+
+def _info(found: Any) -> dict[str, Any]:
+    """The remote's ``editstore.json`` ({} when absent); :class:`CorruptObjectError` when it is not one."""
+    if found is None:
+        return {}
+    try:
+        info = json.loads(found.data)
+        if not isinstance(info, dict):
+            raise ValueError
+    except ValueError:
+        raise CorruptObjectError("the remote's editstore.json is not a JSON object") from None
+    if "base" in info:
+        _checked_id(info["base"], "a base fingerprint")
+    return info
+
+
 def _ref_target(found: Any) -> str | None:
     if found is None:
         return None
@@ -159,13 +188,14 @@ def _send(backend: Backend, path: str, data: bytes) -> int:
     return len(data) if backend.create(path, data) else 0
 
 
-def _parallel(fn: Callable[[Any], Any], items: Sequence[Any], what: str, progress: ProgressFactory | None) -> list[Any]:
-    """``fn`` over ``items`` on a thread pool, in order, advancing a progress bar named ``what``."""
+def _parallel(fn: Callable[[Any], Any], items: Sequence[Any], what: str, progress: ProgressFactory | None, *,
+              workers: int = WORKERS) -> list[Any]:
+    """``fn`` over ``items`` on ``workers`` threads, in order, advancing a progress bar named ``what``."""
     if not items:
         return []
     advance = progress(what, len(items)) if progress else None
     out = []
-    with ThreadPoolExecutor(WORKERS) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         for result in pool.map(fn, items):
             out.append(result)
             if advance:
@@ -198,8 +228,7 @@ def _check_base(store: Store, backend: Backend) -> None:
     info = {"format": FORMAT, "base": store.base_fingerprint}
     if backend.create("editstore.json", canonical_json(info).encode()):
         return
-    found = backend.get("editstore.json")
-    remote = json.loads(found.data) if found else {}
+    remote = _info(backend.get("editstore.json"))
     if remote.get("base") != store.base_fingerprint:
         raise RemoteError(f"{backend.url} holds a store of another base ({str(remote.get('base'))[:12]}), "
                           f"not this one's ({store.base_fingerprint[:12]})")
@@ -234,7 +263,8 @@ def push(store: Store, remote: str, branch: str | None = None, *, force: bool = 
     if theirs != ours and not backend.swap(f"refs/heads/{branch}", body, found.version if found else None):
         raise NonFastForwardError(f"the remote's {branch} moved while pushing: fetch first (`editstore pull "
                                   f"{remote} {branch}`), then push again")
-    summary.refs[f"{HEADS}{branch}"] = [theirs, ours]
+    if theirs != ours:
+        summary.refs[f"{HEADS}{branch}"] = [theirs, ours]
     with store.locked(), store.db.atomic():
         store.refs.set(f"{REMOTES}{remote}/{branch}", ours)
     log.info("pushed %s to %s: %d commits, %d objects", branch, remote, summary.commits, summary.objects)
@@ -298,17 +328,44 @@ def _get_verified_record(backend: Backend, kind: str, rid: str) -> tuple[Any, in
     found = backend.get(record_path(kind, _checked_id(rid, kind[:-1])))
     if found is None:
         raise CorruptObjectError(f"the remote lacks {kind} {rid[:12]}, which one of its refs reaches")
-    value = json.loads(found.data)
-    made = {"commits": lambda v: Commit(**{**v, "parents": tuple(v["parents"])}).id,
-            "edits": lambda v: Edit(**{**v, "params": tuple(v["params"])}).id,
-            "trees": lambda v: tree_id(list(v))}[kind]
     try:
-        ok = made(value) == rid
-    except TypeError:
+        value = json.loads(found.data)
+        ok = _well_formed(kind, value) and _record_id(kind, value) == rid
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise CorruptObjectError(f"{kind} {rid[:12]} on the remote does not match its id; nothing was fetched")
     return value, len(found.data)
+
+
+RECORD_TYPES: dict[str, dict[str, Any]] = {
+    "commits": {"base": str, "parents": list, "tree": str, "operation": str, "message": str, "author": str, "time": str},
+    "edits": {"base": str, "name": (str, type(None)), "method": str, "request": (dict, type(None)),
+              "hparams": (dict, type(None)), "delta": str, "params": list, "rank": int, "info": dict, "author": str,
+              "time": str},
+}
+
+
+def _well_formed(kind: str, value: Any) -> bool:
+    """The record has exactly its fields, of their types, and every id it names is a full id."""
+    if kind == "trees":
+        return isinstance(value, list) and all(isinstance(e, str) for e in value) and all(
+            _checked_id(e, "an edit") for e in value)
+    types = RECORD_TYPES[kind]
+    if not (isinstance(value, dict) and set(value) == set(types)
+            and all(isinstance(value[k], kind_) for k, kind_ in types.items())):
+        return False
+    ids = value["parents"] + [value["tree"]] if kind == "commits" else [value["delta"]]
+    return all(_checked_id(i, "an id") for i in ids) and (
+        kind == "commits" or all(isinstance(p, str) for p in value["params"]))
+
+
+def _record_id(kind: str, value: Any) -> str:
+    if kind == "trees":
+        return tree_id(list(value))
+    if kind == "commits":
+        return Commit(**{**value, "parents": tuple(value["parents"])}).id
+    return Edit(**{**value, "params": tuple(value["params"])}).id
 
 
 def _get_verified_object(backend: Backend, oid: str) -> bytes:
@@ -327,10 +384,10 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     info = backend.get("editstore.json")
     if info is None:
         return Summary()  # an empty remote: nothing pushed yet
-    if json.loads(info.data).get("base") != store.base_fingerprint:
+    if _info(info).get("base") != store.base_fingerprint:
         raise RemoteError(f"{backend.url} holds a store of another base; this store's is {store.base_fingerprint[:12]}")
-    heads = {p.removeprefix("refs/heads/"): _ref_target(backend.get(p)) for p in backend.list("refs/heads/")}
-    tags = {p.removeprefix("refs/tags/"): _ref_target(backend.get(p)) for p in backend.list("refs/tags/")}
+    heads = {_ref_name(p, "refs/heads/"): _ref_target(backend.get(p)) for p in backend.list("refs/heads/")}
+    tags = {_ref_name(p, "refs/tags/"): _ref_target(backend.get(p)) for p in backend.list("refs/tags/")}
     known = {row[0] for row in store.db.execute("SELECT id FROM commits")}
     received = 0
 
@@ -356,6 +413,7 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     wanted = {v["delta"] for v in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
     missing = sorted(o for o in wanted if not store.objects.exists(o))
     blobs = _parallel(lambda o: _get_verified_object(backend, o), missing, "objects", progress)
+    _check_deltas(store, edits, dict(zip(missing, blobs)))
     hashes = _tensor_hashes(store, backend, sorted({p for v in edits.values() for p in v["params"]}))
     summary = Summary(commits=len(commits), edits=len(edits), objects=len(missing),
                       bytes=received + sum(map(len, blobs)))
@@ -388,6 +446,30 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     return summary
 
 
+def _check_deltas(store: Store, edits: dict[str, dict[str, Any]], blobs: dict[str, bytes]) -> None:
+    """Every fetched edit is of this base, its delta object parses in full (schema, finite values), fits the
+    base and matches the record's parameters and rank, and its request is a valid edit request."""
+    from ..core.schema import validate
+    from ..errors import EditStoreError
+    from ..model.delta import Delta
+
+    for eid, value in edits.items():
+        if value["base"] != store.base_fingerprint:
+            raise CorruptObjectError(f"edit {eid[:12]} on the remote is of another base")
+        data = blobs.get(value["delta"])
+        if data is None:  # an object this store already has: it was checked when it entered
+            continue
+        try:
+            delta = Delta.from_bytes(data, source=f"remote object {value['delta'][:12]}")
+            delta.check_fits(store.base)
+            if value["request"] is not None:
+                validate(value["request"], "edit-request", what=f"the request of edit {eid[:12]}")
+        except EditStoreError as exc:
+            raise CorruptObjectError(f"edit {eid[:12]} on the remote is not usable: {exc}") from None
+        if sorted(delta.params) != sorted(value["params"]) or delta.rank != value["rank"]:
+            raise CorruptObjectError(f"edit {eid[:12]} on the remote does not match its delta's parameters or rank")
+
+
 def _tensor_hashes(store: Store, backend: Backend, params: Iterable[str]) -> list[dict[str, str]]:
     """Rows of ``base_tensors`` for ``params`` this store has no hash of, checked against the remote's."""
     known = store.base_hashes()
@@ -397,7 +479,10 @@ def _tensor_hashes(store: Store, backend: Backend, params: Iterable[str]) -> lis
             continue
         ours = store.base.tensor_hash(param)
         found = backend.get(f"tensors/{param}.json")
-        theirs = json.loads(found.data).get("sha256") if found else None
+        try:
+            theirs = json.loads(found.data).get("sha256") if found else None
+        except (ValueError, AttributeError):
+            raise CorruptObjectError(f"tensors/{param}.json on the remote is not a hash") from None
         if theirs is not None and theirs != ours:
             raise RemoteError(f"base tensor {param} differs from the one the remote's edits were made on: "
                               "this store's base has the same layout but other weights")
@@ -438,7 +523,7 @@ def pull(store: Store, remote: str, branch: str | None = None, *, resolution: st
                 store.move_head(ours, theirs)
             store.head_moved()
         return PullResult(fetched, "fast-forward", theirs)
-    result = merge(store, f"{remote}/{branch}", resolution=resolution)
+    result = merge(store, theirs, resolution=resolution, message=f"Merge {remote}/{branch}")
     return PullResult(fetched, "merge", result.commit)
 
 
@@ -455,7 +540,9 @@ def clone(url: str, directory: str | Path, *, base: str | Path | None = None, en
     info = backend.get("editstore.json")
     if info is None:
         raise RemoteError(f"{url} holds no editstore history (nothing was pushed there)")
-    fingerprint = json.loads(info.data)["base"]
+    fingerprint = _info(info).get("base")
+    if not isinstance(fingerprint, str):
+        raise CorruptObjectError(f"{url}: editstore.json names no base")
     target = Path(directory)
     if (target / STORE_DIRNAME).exists() or (base is None and (target / "base").exists()):
         raise RemoteError(f"{target} already holds a store or a base: clone into a new directory")
@@ -488,16 +575,30 @@ def clone(url: str, directory: str | Path, *, base: str | Path | None = None, en
     return store
 
 
+def _safe_file_name(name: str) -> bool:
+    """A relative path of plain components (no ``..``, ``.``, empty parts or absolute root)."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..") and "\\" not in p for p in parts)
+
+
 def _download_base(backend: Backend, fingerprint: str, out: Path, progress: ProgressFactory | None) -> Path:
     found = backend.get(f"base/{fingerprint}.json")
     if found is None:
         raise RemoteError(f"{backend.url} does not hold its base checkpoint: give --base DIR (a local copy), or "
                           "push it once with `editstore push --with-base`")
-    manifest: dict[str, str] = json.loads(found.data)
-    names = sorted(manifest)
-    blobs = _parallel(lambda n: _get_verified_object(backend, manifest[n]), names, "base files", progress)
-    for name, data in zip(names, blobs):
+    try:
+        manifest = json.loads(found.data)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or not all(
+            isinstance(n, str) and isinstance(o, str) and _safe_file_name(n) for n, o in manifest.items()):
+        raise CorruptObjectError(f"base/{fingerprint}.json on the remote is not a manifest of file names")
+    def download(name: str) -> int:  # written as each arrives: at most two files in memory
+        data = _get_verified_object(backend, manifest[name])
         path = out.joinpath(*name.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        return len(data)
+
+    _parallel(download, sorted(manifest), "base files", progress, workers=2)
     return out
