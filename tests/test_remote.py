@@ -412,3 +412,13 @@ def test_a_relative_directory_remote_is_kept_absolute(tmp_path: Path, gpt2_dir: 
     with Store.init(gpt2_dir, tmp_path / "s") as store:
         add_remote(store, "origin", "shared")
         assert remotes(store)["origin"] == (tmp_path / "shared").resolve().as_uri()
+
+
+def test_a_directory_remote_that_cannot_be_written_is_a_clean_error(tmp_path: Path, gpt2_dir: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "objects").write_text("a file where the remote keeps a folder")
+    root = tmp_path / "s"
+    with Store.init(gpt2_dir, root) as store:
+        commit(store, 0)
+    invoke("remote", "add", "origin", tmp_path / "shared", "--store", root)
+    assert "error: remote file://" in refused("push", "--store", root)

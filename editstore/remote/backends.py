@@ -20,10 +20,11 @@ from __future__ import annotations
 import configparser
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -185,8 +186,24 @@ class ObjectStoreBackend:
 # ---------------------------------------------------------------------- a directory
 
 
+def _os_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A directory backend's method whose operating-system errors (a read-only or full disk, a permission)
+    become :class:`RemoteError`."""
+
+    @functools.wraps(method)
+    def guarded(self: DirectoryBackend, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except OSError as exc:
+            raise RemoteError(f"remote {self.url}: {exc}") from None
+
+    return guarded
+
+
 class DirectoryBackend:
-    """A remote in a directory (a shared disk): creates by hard link, swaps by rename under a lock."""
+    """A remote in a directory (a shared disk): creates by hard link, swaps by rename under a lock. An
+    operating-system error (a read-only or full disk, a permission) is a :class:`RemoteError`."""
+
 
     def __init__(self, root: Path, url: str) -> None:
         self.root = root
@@ -198,6 +215,7 @@ class DirectoryBackend:
     def _path(self, path: str) -> Path:
         return self.root.joinpath(*path.split("/"))
 
+    @_os_errors
     def get(self, path: str) -> Found | None:
         try:
             data = self._path(path).read_bytes()
@@ -214,6 +232,7 @@ class DirectoryBackend:
             os.fsync(fh.fileno())
         return tmp
 
+    @_os_errors
     def create(self, path: str, data: bytes) -> bool:
         target = self._path(path)
         if target.exists():
@@ -227,6 +246,7 @@ class DirectoryBackend:
             os.unlink(tmp)
         return True
 
+    @_os_errors
     def swap(self, path: str, data: bytes, version: str | None) -> bool:
         target = self._path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +258,7 @@ class DirectoryBackend:
             os.replace(self._staged(target, data), target)
             return True
 
+    @_os_errors
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/"))
         if not base.is_dir():
