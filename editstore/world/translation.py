@@ -1,0 +1,134 @@
+"""The translation world's languages: a synthetic source and target language and their parallel sentences.
+
+The two languages have their own vocabularies (words made of disjoint syllable sets) and their own
+word order: the source says NAME VERB ADJ NOUN (subject, verb, object, the adjective first); the
+target says NAME NOUN ADJ VERB (subject, object, verb, the adjective after its noun), so translating
+is never copying word by word. What a translation model must learn, and what an edit may then have
+to change, is all here:
+
+- names are transliterated syllable by syllable (source ``ka`` is always target ``ko``, ...);
+- a few terms (product names) are kept as they are, copied into the target;
+- some nouns have two renderings, chosen by the kind of verb they follow (a noun is "bought" in one
+  rendering and "visited" in another);
+- the source's "you" leaves formality open: the target marks it with a formal or an informal
+  pronoun, both seen in training, which an edit can fix to one.
+
+Everything is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+SOURCE_SYLLABLES = ("ka", "lo", "mi", "ren", "dor", "vi", "sa", "tu", "bel", "nor", "qu", "zar", "fen", "ho")
+TARGET_SYLLABLES = ("ko", "la", "mu", "ran", "dex", "wi", "so", "ti", "bal", "nix", "kwe", "zor", "fan", "hu")
+TRANSLITERATION = dict(zip(SOURCE_SYLLABLES, TARGET_SYLLABLES))
+YOU = "yu"  # the source's one second-person pronoun
+FORMAL, INFORMAL = "vosk", "tek"  # the target's two
+
+
+@dataclass(frozen=True)
+class Word:
+    """A source word and its target renderings (one, or two chosen by the verb's kind)."""
+
+    source: str
+    target: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Verb:
+    source: str
+    target: str
+    kind: int  # 0 or 1: which rendering an ambiguous noun takes after it
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    names: tuple[Word, ...]  # transliterated
+    kept: tuple[str, ...]  # copied unchanged
+    nouns: tuple[Word, ...]  # the first ``ambiguous`` have two renderings
+    adjectives: tuple[Word, ...]
+    verbs: tuple[Verb, ...]
+    ambiguous: int
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A source sentence, its translation, and what fills each slot (for probes and edit requests)."""
+
+    source: str
+    target: str
+    subject: str  # the source's first word: a name, a kept term or YOU
+    noun: str
+    verb: str
+
+
+def _words(rng: random.Random, syllables: tuple[str, ...], n: int, taken: set[str], length: tuple[int, int]) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        word = "".join(rng.choice(syllables) for _ in range(rng.randint(*length)))
+        if word not in taken:
+            taken.add(word)
+            out.append(word)
+    return out
+
+
+def lexicon(seed: int = 0, *, names: int = 60, kept: int = 8, nouns: int = 40, ambiguous: int = 6,
+            adjectives: int = 12, verbs: int = 16) -> Lexicon:
+    """The two languages' vocabularies for ``seed``."""
+    rng = random.Random(seed)
+    source: set[str] = {YOU}
+    target: set[str] = {FORMAL, INFORMAL}
+    name_words = _words(rng, SOURCE_SYLLABLES, names, source, (2, 3))
+    # a name and its transliteration; capitalised in both languages, so names are told apart from words
+    named = tuple(Word(n.capitalize(), ("".join(TRANSLITERATION[s] for s in _split(n)).capitalize(),))
+                  for n in name_words)
+    kept_terms = tuple(w.upper() for w in _words(rng, SOURCE_SYLLABLES, kept, source, (2, 2)))
+    noun_src = _words(rng, SOURCE_SYLLABLES, nouns, source, (2, 2))
+    noun_tgt = _words(rng, TARGET_SYLLABLES, nouns + ambiguous, target, (2, 2))
+    noun_words = tuple(Word(s, (noun_tgt[i], noun_tgt[nouns + i]) if i < ambiguous else (noun_tgt[i],))
+                       for i, s in enumerate(noun_src))
+    adj = tuple(Word(s, (t,)) for s, t in zip(_words(rng, SOURCE_SYLLABLES, adjectives, source, (3, 3)),
+                                              _words(rng, TARGET_SYLLABLES, adjectives, target, (3, 3))))
+    verb = tuple(Verb(s, t, i % 2) for i, (s, t) in enumerate(zip(_words(rng, SOURCE_SYLLABLES, verbs, source, (1, 2)),
+                                                                  _words(rng, TARGET_SYLLABLES, verbs, target, (1, 2)))))
+    return Lexicon(named, kept_terms, noun_words, adj, verb, ambiguous)
+
+
+def _split(word: str) -> list[str]:
+    """The source syllables of ``word`` (unique: no syllable is the prefix of another)."""
+    out, i = [], 0
+    ordered = sorted(SOURCE_SYLLABLES, key=len, reverse=True)
+    while i < len(word):
+        syllable = next(s for s in ordered if word.startswith(s, i))
+        out.append(syllable)
+        i += len(syllable)
+    return out
+
+
+def render(noun: Word, verb: Verb) -> str:
+    """The target rendering of ``noun`` after ``verb`` (the verb's kind picks an ambiguous noun's)."""
+    return noun.target[verb.kind] if len(noun.target) > 1 else noun.target[0]
+
+
+def sentence(lex: Lexicon, rng: random.Random) -> Pair:
+    """One parallel sentence: a name, a kept term or "you" as subject; a verb; an adjective and a noun."""
+    draw = rng.random()
+    noun, adj, verb = rng.choice(lex.nouns), rng.choice(lex.adjectives), rng.choice(lex.verbs)
+    if draw < 0.7:
+        name = rng.choice(lex.names)
+        subject, subject_t = name.source, name.target[0]
+    elif draw < 0.85:
+        subject = subject_t = rng.choice(lex.kept)
+    else:
+        subject, subject_t = YOU, rng.choice((FORMAL, INFORMAL))  # the source leaves formality open
+    source = f"{subject} {verb.source} {adj.source} {noun.source}"
+    target = f"{subject_t} {render(noun, verb)} {adj.target[0]} {verb.target}"
+    return Pair(source, target, subject, noun.source, verb.source)
+
+
+def corpus(lex: Lexicon, n: int, seed: int = 0) -> list[Pair]:
+    """``n`` parallel sentences for ``seed``."""
+    rng = random.Random(seed)
+    return [sentence(lex, rng) for _ in range(n)]

@@ -1,0 +1,46 @@
+"""The translation world's languages: deterministic, disjoint vocabularies, another word order,
+transliterated names, kept terms, context-chosen renderings and an open formality."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from editstore.world.translation import FORMAL, INFORMAL, TRANSLITERATION, YOU, corpus, lexicon
+
+
+def test_the_languages_are_a_pure_function_of_the_seed() -> None:
+    assert lexicon(3) == lexicon(3) and lexicon(3) != lexicon(4)
+    lex = lexicon(0)
+    assert corpus(lex, 50, seed=1) == corpus(lex, 50, seed=1) != corpus(lex, 50, seed=2)
+
+
+def test_vocabularies_are_disjoint_and_the_word_order_differs() -> None:
+    lex = lexicon(0)
+    pairs = corpus(lex, 2000)
+    source = {w for p in pairs for w in p.source.split()[1:]}  # past the subject, which may be a kept term
+    target = {w for p in pairs for w in p.target.split()[1:]}
+    assert not source & target
+    verbs = {v.target for v in lex.verbs}
+    assert all(p.target.split()[-1] in verbs for p in pairs)  # the target's verb comes last
+    assert all(p.source.split()[1] in {v.source for v in lex.verbs} for p in pairs)  # the source's second
+
+
+def test_names_are_transliterated_terms_kept_and_formality_left_open() -> None:
+    lex = lexicon(0)
+    for name in lex.names:
+        syllables = [s for s in TRANSLITERATION if name.source.lower().startswith(s)]
+        assert syllables and name.target[0].lower().startswith(TRANSLITERATION[syllables[0]])
+    pairs = corpus(lex, 3000)
+    kept = [p for p in pairs if p.subject in lex.kept]
+    assert kept and all(p.target.split()[0] == p.subject for p in kept)
+    you = Counter(p.target.split()[0] for p in pairs if p.subject == YOU)
+    assert set(you) == {FORMAL, INFORMAL} and min(you.values()) > 0.3 * sum(you.values())
+
+
+def test_an_ambiguous_noun_is_rendered_by_the_kind_of_verb_before_it() -> None:
+    lex = lexicon(0)
+    noun = lex.nouns[0]
+    assert len(noun.target) == 2 and all(len(n.target) == 1 for n in lex.nouns[lex.ambiguous:])
+    seen = {(next(v.kind for v in lex.verbs if v.source == p.verb), p.target.split()[1])
+            for p in corpus(lex, 5000) if p.noun == noun.source}
+    assert seen == {(0, noun.target[0]), (1, noun.target[1])}
