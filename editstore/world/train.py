@@ -27,7 +27,7 @@ from ..model.tokens import target_ids
 
 log = logging.getLogger(__name__)
 
-SEQ2SEQ_ARCHES = ("t5",)
+SEQ2SEQ_ARCHES = ("t5", "marian")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,16 @@ def model_config(spec: TrainSpec, tokenizer: PreTrainedTokenizerFast, max_len: i
             feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=spec.tie, vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    if spec.arch == "marian":  # Marian NMT: sinusoidal positions, one vocabulary shared by encoder, decoder and output
+        return AutoConfig.for_model(
+            "marian", encoder_layers=spec.n_layer, decoder_layers=spec.n_decoder_layer or spec.n_layer,
+            d_model=spec.d_model, encoder_attention_heads=spec.n_head, decoder_attention_heads=spec.n_head,
+            encoder_ffn_dim=spec.d_ff, decoder_ffn_dim=spec.d_ff, dropout=0.0, attention_dropout=0.0,
+            activation_dropout=0.0, max_position_embeddings=max_len, vocab_size=len(tokenizer),
+            decoder_vocab_size=len(tokenizer), share_encoder_decoder_embeddings=True, scale_embedding=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=tokenizer.eos_token_id,
         )
     raise ValueError(f"unknown world architecture {spec.arch!r}")
 
