@@ -124,6 +124,7 @@ def test_the_cli_over_a_directory_remote(tmp_path: Path, gpt2_dir: Path) -> None
     fetched = json.loads(invoke("fetch", "--json", "--store", a))
     assert fetched["commits"] == 1 and list(fetched["refs"]) == ["refs/remotes/origin/main"]
     assert "[import] edit 1" in invoke("log", "--oneline", "origin/main", "--store", a)
+    assert "(origin/main)" in invoke("log", "--oneline", "origin/main", "-n", "1", "--store", a)
     out = json.loads(invoke("pull", "--json", "--store", a))
     assert out["how"] == "fast-forward"
     invoke("push", "--store", a)  # up to date: nothing to send, exit 0

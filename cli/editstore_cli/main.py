@@ -18,6 +18,7 @@ import click
 from rich.table import Table
 
 from editstore.core.config import COMPOSE_MODES, SETTINGS
+from editstore.core.refs import REMOTES
 from editstore.errors import EditStoreError
 
 from .common import device_map_option, device_option, json_option, open_store, requests_option
@@ -187,6 +188,8 @@ def ref_decorations(store: Store) -> dict[str, list[str]]:
         refs.setdefault(b.commit, []).append(f"HEAD -> {b.name}" if b.current else b.name)
     for name, target in porcelain.tags(store).items():
         refs.setdefault(target, []).append(f"tag: {name}")
+    for name, target in store.refs.under(REMOTES):  # origin/main, as git shows it
+        refs.setdefault(target, []).append(name)
     if current is None:
         refs.setdefault(store.head(), []).insert(0, "HEAD")
     return refs
