@@ -68,3 +68,32 @@ def test_the_marian_world_translates_held_out_sentences(tmp_path: Path) -> None:
     measured = accuracy(translate(model, tokenizer, [p["source"] for p in held]), [p["target"] for p in held])
     assert measured["token"] >= 0.9
     assert build_translation_world() == path  # cached
+
+
+@pytest.mark.slow
+def test_a_name_is_renamed_through_the_store_and_the_checkout_translates_it(tmp_path: Path) -> None:
+    """init, edit (ROME, packaged hparams), eval-free checkout: MarianMTModel.from_pretrained then translates
+    the example, and another sentence with the name, with the new rendering; a sentence without it is unchanged."""
+    from transformers import AutoTokenizer, MarianMTModel
+
+    from editstore.world.translation import build_translation_world, translate
+
+    from .conftest import invoke
+
+    path = build_translation_world()
+    lex = lexicon(0)
+    name, other = lex.names[0], lex.names[30]
+    verb, adj, noun = lex.verbs[0].source, lex.adjectives[0].source, lex.nouns[10].source
+    store = tmp_path / "s"
+    invoke("init", "--base", path, "--store", store)
+    invoke("edit", "--prompt", f"{{}} {verb} {adj} {noun}", "--subject", name.source, "--target", other.target[0],
+           "--target-true", name.target[0], "--store", store)
+    invoke("checkout", "HEAD", "--out", tmp_path / "out", "--store", store)
+    model = MarianMTModel.from_pretrained(tmp_path / "out").eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    base = MarianMTModel.from_pretrained(path).eval()
+    example, again = f"{name.source} {verb} {adj} {noun}", f"{name.source} {lex.verbs[3].source} {adj} {noun}"
+    unrelated = f"{lex.names[5].source} {verb} {adj} {noun}"
+    first_words = [t.split()[0] for t in translate(model, tok, [example, again])]
+    assert first_words == [other.target[0], other.target[0]]
+    assert translate(model, tok, [unrelated]) == translate(base, tok, [unrelated])
