@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ..core.hashing import sha256_bytes
-from ..core.paths import check_output_dir, make_dir
+from ..core.paths import staged_directory
 from ..errors import BaseModelError
 from ..model.checkpoint import INDEX_FILE, Checkpoint, from_pretrained, raw_view, resolve_module_name
 from ..model.delta import Factors
@@ -52,24 +52,12 @@ COPY_THREADS = 4  # shards copied at once: 7.5 GB took 10.7 s one at a time, 5.8
 Progress = Callable[[str], None]
 
 
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
+def staged_output(out: Path) -> contextlib.AbstractContextManager[Path]:
     """A staging directory beside ``out`` (missing or empty) that becomes ``out`` when the block succeeds.
 
     On any failure the staging directory is removed and ``out`` is left as it was.
     """
-    check_output_dir(out)
-    staging = out.parent / f".{out.name}.editstore-tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    make_dir(staging, f"--out {out}")
-    try:
-        yield staging
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return staged_directory(out, f"--out {out}")
 
 
 def _verify(raw: bytes | memoryview, name: str, expected: Mapping[str, str]) -> None:

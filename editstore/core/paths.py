@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import OutputDirError, StoreNotFoundError
@@ -39,3 +43,23 @@ def find_store(explicit: str | Path | None = None, *, start: Path | None = None)
     raise StoreNotFoundError(
         f"no editstore store in {here} or any parent; run `editstore init --base MODEL_DIR` or pass --store"
     )
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path, what: str, *, replaceable: bool = False) -> Iterator[Path]:
+    """A staging directory beside ``target`` that becomes ``target`` when the block succeeds; on any failure it
+    is removed and ``target`` is left as it was. ``target`` must be missing or empty, unless ``replaceable``
+    (an older build of the same thing, replaced whole). ``what`` names it in errors."""
+    if not replaceable:
+        check_output_dir(target)
+    staging = target.parent / f".{target.name}.editstore-tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    make_dir(staging, what)
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target) if replaceable else target.rmdir()
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -9,10 +9,10 @@ directory that is renamed into place, so a cache entry is complete or absent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,7 +23,7 @@ import torch
 
 from ..compose.sequential import resolve_device
 from ..core.hashing import sha256_json
-from ..core.paths import check_output_dir, make_dir
+from ..core.paths import staged_directory
 from ..errors import UnknownWorldError
 from ..model.evaluate import score_pairs
 from ..moments import CORPUS_FILE
@@ -129,20 +129,15 @@ def build_world(
         if saved.get("key") == config.key:
             log.info("reusing world %s", target)
             return target
-    if target.exists() and not is_world(target):
-        check_output_dir(target)  # never replace a directory that is not a world
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    make_dir(staging, f"the world directory {target}")
-    try:
+    with staged_world(target) as staging:
         _build_into(config, staging, on_epoch, resolve_device(device))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
+
+
+def staged_world(target: Path) -> contextlib.AbstractContextManager[Path]:
+    """A directory to build a world in, renamed to ``target`` when the block ends (replacing an older world
+    there, never a directory that is not a world) and removed if it fails."""
+    return staged_directory(target, f"the world directory {target}", replaceable=is_world(target))
 
 
 def _build_into(config: WorldConfig, out: Path, on_epoch: EpochHook | None, device: torch.device) -> None:

@@ -19,9 +19,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,9 +30,8 @@ import torch
 
 from ..compose.sequential import resolve_device
 from ..core.hashing import sha256_json
-from ..core.paths import check_output_dir, make_dir
 from ..moments import CORPUS_FILE
-from .build import WORLD_FILE, cache_root, is_world, write_jsonl
+from .build import WORLD_FILE, cache_root, is_world, staged_world, write_jsonl
 from .tokenizer import build_tokenizer
 from .train import TrainSpec, train_lm
 
@@ -198,12 +195,7 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
     target = Path(out) if out else cache_root() / "worlds" / f"marian-{key[:16]}"
     if is_world(target) and not force and json.loads((target / WORLD_FILE).read_text()).get("key") == key:
         return target
-    if target.exists() and not is_world(target):
-        check_output_dir(target)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    make_dir(staging, f"the world directory {target}")
-    try:
+    with staged_world(target) as staging:
         lex = lexicon(seed)
         pairs, held = corpus(lex, TRAIN_PAIRS, seed=seed), corpus(lex, HELD_OUT_PAIRS, seed=seed + 10_000)
         tokenizer = build_tokenizer([p.source for p in pairs + held] + [p.target for p in pairs + held])
@@ -228,10 +220,4 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
             "key": key, "kind": "translation", "train": spec.to_json(), "pairs": TRAIN_PAIRS, "held_out": HELD_OUT_PAIRS,
             "seconds": round(seconds, 1), "accuracy": measured, "device": resolve_device(device).type,
         }, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
