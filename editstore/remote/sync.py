@@ -324,18 +324,20 @@ def _upload_base(store: Store, backend: Backend, progress: ProgressFactory | Non
 
 
 def _get_verified_record(backend: Backend, kind: str, rid: str) -> tuple[Any, int]:
-    """The record ``kind``/``rid`` checked against its id, and its size in bytes."""
+    """The record ``kind``/``rid`` (a :class:`Commit`, an :class:`Edit` or a tree's edit ids) checked against
+    its id, and its size in bytes."""
     found = backend.get(record_path(kind, _checked_id(rid, kind[:-1])))
     if found is None:
         raise CorruptObjectError(f"the remote lacks {kind} {rid[:12]}, which one of its refs reaches")
     try:
         value = json.loads(found.data)
-        ok = _well_formed(kind, value) and _record_id(kind, value) == rid
+        record = _record(kind, value) if _well_formed(kind, value) else None
+        ok = record is not None and (tree_id(record) if isinstance(record, list) else record.id) == rid
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise CorruptObjectError(f"{kind} {rid[:12]} on the remote does not match its id; nothing was fetched")
-    return value, len(found.data)
+    return record, len(found.data)
 
 
 RECORD_TYPES: dict[str, dict[str, Any]] = {
@@ -360,12 +362,13 @@ def _well_formed(kind: str, value: Any) -> bool:
         kind == "commits" or all(isinstance(p, str) for p in value["params"]))
 
 
-def _record_id(kind: str, value: Any) -> str:
+def _record(kind: str, value: Any) -> Commit | Edit | list[str]:
+    """The record a well-formed JSON value of ``kind`` describes."""
     if kind == "trees":
-        return tree_id(list(value))
+        return list(value)
     if kind == "commits":
-        return Commit(**{**value, "parents": tuple(value["parents"])}).id
-    return Edit(**{**value, "params": tuple(value["params"])}).id
+        return Commit(**{**value, "parents": tuple(value["parents"])})
+    return Edit(**{**value, "params": tuple(value["params"])})
 
 
 def _get_verified_object(backend: Backend, oid: str) -> bytes:
@@ -397,24 +400,24 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
         received += sum(size for _, size in got)
         return {rid: value for rid, (value, _) in zip(ids, got)}
 
-    commits: dict[str, dict[str, Any]] = {}
+    commits: dict[str, Commit] = {}
     frontier = [t for t in [*heads.values(), *tags.values()] if t and t not in known]
     while frontier:  # walk down from each ref until the commits this store has
         batch = [c for c in dict.fromkeys(frontier) if c not in commits and c not in known]
         found = records("commits", batch, None)
         commits.update(found)
-        frontier = [p for v in found.values() for p in v["parents"]]
+        frontier = [p for c in found.values() for p in c.parents]
     have_trees = {row[0] for row in store.db.execute("SELECT id FROM trees")}
-    trees = records("trees", sorted({v["tree"] for v in commits.values()} - have_trees), None)
+    trees = records("trees", sorted({c.tree for c in commits.values()} - have_trees), None)
     have_edits = {row[0] for row in store.db.execute("SELECT id FROM edits")}
     edits = records("edits", sorted({e for tree in trees.values() for e in tree} - have_edits), progress)
     stats = [_row(f, STATS_COLUMNS, "statistics") for f in map(backend.get, backend.list("stats/")) if f is not None]
     editors = [_row(f, EDITOR_COLUMNS, "editor") for f in map(backend.get, backend.list("editors/")) if f is not None]
-    wanted = {v["delta"] for v in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
+    wanted = {e.delta for e in edits.values()} | {r["object"] for r in stats} | {r["id"] for r in editors}
     missing = sorted(o for o in wanted if not store.objects.exists(o))
     blobs = _parallel(lambda o: _get_verified_object(backend, o), missing, "objects", progress)
     _check_deltas(store, edits, dict(zip(missing, blobs)))
-    hashes = _tensor_hashes(store, backend, sorted({p for v in edits.values() for p in v["params"]}))
+    hashes = _tensor_hashes(store, backend, sorted({p for e in edits.values() for p in e.params}))
     summary = Summary(commits=len(commits), edits=len(edits), objects=len(missing),
                       bytes=received + sum(map(len, blobs)))
     with store.locked():
@@ -422,13 +425,12 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
             store.objects.write(data)
         with store.db.atomic():
             store.db.table("base_tensors").insert_all(hashes, ignore=True)
-            for value in edits.values():
-                store.db.table("edits").insert(Edit(**{**value, "params": tuple(value["params"])}).row(), ignore=True)
+            for edit in edits.values():
+                store.db.table("edits").insert(edit.row(), ignore=True)
             for tid, tree in trees.items():
                 store.db.table("trees").insert({"id": tid, "edits": json.dumps(tree), "size": len(tree)}, ignore=True)
-            for value in commits.values():
-                store.db.table("commits").insert(Commit(**{**value, "parents": tuple(value["parents"])}).row(),
-                                                 ignore=True)
+            for commit in commits.values():
+                store.db.table("commits").insert(commit.row(), ignore=True)
             store.db.table("stats").insert_all([r for r in stats if r.get("base") == store.base_fingerprint],
                                                ignore=True)
             store.db.table("editors").insert_all([r for r in editors if r.get("base") == store.base_fingerprint],
@@ -446,27 +448,27 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     return summary
 
 
-def _check_deltas(store: Store, edits: dict[str, dict[str, Any]], blobs: dict[str, bytes]) -> None:
+def _check_deltas(store: Store, edits: dict[str, Edit], blobs: dict[str, bytes]) -> None:
     """Every fetched edit is of this base, its delta object parses in full (schema, finite values), fits the
     base and matches the record's parameters and rank, and its request is a valid edit request."""
     from ..core.schema import validate
     from ..errors import EditStoreError
     from ..model.delta import Delta
 
-    for eid, value in edits.items():
-        if value["base"] != store.base_fingerprint:
+    for eid, edit in edits.items():
+        if edit.base != store.base_fingerprint:
             raise CorruptObjectError(f"edit {eid[:12]} on the remote is of another base")
-        data = blobs.get(value["delta"])
+        data = blobs.get(edit.delta)
         if data is None:  # an object this store already has: it was checked when it entered
             continue
         try:
-            delta = Delta.from_bytes(data, source=f"remote object {value['delta'][:12]}")
+            delta = Delta.from_bytes(data, source=f"remote object {edit.delta[:12]}")
             delta.check_fits(store.base)
-            if value["request"] is not None:
-                validate(value["request"], "edit-request", what=f"the request of edit {eid[:12]}")
+            if edit.request is not None:
+                validate(edit.request, "edit-request", what=f"the request of edit {eid[:12]}")
         except EditStoreError as exc:
             raise CorruptObjectError(f"edit {eid[:12]} on the remote is not usable: {exc}") from None
-        if sorted(delta.params) != sorted(value["params"]) or delta.rank != value["rank"]:
+        if sorted(delta.params) != sorted(edit.params) or delta.rank != edit.rank:
             raise CorruptObjectError(f"edit {eid[:12]} on the remote does not match its delta's parameters or rank")
 
 
