@@ -276,8 +276,6 @@ def write_checkout(
         composition.start(factors=False)  # this thread reads them: it has nothing else to do meanwhile
         for f in base.non_weight_files():
             shutil.copyfile(f, staging / f.name)
-        if base.sharded:
-            shutil.copyfile(base.path / INDEX_FILE, staging / INDEX_FILE)
         by_file: dict[str, list[str]] = {}
         for param in sorted(composition.params):
             by_file.setdefault(base.info(param).file, []).append(param)
@@ -290,8 +288,9 @@ def write_checkout(
             offsets = _edited_shard(base, sorted(composition.params), staging / EDITED_SHARD)
             index = json.loads((base.path / INDEX_FILE).read_text())
             index["weight_map"].update({p: EDITED_SHARD for p in composition.params})
-            (staging / INDEX_FILE).unlink()
             (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        elif base.sharded:
+            shutil.copyfile(base.path / INDEX_FILE, staging / INDEX_FILE)
         with ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="editstore-copy") as copier, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="editstore-write") as writer:
             # a touched shard is hard-linked only when its edited tensors go to the edited shard
