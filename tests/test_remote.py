@@ -51,6 +51,17 @@ def s3_env(s3: server.S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     return s3
 
 
+def refused(*args: object, code: int = 2) -> str:
+    """Run the CLI, expect exit ``code`` without a traceback, return the one-line error it printed."""
+    from click.testing import CliRunner
+
+    from editstore_cli.main import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == code and "Traceback" not in result.output, result.output
+    return result.stderr
+
+
 def fresh_url(s3: server.S3Server) -> str:
     return f"s3://{s3.bucket}/{uuid.uuid4().hex}"
 
@@ -118,7 +129,7 @@ def test_the_cli_over_a_directory_remote(tmp_path: Path, gpt2_dir: Path) -> None
     assert out["how"] == "fast-forward"
     invoke("push", "--store", a)  # up to date: nothing to send, exit 0
     invoke("remote", "remove", "origin", "--store", a)
-    invoke("log", "origin/main", "--store", a, code=2)  # its remote-tracking branch went with it
+    refused("log", "origin/main", "--store", a)  # its remote-tracking branch went with it
 
 
 def test_a_contradiction_pulled_in_is_reported_and_resolvable(tmp_path: Path, world: Path,
@@ -140,7 +151,7 @@ def test_a_contradiction_pulled_in_is_reported_and_resolvable(tmp_path: Path, wo
     other = "Oslo" if request["target_new"] != "Oslo" else "Lima"
     edit(b, [{**request, "target_new": other}], method="rome", hparams=hp, device="cpu")
     head = b.head()
-    invoke("pull", "--store", b.root, code=3)  # the merge refuses: HEAD stays; the fetch stays, as git's does
+    refused("pull", "--store", b.root, code=3)  # the merge refuses: HEAD stays; the fetch stays, as git's does
     assert b.head() == head and b.resolve("origin/main") == a.head()
     out = json.loads(invoke("pull", "--ours", "--json", "--store", b.root))
     assert out["how"] == "merge"
@@ -268,22 +279,22 @@ def test_bad_urls_credentials_and_buckets_are_clear_errors(tmp_path: Path, gpt2_
         commit(store, 0)
     before = snapshot(root)
     for url in ("ftp://host/path", "s3://", str(tmp_path / "missing-dir")):
-        assert "error:" in invoke("remote", "add", "x", url, "--store", root, code=2)
+        assert "error:" in refused("remote", "add", "x", url, "--store", root)
     invoke("remote", "add", "bad/name", str(tmp_path), "--store", root, code=2)
-    invoke("push", "nosuch", "--store", root, code=2)
+    refused("push", "nosuch", "--store", root)
     assert snapshot(root) == before
 
     invoke("remote", "add", "nobucket", "s3://no-such-bucket/x", "--store", root)
-    assert "refused" in invoke("push", "nobucket", "--store", root, code=2)
+    assert "refused" in refused("push", "nobucket", "--store", root)
     invoke("remote", "add", "origin", fresh_url(s3_env), "--store", root)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
-    assert "credentials" in invoke("push", "--store", root, code=2)
+    assert "credentials" in refused("push", "--store", root)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")  # no instance role to fall back on, at once
-    assert "error:" in invoke("push", "--store", root, code=2)
+    assert "error:" in refused("push", "--store", root)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    assert "error:" in invoke("fetch", "--store", root, code=2)
+    assert "error:" in refused("fetch", "--store", root)
     invoke("clone", fresh_url(s3_env), tmp_path / "c", "--base", gpt2_dir, code=2)  # an empty remote
 
 
@@ -411,4 +422,4 @@ def test_a_directory_remote_that_cannot_be_written_is_a_clean_error(tmp_path: Pa
     with Store.init(gpt2_dir, root) as store:
         commit(store, 0)
     invoke("remote", "add", "origin", tmp_path / "shared", "--store", root)
-    assert "error: remote file://" in invoke("push", "--store", root, code=2)
+    assert "error: remote file://" in refused("push", "--store", root)
