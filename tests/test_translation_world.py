@@ -1,5 +1,5 @@
 """The translation world's languages: deterministic, disjoint vocabularies, another word order,
-transliterated names, kept terms, context-chosen renderings and an open formality."""
+transliterated names, kept terms and quoted names, context-chosen renderings and an open formality."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from editstore.world.translation import FORMAL, INFORMAL, TRANSLITERATION, YOU, corpus, lexicon
+from editstore.world.translation import (
+    FORMAL,
+    INFORMAL,
+    QUOTE,
+    TRANSLITERATION,
+    YOU,
+    YOU_FORMAL,
+    YOU_INFORMAL,
+    corpus,
+    lexicon,
+)
 
 
 def test_the_languages_are_a_pure_function_of_the_seed() -> None:
@@ -21,15 +31,15 @@ def test_the_languages_are_a_pure_function_of_the_seed() -> None:
 def test_vocabularies_are_disjoint_and_the_word_order_differs() -> None:
     lex = lexicon(0)
     pairs = corpus(lex, 2000)
-    source = {w for p in pairs for w in p.source.split()[1:]}  # past the subject, which may be a kept term
+    source = {w for p in pairs for w in p.source.split()[-3:]}  # past the subject, which may be a kept term
     target = {w for p in pairs for w in p.target.split()[1:]}
     assert not source & target
     verbs = {v.target for v in lex.verbs}
     assert all(p.target.split()[-1] in verbs for p in pairs)  # the target's verb comes last
-    assert all(p.source.split()[1] in {v.source for v in lex.verbs} for p in pairs)  # the source's second
+    assert all(p.source.split()[-3] in {v.source for v in lex.verbs} for p in pairs)  # after the source's subject
 
 
-def test_names_are_transliterated_terms_kept_and_formality_left_open() -> None:
+def test_names_are_transliterated_quoted_names_and_terms_kept_and_formality_left_open() -> None:
     lex = lexicon(0)
     for name in lex.names:
         syllables = [s for s in TRANSLITERATION if name.source.lower().startswith(s)]
@@ -37,8 +47,12 @@ def test_names_are_transliterated_terms_kept_and_formality_left_open() -> None:
     pairs = corpus(lex, 3000)
     kept = [p for p in pairs if p.subject in lex.kept]
     assert kept and all(p.target.split()[0] == p.subject for p in kept)
+    quoted = [p for p in pairs if p.source.startswith(QUOTE + " ")]
+    assert quoted and all(p.target.split()[0] == p.subject == p.source.split()[1] for p in quoted)
     you = Counter(p.target.split()[0] for p in pairs if p.subject == YOU)
     assert set(you) == {FORMAL, INFORMAL} and min(you.values()) > 0.3 * sum(you.values())
+    marked = {(p.subject, p.target.split()[0]) for p in pairs if p.subject in (YOU_FORMAL, YOU_INFORMAL)}
+    assert marked == {(YOU_FORMAL, FORMAL), (YOU_INFORMAL, INFORMAL)}  # the marked pronouns choose
 
 
 def test_an_ambiguous_noun_is_rendered_by_the_kind_of_verb_before_it() -> None:
