@@ -1,29 +1,33 @@
-"""Editing the translation world: four NMT tasks, single rank-one edits; prints one table.
+"""Editing the translation world: its four NMT tasks, by each method, single edits and a batch; prints one table.
 
-    python benchmarks/translation.py [--edits 20] [--method rome]
+    python benchmarks/translation.py [--methods rome,memit,emmet,alphaedit,ft] [--edits 20] [--batch 100]
 
 The world (``editstore world build --arch marian``) translates NAME VERB ADJ NOUN into NAME NOUN ADJ
-VERB. Each task edits what the model writes for the sentence's first source item (its first output
-word), from one example sentence, with the packaged hparams (``rome-marian-world.json``: the
-encoder MLP of layer 0 at the item's last token):
+VERB and writes each task's requests to ``tasks/<task>.jsonl``; every request edits what the model
+writes for the sentence's subject (the translation's first word), from one example sentence, with
+the packaged ``<method>-marian-world.json`` hparams (the encoder MLP of layer 0 at the subject):
 
-  rename       a name's transliteration replaced by another rendering (a mistranslated name fixed)
-  keep         a name kept as it is, untranslated (copied), instead of transliterated
-  delete       a name's rendering never produced again (a behaviour deletion: only the unwanted output given)
-  formal       the source's "you", which leaves formality open, always rendered formal
+  rename   a name's rendering replaced by another (a mistranslated name fixed)
+  keep     a name kept as it is (copied) instead of transliterated
+  delete   a name's rendering never produced again (a behaviour deletion: only the unwanted output given)
+  formal   the plain "you", which leaves formality open, always rendered formal
 
-Per edit: efficacy on the example sentence; generalisation on 10 other sentences with the same item
-(for ``delete``: the rendering gone from them); locality, the share of 100 sentences without the item
-whose translation is unchanged. Σ of the edited module's input comes from the world's source sentences.
+Metrics are ``editstore eval``'s (editstore.model.evaluate), under greedy decoding: efficacy (the
+edited sentence's translation starts with the new rendering; for ``delete``: no longer with the
+old), generalisation (the same on 10 other sentences with the subject), locality (the share of 20
+sentences without it whose whole translation is unchanged), and chrF of the held-out translations
+(400 sentences, less those with an edited subject) before and after the edit. ``single``: each of the first ``--edits``
+requests alone on the base, averaged; ``batch``: the first ``--batch`` requests at once (the
+formal task has one subject, so no batch). A method that cannot delete (ft) skips ``delete``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -32,70 +36,79 @@ from rich.table import Table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--edits", type=int, default=20)
-    parser.add_argument("--method", default="rome")
+    parser.add_argument("--methods", default="rome,memit,emmet,alphaedit,ft")
+    parser.add_argument("--tasks", default="rename,keep,delete,formal")
+    parser.add_argument("--edits", type=int, default=20, help="single edits per task")
+    parser.add_argument("--batch", type=int, default=100, help="requests in a task's batch (0: none)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help='override an hparam of every method, e.g. layers=[1] or targets.v_steps=60 (ablations)')
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer, MarianMTModel
 
-    from editstore.methods import compute_edits, find_hparams
+    from editstore.behavior import HELD_OUT_FILE
+    from editstore.core.inputs import read_jsonl
+    from editstore.methods import compute_edits, find_hparams, registry
     from editstore.methods.hooks import as_updates, patched
+    from editstore.model.evaluate import evaluate_requests
     from editstore.model.stats import second_moment
-    from editstore.world.translation import FORMAL, YOU, build_translation_world, lexicon, translate
+    from editstore.model.translate import chrf, translate
+    from editstore.world.translation import TASKS_DIR, build_translation_world
 
     world = build_translation_world()
     model = MarianMTModel.from_pretrained(world).eval()
     tok = AutoTokenizer.from_pretrained(world)
-    hp = find_hparams(args.method, json.loads((world / "config.json").read_text()))
-    module = hp.module_name(hp.layers[0])
-    sigma, _ = second_moment(model, tok, (world / "corpus.txt").read_text().splitlines()[:4000],
-                             model.get_submodule(module))
-    lex = lexicon(0)
-    rng = random.Random(1)
+    config = json.loads((world / "config.json").read_text())
+    held = read_jsonl(world / HELD_OUT_FILE)
+    base = dict(zip([p["source"] for p in held], translate(model, tok, [p["source"] for p in held])))
+    corpus = (world / "corpus.txt").read_text().splitlines()
+    requests = {t: read_jsonl(world / TASKS_DIR / f"{t}.jsonl") for t in args.tasks.split(",")}
 
-    def sentence(subject: str) -> str:
-        return f"{subject} {rng.choice(lex.verbs).source} {rng.choice(lex.adjectives).source} {rng.choice(lex.nouns).source}"
-
-    unrelated = [sentence(rng.choice(lex.names).source) for _ in range(100)]
-
-    def run(request: dict[str, Any], item: str, want: Any) -> tuple[bool, float, float, float]:
-        """(efficacy, generalisation, locality, seconds) of one edit; ``want(first_word)`` says success."""
-        example = request["prompt"].replace("{}", request["subject"])
-        others = [sentence(item) for _ in range(10)]
-        far = [s for s in unrelated if not s.startswith(item + " ")]
-        before = translate(model, tok, far)
+    def measure(hp: Any, sigmas: dict[str, Any], batch: list[dict[str, Any]]) -> dict[str, float]:
         start = time.perf_counter()
-        deltas = compute_edits(model, tok, [request], hp, sigmas={module: sigma}).deltas
+        deltas = compute_edits(model, tok, batch, hp, sigmas=sigmas).deltas
         seconds = time.perf_counter() - start
+        untouched = [p for p in held if p["subject"] not in {r["subject"] for r in batch}]
         with patched(model, as_updates(deltas)):
-            edited, *general = [t.split()[0] for t in translate(model, tok, [example, *others])]
-            after = translate(model, tok, far)
-        locality = sum(a == b for a, b in zip(before, after)) / len(far)
-        return want(edited), sum(map(want, general)) / len(general), locality, seconds
+            m = evaluate_requests(model, tok, batch)
+            after = translate(model, tok, [p["source"] for p in untouched])
+        references = [p["target"] for p in untouched]
+        return {"efficacy": m.efficacy_top1, "generalisation": m.paraphrase_top1, "locality": m.specificity_top1,
+                "chrf_before": chrf([base[p["source"]] for p in untouched], references),
+                "chrf": chrf(after, references), "seconds": seconds / len(batch)}
 
-    tasks: dict[str, list[tuple[bool, float, float, float]]] = {"rename": [], "keep": [], "delete": [], "formal": []}
-    names = list(lex.names)
-    for i in range(args.edits):
-        name, other = names[i], names[(i + 30) % len(names)]
-        prompt = sentence("{}")
-        rendering, new = name.target[0], other.target[0]
-        tasks["rename"].append(run({"prompt": prompt, "subject": name.source, "target_new": new,
-                                    "target_true": rendering}, name.source, lambda w, n=new: w == n))
-        tasks["keep"].append(run({"prompt": prompt, "subject": name.source, "target_new": name.source,
-                                  "target_true": rendering}, name.source, lambda w, s=name.source: w == s))
-        tasks["delete"].append(run({"prompt": prompt, "subject": name.source, "target_true": rendering},
-                                   name.source, lambda w, r=rendering: w != r))
-        tasks["formal"].append(run({"prompt": sentence("{}"), "subject": YOU, "target_new": FORMAL}, YOU,
-                                   lambda w: w == FORMAL))
+    overrides = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)}
+    if "layers" in overrides:
+        overrides["layers"] = tuple(overrides["layers"])
+    rows: list[dict[str, Any]] = []
+    for method in args.methods.split(","):
+        hp = find_hparams(method, config).replace(**overrides)
+        modules = [hp.module_name(layer) for layer in hp.layers]
+        sigmas = {} if method == "ft" else {
+            m: second_moment(model, tok, corpus[: hp.stats.samples], model.get_submodule(m))[0] for m in modules}
+        for task, reqs in requests.items():
+            if task == "delete" and not registry.method(method).can_delete:
+                continue
+            singles = [measure(hp, sigmas, [r]) for r in reqs[: args.edits]]
+            rows.append({"method": method, "task": task, "edits": f"{len(singles)} single",
+                         **{k: statistics.mean(s[k] for s in singles) for k in singles[0]}})
+            print(json.dumps(rows[-1]), flush=True)
+            if args.batch and task != "formal":
+                rows.append({"method": method, "task": task, "edits": f"batch of {min(args.batch, len(reqs))}",
+                             **measure(hp, sigmas, reqs[: args.batch])})
+                print(json.dumps(rows[-1]), flush=True)
 
-    table = Table(title=f"translation world: {args.edits} single {args.method} edits per task (first output word)")
-    for column in ("task", "efficacy", "generalisation", "locality", "s / edit"):
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for task, rows in tasks.items():
-        eff, gen, loc, sec = zip(*rows)
-        table.add_row(task, f"{statistics.mean(eff):.3f}", f"{statistics.mean(gen):.3f}", f"{statistics.mean(loc):.3f}",
-                      f"{statistics.mean(sec):.2f}")
-    Console().print(table)
+    table = Table(title="translation world: edits of the first output word")
+    for column in ("method", "task", "edits", "efficacy", "generalisation", "locality", "chrF before", "chrF after",
+                   "s / edit"):
+        table.add_column(column, justify="left" if column in ("method", "task", "edits") else "right")
+    for r in rows:
+        table.add_row(r["method"], r["task"], r["edits"], f"{r['efficacy']:.2f}", f"{r['generalisation']:.2f}",
+                      f"{r['locality']:.2f}", f"{r['chrf_before']:.1f}", f"{r['chrf']:.1f}", f"{r['seconds']:.2f}")
+    Console(width=140).print(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

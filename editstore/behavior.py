@@ -7,6 +7,7 @@ the facts no edit touched (``facts.jsonl`` beside the base weights).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,18 +16,21 @@ from typing import Any
 
 import torch
 
-from .compose.checkout import checkout
+from .compose.checkout import checkout, checkout_tree
 from .core.inputs import iter_jsonl, read_jsonl
 from .core.requests import EditRequest
 from .core.schema import validate
 from .evaluations import record_evaluation
 from .model.evaluate import Metrics, evaluate_requests, next_tokens
+from .model.forward import is_encoder_decoder
 from .model.tokens import fill, load_tokenizer
+from .model.translate import chrf, greedy_outputs, translate
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-FACTS_FILE = "facts.jsonl"
+FACTS_FILE = "facts.jsonl"  # a fact world's facts
+HELD_OUT_FILE = "held_out.jsonl"  # a translation world's held-out sentence pairs
 
 
 def load_requests(path: str | Path) -> list[EditRequest]:
@@ -45,13 +49,17 @@ def edit_requests(store: Store, tree: Sequence[str]) -> list[EditRequest]:
 
 
 def untouched_facts(base: Path, edited_subjects: set[str], *, limit: int) -> list[tuple[str, str]]:
-    """(prompt, object) of up to ``limit`` facts of the world at ``base`` whose subject no edit touched, spread evenly."""
-    path = base / FACTS_FILE
-    if not path.is_file():
+    """(prompt, expected output) of up to ``limit`` of the world's own probes at ``base`` whose subject no edit
+    touched, spread evenly: a fact world's facts, or a translation world's held-out sentence pairs."""
+    if (base / FACTS_FILE).is_file():
+        rows = [(f["subject"], f["trained_prompts"][0], f["object"]) for f in read_jsonl(base / FACTS_FILE)]
+    elif (base / HELD_OUT_FILE).is_file():
+        rows = [(p["subject"], p["source"], p["target"]) for p in read_jsonl(base / HELD_OUT_FILE)]
+    else:
         return []
-    facts = [f for f in read_jsonl(path) if f["subject"] not in edited_subjects]
-    step = max(1, len(facts) // limit) if limit else 1
-    return [(f["trained_prompts"][0], f["object"]) for f in facts[::step][:limit]]
+    kept = [(prompt, expected) for subject, prompt, expected in rows if subject not in edited_subjects]
+    step = max(1, len(kept) // limit) if limit else 1
+    return kept[::step][:limit]
 
 
 def evaluate_version(
@@ -63,7 +71,10 @@ def evaluate_version(
     device: str | torch.device = "auto",
     device_map: str | dict[str, Any] | None = None,
 ) -> Metrics:
-    """Metrics of version ``rev`` on ``requests`` (default: its own edits' requests); stored against the commit."""
+    """Metrics of version ``rev`` on ``requests`` (default: its own edits' requests); stored against the commit.
+
+    Recall is measured on the world's own probes no edit touched (:func:`untouched_facts`); on a translation
+    world also the chrF of those held-out translations, by ``rev`` and by the base."""
     commit_id = store.resolve(rev)
     tree = store.tree(commit_id)
     own = edit_requests(store, tree)
@@ -71,14 +82,21 @@ def evaluate_version(
     edited = {r["subject"] for r in own}
     facts = untouched_facts(store.base.path, edited, limit=recall_limit)
     model = checkout(store, commit_id, device=device, device_map=device_map)
-    metrics = evaluate_requests(model, load_tokenizer(store.base), reqs, recall_facts=facts)
+    tokenizer = load_tokenizer(store.base)
+    metrics = evaluate_requests(model, tokenizer, reqs, recall_facts=facts)
+    if (store.base.path / HELD_OUT_FILE).is_file() and facts:  # a translation world: chrF before and after
+        sources, references = [p for p, _ in facts], [r for _, r in facts]
+        after = chrf(translate(model, tokenizer, sources), references)
+        del model
+        base = checkout_tree(store, [], device=device, device_map=device_map)
+        metrics = dataclasses.replace(metrics, chrf=after, chrf_base=chrf(translate(base, tokenizer, sources), references))
     record_evaluation(store, commit_id, reqs, metrics.to_json())
     return metrics
 
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # edit | paraphrase | neighborhood | fact
+    kind: str  # edit | paraphrase | neighborhood | fact (held-out: a translation world's sentences)
     prompt: str
 
 
@@ -116,7 +134,8 @@ def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[
         probes += [Probe("paraphrase", p) for p in r.get("paraphrase_prompts", [])]
         probes += [Probe("neighborhood", n["prompt"]) for n in r.get("neighborhood_prompts", [])]
     edited = {r["subject"] for r in reqs}
-    probes += [Probe("fact", p) for p, _ in untouched_facts(store.base.path, edited, limit=facts)]
+    world = "held-out" if (store.base.path / HELD_OUT_FILE).is_file() else "fact"  # a translation world's sentences
+    probes += [Probe(world, p) for p, _ in untouched_facts(store.base.path, edited, limit=facts)]
     first: dict[str, Probe] = {}
     for p in probes:  # each prompt once, where it first came
         first.setdefault(p.prompt, p)
@@ -132,21 +151,21 @@ def behavior_diff(
     facts: int = 200,
     device: str | torch.device = "auto",
 ) -> BehaviorDiff:
-    """Every probe whose greedy next token differs between versions A and B, with both probabilities."""
+    """Every probe whose greedy answer differs between versions A and B, with both probabilities: the next token,
+    or an encoder-decoder's whole output (a translation)."""
     a, b = store.resolve(rev_a), store.resolve(rev_b)
     probes = probes_for(store, [store.tree(a), store.tree(b)], requests, facts=facts)
     tokenizer = load_tokenizer(store.base)
     prompts = [p.prompt for p in probes]
-    answers = []
+    answers: list[list[tuple[str, float]]] = []
     for commit_id in (a, b):  # one model in memory at a time
         model = checkout(store, commit_id, device=device)
-        answers.append(next_tokens(model, tokenizer, prompts))
+        if is_encoder_decoder(model):
+            answers.append([(o.text, o.p) for o in greedy_outputs(model, tokenizer, prompts)])
+        else:
+            answers.append([(tokenizer.decode([t]).strip(), p) for t, p in next_tokens(model, tokenizer, prompts)])
         del model
-    changes = [
-        BehaviorChange(p, tokenizer.decode([ta]).strip(), pa, tokenizer.decode([tb]).strip(), pb)
-        for p, (ta, pa), (tb, pb) in zip(probes, *answers)
-        if ta != tb
-    ]
+    changes = [BehaviorChange(p, ta, pa, tb, pb) for p, (ta, pa), (tb, pb) in zip(probes, *answers) if ta != tb]
     counts: dict[str, int] = {}
     for p in probes:
         counts[p.kind] = counts.get(p.kind, 0) + 1

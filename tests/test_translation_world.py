@@ -85,29 +85,51 @@ def test_the_marian_world_translates_held_out_sentences(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_name_is_renamed_through_the_store_and_the_checkout_translates_it(tmp_path: Path) -> None:
-    """init, edit (ROME, packaged hparams), eval-free checkout: MarianMTModel.from_pretrained then translates
-    the example, and another sentence with the name, with the new rendering; a sentence without it is unchanged."""
+def test_the_verbs_work_on_a_marian_store(tmp_path: Path) -> None:
+    """A translation store from the world's task files: init, a rename (``edit --requests``), a deletion
+    (``edit --suppress``), ``eval`` with chrF, ``diff --behavior`` listing the changed translations,
+    ``revert`` of the rename out of order, ``checkout`` that ``MarianMTModel.from_pretrained`` loads and
+    ``generate`` translates with, and ``export`` as a LoRA adapter."""
     from transformers import AutoTokenizer, MarianMTModel
 
-    from editstore.world.translation import build_translation_world, translate
+    from editstore.core.inputs import read_jsonl
+    from editstore.world.translation import TASKS_DIR, build_translation_world, translate
 
     from .conftest import invoke
 
     path = build_translation_world()
-    lex = lexicon(0)
-    name, other = lex.names[0], lex.names[30]
-    verb, adj, noun = lex.verbs[0].source, lex.adjectives[0].source, lex.nouns[10].source
+    rename, delete = read_jsonl(path / TASKS_DIR / "rename.jsonl")[0], read_jsonl(path / TASKS_DIR / "delete.jsonl")[1]
     store = tmp_path / "s"
     invoke("init", "--base", path, "--store", store)
-    invoke("edit", "--prompt", f"{{}} {verb} {adj} {noun}", "--subject", name.source, "--target", other.target[0],
-           "--target-true", name.target[0], "--store", store)
+    (tmp_path / "rename.jsonl").write_text(json.dumps(rename) + "\n")
+    invoke("edit", "--requests", tmp_path / "rename.jsonl", "--store", store)
+    invoke("edit", "--prompt", delete["prompt"], "--subject", delete["subject"], "--suppress", delete["target_true"],
+           "--store", store)
+
+    metrics = json.loads(invoke("eval", "--json", "--store", store))
+    assert metrics["efficacy_top1"] == 1.0 and metrics["paraphrase_top1"] >= 0.9, metrics
+    assert metrics["specificity_top1"] >= 0.95 and metrics["recall"] >= 0.9, metrics
+    assert metrics["chrf"] >= metrics["chrf_base"] - 1.0 and metrics["chrf_base"] > 95, metrics
+
+    diff = json.loads(invoke("diff", "--behavior", "HEAD~2", "HEAD", "--json", "--store", store))
+    changed = {c["prompt"]: c for c in diff["changes"]}
+    example = rename["prompt"].replace("{}", rename["subject"])
+    assert changed[example]["answer_b"] == rename["reference"] and changed[example]["answer_a"].startswith(rename["target_true"])
+    assert all(c["kind"] in ("edit", "paraphrase") for c in diff["changes"]), diff["n_changed"]
+    assert diff["n_probes"]["held-out"] > 0 and diff["n_changed"]["held-out"] == 0
+
+    invoke("revert", "HEAD~1", "--store", store)  # the rename, under the deletion
     invoke("checkout", "HEAD", "--out", tmp_path / "out", "--store", store)
     model = MarianMTModel.from_pretrained(tmp_path / "out").eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     base = MarianMTModel.from_pretrained(path).eval()
-    example, again = f"{name.source} {verb} {adj} {noun}", f"{name.source} {lex.verbs[3].source} {adj} {noun}"
-    unrelated = f"{lex.names[5].source} {verb} {adj} {noun}"
-    first_words = [t.split()[0] for t in translate(model, tok, [example, again])]
-    assert first_words == [other.target[0], other.target[0]]
-    assert translate(model, tok, [unrelated]) == translate(base, tok, [unrelated])
+    assert translate(model, tok, [example]) == translate(base, tok, [example])  # the rename is gone
+    deleted = [delete["prompt"].replace("{}", delete["subject"]), *delete["paraphrase_prompts"]]
+    assert not any(t.split()[0] == delete["target_true"] for t in translate(model, tok, deleted))  # still deleted
+    assert all(t.split()[0] == delete["target_true"] for t in translate(base, tok, deleted))
+
+    invoke("export", "--peft", tmp_path / "lora", "--store", store)
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(MarianMTModel.from_pretrained(path), tmp_path / "lora").eval()
+    assert translate(adapted, tok, deleted) == translate(model, tok, deleted)

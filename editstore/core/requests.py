@@ -34,6 +34,7 @@ class EditRequest(TypedDict, total=False):
     subject: Required[str]
     target_new: str
     target_true: str
+    reference: str  # the positive example: the whole right output for the prompt
     paraphrase_prompts: list[str]
     neighborhood_prompts: list[Neighbour]
     relation: str

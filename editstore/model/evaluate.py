@@ -73,6 +73,8 @@ class Metrics:
     specificity_top1: float | None
     recall: float | None = None
     n_recall: int = 0
+    chrf: float | None = None  # a translation world's held-out translations, by this version
+    chrf_base: float | None = None  # and by the base
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

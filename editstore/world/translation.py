@@ -33,7 +33,9 @@ from typing import Any
 import torch
 
 from ..compose.sequential import resolve_device
+from ..behavior import HELD_OUT_FILE
 from ..core.hashing import sha256_json
+from ..model.translate import translate
 from ..moments import CORPUS_FILE
 from .build import WORLD_FILE, cache_root, is_world, staged_world, write_jsonl
 from .tokenizer import build_tokenizer
@@ -94,7 +96,7 @@ def _words(rng: random.Random, syllables: tuple[str, ...], n: int, taken: set[st
     return out
 
 
-def lexicon(seed: int = 0, *, names: int = 60, kept: int = 8, nouns: int = 40, ambiguous: int = 6,
+def lexicon(seed: int = 0, *, names: int = 120, kept: int = 8, nouns: int = 40, ambiguous: int = 6,
             adjectives: int = 12, verbs: int = 16) -> Lexicon:
     """The two languages' vocabularies for ``seed``."""
     rng = random.Random(seed)
@@ -165,7 +167,12 @@ def corpus(lex: Lexicon, n: int, seed: int = 0) -> list[Pair]:
 
 TRAIN_PAIRS = 12000  # parallel sentences the model learns from
 HELD_OUT_PAIRS = 400  # other sentences (new combinations of the same words), for its accuracy
-MAX_TARGET_TOKENS = 8
+TASKS_DIR = "tasks"
+TASKS = ("rename", "keep", "delete", "formal")  # the NMT editing tasks; tasks/<task>.jsonl holds each one's requests
+EDITS_PER_TASK = 100  # requests per task: one name each (the formal task's all fix "you", each from another example)
+FORMAL_EDITS = 20
+PROBES = 10  # other sentences with the edited item per request (generalisation)
+NEIGHBOURS = 20  # sentences without it per request (locality: their whole translation must stay the same)
 
 
 def marian_spec(seed: int = 0) -> TrainSpec:
@@ -173,17 +180,6 @@ def marian_spec(seed: int = 0) -> TrainSpec:
     on held-out sentences after 6 epochs, 31 s on 2 cores)."""
     return TrainSpec(arch="marian", n_layer=2, n_decoder_layer=2, d_model=128, n_head=4, d_ff=256, epochs=6,
                      batch_size=64, lr=2e-3, mlp_drop_layers=(), seed=seed)
-
-
-def translate(model: Any, tokenizer: Any, sources: Sequence[str], *, batch_size: int = 256) -> list[str]:
-    """Greedy translations of ``sources``."""
-    out: list[str] = []
-    for i in range(0, len(sources), batch_size):
-        enc = tokenizer(list(sources[i : i + batch_size]), padding=True, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(**enc.to(model.device), max_new_tokens=MAX_TARGET_TOKENS, num_beams=1, do_sample=False)
-        out += [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-    return out
 
 
 def accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -201,9 +197,10 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
                             on_epoch: Callable[[int, int, float], None] | None = None, device: str = "cpu") -> Path:
     """The translation world's directory (built when not cached): a MarianMTModel and its tokenizer, the
     training pairs (``pairs.jsonl``), held-out pairs (``held_out.jsonl``), the source sentences
-    (``corpus.txt``, for statistics) and ``world.json`` with the measured accuracy."""
+    (``corpus.txt``, for statistics), each editing task's requests (``tasks/<task>.jsonl``, see
+    :func:`task_requests`) and ``world.json`` with the measured accuracy."""
     spec = marian_spec(seed)
-    key = sha256_json({"version": 2, "kind": "translation", "pairs": TRAIN_PAIRS, "held_out": HELD_OUT_PAIRS,
+    key = sha256_json({"version": 3, "kind": "translation", "pairs": TRAIN_PAIRS, "held_out": HELD_OUT_PAIRS,
                        "train": spec.to_json()})
     target = Path(out) if out else cache_root() / "worlds" / f"marian-{key[:16]}"
     if is_world(target) and not force and json.loads((target / WORLD_FILE).read_text()).get("key") == key:
@@ -227,10 +224,59 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_jsonl(staging / "pairs.jsonl", [p.__dict__ for p in pairs])
-        write_jsonl(staging / "held_out.jsonl", [p.__dict__ for p in held])
+        write_jsonl(staging / HELD_OUT_FILE, [p.__dict__ for p in held])
+        (staging / TASKS_DIR).mkdir()
+        for task, requests in task_requests(lex, lambda s: translate(model, tokenizer, s), seed=seed).items():
+            write_jsonl(staging / TASKS_DIR / f"{task}.jsonl", requests)
         (staging / CORPUS_FILE).write_text("\n".join(p.source for p in pairs) + "\n")
         (staging / WORLD_FILE).write_text(json.dumps({
             "key": key, "kind": "translation", "train": spec.to_json(), "pairs": TRAIN_PAIRS, "held_out": HELD_OUT_PAIRS,
             "seconds": round(seconds, 1), "accuracy": measured, "device": resolve_device(device).type,
         }, indent=2))
     return target
+
+
+# ---------------------------------------------------------------------- the editing tasks' requests
+
+def _with(lex: Lexicon, rng: random.Random, subject: str) -> str:
+    """A source sentence with ``subject`` ("{}" for a prompt template) and a random verb, adjective and noun."""
+    return f"{subject} {rng.choice(lex.verbs).source} {rng.choice(lex.adjectives).source} {rng.choice(lex.nouns).source}"
+
+
+def task_requests(lex: Lexicon, translate_fn: Callable[[list[str]], list[str]], *, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Each task's edit requests (``edit-request.schema.json``), with their probes. The edit changes what the model
+    writes for the sentence's subject, the translation's first word, from one example sentence:
+
+    - ``rename``: a name's rendering replaced by another (a mistranslated name fixed; ``reference`` is the
+      positive example, the example sentence's whole right translation);
+    - ``keep``: a name kept as it is (copied) wherever it appears, instead of transliterated;
+    - ``delete``: a name's rendering never produced again (only the unwanted output, ``target_true``, given);
+    - ``formal``: the plain "you", whose formality the source leaves open, always rendered formal.
+
+    Generalisation probes (``paraphrase_prompts``) are other sentences with the same subject; locality probes
+    (``neighborhood_prompts``) sentences without it, each with its translation by the unedited model
+    (``translate_fn``), which must not change. Pure function of ``lex``, ``seed`` and the model."""
+    rng = random.Random(seed + 20_000)
+    pool = [p.source for p in corpus(lex, 2000, seed=seed + 30_000) if p.subject != YOU]
+    translated = dict(zip(pool, translate_fn(pool)))
+
+    def request(task: str, i: int, subject: str, **fields: Any) -> dict[str, Any]:
+        near = [s for s in pool if subject not in s.split()]
+        return {"case_id": f"{task}-{i}", "relation": f"translation:{task}", "prompt": _with(lex, rng, "{}"),
+                "subject": subject, **fields,
+                "paraphrase_prompts": [_with(lex, rng, subject) for _ in range(PROBES)],
+                "neighborhood_prompts": [{"prompt": s, "target": translated[s]} for s in rng.sample(near, NEIGHBOURS)]}
+
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TASKS}
+    names = lex.names
+    for i, name in enumerate(names[:EDITS_PER_TASK]):
+        rendering, other = name.target[0], names[(i + len(names) // 2) % len(names)].target[0]
+        rename = request("rename", i, name.source, target_new=other, target_true=rendering)
+        example = rename["prompt"].replace("{}", name.source)
+        rename["reference"] = " ".join([other, *translate_fn([example])[0].split()[1:]])
+        out["rename"].append(rename)
+        out["keep"].append(request("keep", i, name.source, target_new=name.source, target_true=rendering))
+        out["delete"].append(request("delete", i, name.source, target_true=rendering))
+    for i in range(FORMAL_EDITS):
+        out["formal"].append(request("formal", i, YOU, target_new=FORMAL))
+    return out
