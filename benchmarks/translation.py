@@ -1,6 +1,6 @@
 """Editing the translation world: its four NMT tasks, by each method, single edits and a batch; prints one table.
 
-    python benchmarks/translation.py [--methods rome,memit,emmet,alphaedit,ft] [--edits 20] [--batch 100]
+    python benchmarks/translation.py [--methods rome,memit,emmet,alphaedit,ft,mend] [--edits 20] [--batch 100]
 
 The world (``editstore world build --arch marian``) translates NAME VERB ADJ NOUN into NAME NOUN ADJ
 VERB and writes each task's requests to ``tasks/<task>.jsonl``; every request edits what the model
@@ -18,7 +18,9 @@ old), generalisation (the same on 10 other sentences with the subject), locality
 sentences without it whose whole translation is unchanged), and chrF of the held-out translations
 (400 sentences, less those with an edited subject) before and after the edit. ``single``: each of the first ``--edits``
 requests alone on the base, averaged; ``batch``: the first ``--batch`` requests at once (the
-formal task has one subject, so no batch). A method that cannot delete (ft) skips ``delete``.
+formal task has one subject, so no batch). A method that cannot delete (ft, mend) skips ``delete``.
+MEND's editor is trained here on the rename and keep requests past the first ``--edits`` (other
+names), measured on single edits only (a batch of 100 would hold its training names).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from rich.table import Table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="rome,memit,emmet,alphaedit,ft")
+    parser.add_argument("--methods", default="rome,memit,emmet,alphaedit,ft,mend")
     parser.add_argument("--tasks", default="rename,keep,delete,formal")
     parser.add_argument("--edits", type=int, default=20, help="single edits per task")
     parser.add_argument("--batch", type=int, default=100, help="requests in a task's batch (0: none)")
@@ -65,9 +67,9 @@ def main() -> None:
     corpus = (world / "corpus.txt").read_text().splitlines()
     requests = {t: read_jsonl(world / TASKS_DIR / f"{t}.jsonl") for t in args.tasks.split(",")}
 
-    def measure(hp: Any, sigmas: dict[str, Any], batch: list[dict[str, Any]]) -> dict[str, float]:
+    def measure(hp: Any, sigmas: dict[str, Any], batch: list[dict[str, Any]], editor: Any = None) -> dict[str, float]:
         start = time.perf_counter()
-        deltas = compute_edits(model, tok, batch, hp, sigmas=sigmas).deltas
+        deltas = compute_edits(model, tok, batch, hp, sigmas=sigmas, editor=editor).deltas
         seconds = time.perf_counter() - start
         untouched = [p for p in held if p["subject"] not in {r["subject"] for r in batch}]
         with patched(model, as_updates(deltas)):
@@ -78,6 +80,17 @@ def main() -> None:
                 "chrf_before": chrf([base[p["source"]] for p in untouched], references),
                 "chrf": chrf(after, references), "seconds": seconds / len(batch)}
 
+    def train_mend(hp: Any, requests: dict[str, list[dict[str, Any]]], skip: int) -> Any:
+        """A MEND editor trained on the rename and keep requests past the first ``skip`` (which are measured)."""
+        from editstore.methods.mend import train_editor
+        from editstore.methods.splits import split_by_subject
+
+        train = [r for t in ("rename", "keep") for r in requests.get(t, [])[skip:]]
+        train, val = split_by_subject(train, hp.mend.val_size)
+        editor, metrics = train_editor(model, tok, [hp.module_name(layer) for layer in hp.layers], train, val, hp.mend)
+        print(json.dumps({"mend training": metrics}), flush=True)
+        return editor
+
     overrides = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)}
     if "layers" in overrides:
         overrides["layers"] = tuple(overrides["layers"])
@@ -85,16 +98,18 @@ def main() -> None:
     for method in args.methods.split(","):
         hp = find_hparams(method, config).replace(**overrides)
         modules = [hp.module_name(layer) for layer in hp.layers]
-        sigmas = {} if method == "ft" else {
-            m: second_moment(model, tok, corpus[: hp.stats.samples], model.get_submodule(m))[0] for m in modules}
+        needs_sigma = registry.method(method).needs_statistics
+        sigmas = {m: second_moment(model, tok, corpus[: hp.stats.samples], model.get_submodule(m))[0]
+                  for m in modules} if needs_sigma else {}
+        editor = train_mend(hp, requests, args.edits) if method == "mend" else None
         for task, reqs in requests.items():
             if task == "delete" and not registry.method(method).can_delete:
                 continue
-            singles = [measure(hp, sigmas, [r]) for r in reqs[: args.edits]]
+            singles = [measure(hp, sigmas, [r], editor) for r in reqs[: args.edits]]
             rows.append({"method": method, "task": task, "edits": f"{len(singles)} single",
                          **{k: statistics.mean(s[k] for s in singles) for k in singles[0]}})
             print(json.dumps(rows[-1]), flush=True)
-            if args.batch and task != "formal":
+            if args.batch and task != "formal" and method != "mend":
                 rows.append({"method": method, "task": task, "edits": f"batch of {min(args.batch, len(reqs))}",
                              **measure(hp, sigmas, reqs[: args.batch])})
                 print(json.dumps(rows[-1]), flush=True)

@@ -50,8 +50,8 @@ def test_packaged_hparams_cover_every_method_and_architecture_and_validate() -> 
     from editstore.methods.hparams import METHODS, packaged_hparams
 
     found = {(h.method, h.architecture) for h in packaged_hparams()}  # loading validates each file
-    mend = {("mend", a) for a in ("gpt2-world", "llama-world", "t5-world", "gpt2")}  # an editor is trained per base anyway
-    translation = {(m, "marian-world") for m in METHODS if m != "mend"}  # the translation world
+    mend = {("mend", a) for a in ("gpt2-world", "llama-world", "t5-world", "marian-world", "gpt2")}  # an editor is trained per base anyway
+    translation = {(m, "marian-world") for m in METHODS if m != "mend"}  # the translation world (not in ARCHITECTURES)
     assert found == {(m, a) for m in METHODS if m != "mend" for a in ARCHITECTURES} | mend | translation
     files = sorted(resources.files("editstore.methods").joinpath("hparams").iterdir(), key=lambda f: f.name)
     assert len(files) == len(found)

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from ..compose.sequential import resolve_device
 from ..behavior import HELD_OUT_FILE
+from ..compose.sequential import resolve_device
 from ..core.hashing import sha256_json
 from ..model.translate import translate
 from ..moments import CORPUS_FILE
