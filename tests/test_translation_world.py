@@ -85,6 +85,33 @@ def test_the_marian_world_translates_held_out_sentences(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_world_writes_each_task_as_valid_requests_with_probes() -> None:
+    """tasks/<task>.jsonl: requests in the schema; a rename carries its positive example; generalisation
+    probes hold the subject and locality probes do not, each with the base's translation as its target."""
+    from transformers import AutoTokenizer, MarianMTModel
+
+    from editstore.behavior import load_requests
+    from editstore.world.translation import TASKS, TASKS_DIR, build_translation_world, translate
+
+    path = build_translation_world()
+    tasks = {t: load_requests(path / TASKS_DIR / f"{t}.jsonl") for t in TASKS}  # validates every line
+    assert {t: len(r) for t, r in tasks.items()} == {"rename": 100, "keep": 100, "delete": 100, "formal": 20}
+    assert len({r["subject"] for r in tasks["rename"]}) == 100 and {r["subject"] for r in tasks["formal"]} == {YOU}
+    assert all("target_new" not in r and r["target_true"] for r in tasks["delete"])
+    assert all(r["target_new"] == r["subject"] for r in tasks["keep"])
+    model, tok = MarianMTModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    for task, requests in tasks.items():
+        for r in requests[:5]:
+            assert all(r["subject"] in p.split() for p in r["paraphrase_prompts"])
+            near = r["neighborhood_prompts"]
+            assert near and not any(r["subject"] in n["prompt"].split() for n in near)
+            assert translate(model, tok, [n["prompt"] for n in near]) == [n["target"] for n in near]
+    for r in tasks["rename"][:5]:
+        example = translate(model, tok, [r["prompt"].replace("{}", r["subject"])])[0].split()
+        assert example[0] == r["target_true"] and r["reference"].split() == [r["target_new"], *example[1:]]
+
+
+@pytest.mark.slow
 def test_the_verbs_work_on_a_marian_store(tmp_path: Path) -> None:
     """A translation store from the world's task files: init, a rename (``edit --requests``), a deletion
     (``edit --suppress``), ``eval`` with chrF, ``diff --behavior`` listing the changed translations,

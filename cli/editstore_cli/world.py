@@ -60,7 +60,8 @@ def build(arch: str, size: str, seed: int, device: str, out: Path | None, force:
             bar.close()
         info = json.loads((path / "world.json").read_text())
         click.echo(f"translation world: {info['pairs']} training pairs; trained in {info['seconds']} s; held-out token "
-                   f"accuracy {info['accuracy']['token']:.3f}, exact {info['accuracy']['exact']:.3f}", err=True)
+                   f"accuracy {info['accuracy']['token']:.3f}, exact {info['accuracy']['exact']:.3f}, chrF "
+                   f"{info['accuracy']['chrf']:.1f}", err=True)
         click.echo(str(path))
         return
     config = world_config(arch, seed, size)  # an UnknownWorldError (exit 2) for a size the architecture lacks
