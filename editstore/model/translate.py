@@ -30,9 +30,8 @@ def greedy_outputs(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_ne
                    batch_size: int = 128) -> list[Output]:
     """Each prompt's greedy output (special tokens left out) with its probability."""
     out: list[Output] = []
-    device = next(model.parameters()).device
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, return_tensors="pt").to(device)
+        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, return_tensors="pt").to(model.device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False,
                              output_scores=True, return_dict_in_generate=True)
         steps = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)  # (B, steps)
