@@ -16,9 +16,9 @@ Metrics are ``editstore eval``'s (editstore.model.evaluate), under greedy decodi
 edited sentence's translation starts with the new rendering; for ``delete``: no longer with the
 old), generalisation (the same on 10 other sentences with the subject), locality (the share of 20
 sentences without it whose whole translation is unchanged), and chrF of the held-out translations
-(400 sentences, less those with an edited subject) before and after the edit. ``single``: each of the first ``--edits``
-requests alone on the base, averaged; ``batch``: the first ``--batch`` requests at once (the
-formal task has one subject, so no batch). A method that cannot delete (ft, mend) skips ``delete``.
+(400 sentences, less those with an edited subject) before and after the edit. ``single``: each of
+the first ``--edits`` requests alone on the base, averaged; ``batch``: the first ``--batch``
+requests at once (the formal task has one subject, so no batch). A method that cannot delete (ft, mend) skips ``delete``.
 MEND's editor is trained here on the rename and keep requests past the first ``--edits`` (other
 names), measured on single edits only (a batch of 100 would hold its training names).
 """

@@ -169,8 +169,8 @@ TRAIN_PAIRS = 12000  # parallel sentences the model learns from
 HELD_OUT_PAIRS = 400  # other sentences (new combinations of the same words), for its accuracy
 TASKS_DIR = "tasks"
 TASKS = ("rename", "keep", "delete", "formal")  # the NMT editing tasks; tasks/<task>.jsonl holds each one's requests
-EDITS_PER_TASK = 100  # requests per task: one name each (the formal task's all fix "you", each from another example)
-FORMAL_EDITS = 20
+EDITS_PER_TASK = 100  # requests of the rename, keep and delete tasks: one name each
+FORMAL_EDITS = 20  # requests of the formal task: all fix "you", each from another example sentence
 PROBES = 10  # other sentences with the edited item per request (generalisation)
 NEIGHBOURS = 20  # sentences without it per request (locality: their whole translation must stay the same)
 
