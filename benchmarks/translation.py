@@ -49,21 +49,21 @@ def main() -> None:
 
     from transformers import AutoTokenizer, MarianMTModel
 
-    from editstore.behavior import HELD_OUT_FILE
+    from editstore.behavior import untouched_facts
     from editstore.core.inputs import read_jsonl
     from editstore.methods import compute_edits, find_hparams, registry
     from editstore.methods.hooks import as_updates, patched
     from editstore.model.evaluate import evaluate_requests
     from editstore.model.stats import second_moment
     from editstore.model.translate import chrf, translate
-    from editstore.world.translation import TASKS_DIR, build_translation_world
+    from editstore.world.translation import HELD_OUT_PAIRS, TASKS_DIR, build_translation_world
 
     world = build_translation_world()
     model = MarianMTModel.from_pretrained(world).eval()
     tok = AutoTokenizer.from_pretrained(world)
     config = json.loads((world / "config.json").read_text())
-    held = read_jsonl(world / HELD_OUT_FILE)
-    base = dict(zip([p["source"] for p in held], translate(model, tok, [p["source"] for p in held])))
+    held = untouched_facts(world, set(), limit=HELD_OUT_PAIRS)  # (source, reference) of every held-out sentence
+    base = dict(zip([s for s, _ in held], translate(model, tok, [s for s, _ in held])))
     corpus = (world / "corpus.txt").read_text().splitlines()
     requests = {t: read_jsonl(world / TASKS_DIR / f"{t}.jsonl") for t in args.tasks.split(",")}
 
@@ -71,13 +71,13 @@ def main() -> None:
         start = time.perf_counter()
         deltas = compute_edits(model, tok, batch, hp, sigmas=sigmas, editor=editor).deltas
         seconds = time.perf_counter() - start
-        untouched = [p for p in held if p["subject"] not in {r["subject"] for r in batch}]
+        untouched = untouched_facts(world, {r["subject"] for r in batch}, limit=HELD_OUT_PAIRS)  # as `eval` does
+        sources, references = [s for s, _ in untouched], [r for _, r in untouched]
         with patched(model, as_updates(deltas)):
             m = evaluate_requests(model, tok, batch)
-            after = translate(model, tok, [p["source"] for p in untouched])
-        references = [p["target"] for p in untouched]
+            after = translate(model, tok, sources)
         return {"efficacy": m.efficacy_top1, "generalisation": m.paraphrase_top1, "locality": m.specificity_top1,
-                "chrf_before": chrf([base[p["source"]] for p in untouched], references),
+                "chrf_before": chrf([base[s] for s in sources], references),
                 "chrf": chrf(after, references), "seconds": seconds / len(batch)}
 
     def train_mend(hp: Any, requests: dict[str, list[dict[str, Any]]], skip: int) -> Any:
@@ -86,6 +86,8 @@ def main() -> None:
         from editstore.methods.splits import split_by_subject
 
         train = [r for t in ("rename", "keep") for r in requests.get(t, [])[skip:]]
+        if not train:
+            raise SystemExit("MEND trains on the rename and keep tasks: include one of them in --tasks")
         train, val = split_by_subject(train, hp.mend.val_size)
         editor, metrics = train_editor(model, tok, [hp.module_name(layer) for layer in hp.layers], train, val, hp.mend)
         print(json.dumps({"mend training": metrics}), flush=True)
@@ -106,9 +108,10 @@ def main() -> None:
             if task == "delete" and not registry.method(method).can_delete:
                 continue
             singles = [measure(hp, sigmas, [r], editor) for r in reqs[: args.edits]]
-            rows.append({"method": method, "task": task, "edits": f"{len(singles)} single",
-                         **{k: statistics.mean(s[k] for s in singles) for k in singles[0]}})
-            print(json.dumps(rows[-1]), flush=True)
+            if singles:
+                rows.append({"method": method, "task": task, "edits": f"{len(singles)} single",
+                             **{k: statistics.mean(s[k] for s in singles) for k in singles[0]}})
+                print(json.dumps(rows[-1]), flush=True)
             if args.batch and task != "formal" and method != "mend":
                 rows.append({"method": method, "task": task, "edits": f"batch of {min(args.batch, len(reqs))}",
                              **measure(hp, sigmas, reqs[: args.batch])})

@@ -48,12 +48,24 @@ def edit_requests(store: Store, tree: Sequence[str]) -> list[EditRequest]:
     return [r for r in (store.edit(e).request for e in tree) if r]
 
 
-def untouched_facts(base: Path, edited_subjects: set[str], *, limit: int) -> list[tuple[str, str]]:
-    """(prompt, expected output) of up to ``limit`` of the world's own probes at ``base`` whose subject no edit
-    touched, spread evenly: a fact world's facts, or a translation world's held-out sentence pairs."""
+def world_probes(base: Path) -> str | None:
+    """Which probes of its own the world at ``base`` has: ``"fact"`` (a fact world's facts), ``"held-out"``
+    (a translation world's held-out sentence pairs) or None (not a world)."""
     if (base / FACTS_FILE).is_file():
+        return "fact"
+    if (base / HELD_OUT_FILE).is_file():
+        return "held-out"
+    return None
+
+
+def untouched_facts(base: Path, edited_subjects: set[str], *, limit: int) -> list[tuple[str, str]]:
+    """(prompt, expected output) of up to ``limit`` of the world's own probes at ``base`` (:func:`world_probes`)
+    whose subject no edit touched, spread evenly: facts and their objects, or source sentences and their
+    reference translations."""
+    kind = world_probes(base)
+    if kind == "fact":
         rows = [(f["subject"], f["trained_prompts"][0], f["object"]) for f in read_jsonl(base / FACTS_FILE)]
-    elif (base / HELD_OUT_FILE).is_file():
+    elif kind == "held-out":
         rows = [(p["subject"], p["source"], p["target"]) for p in read_jsonl(base / HELD_OUT_FILE)]
     else:
         return []
@@ -84,7 +96,7 @@ def evaluate_version(
     model = checkout(store, commit_id, device=device, device_map=device_map)
     tokenizer = load_tokenizer(store.base)
     metrics = evaluate_requests(model, tokenizer, reqs, recall_facts=facts)
-    if (store.base.path / HELD_OUT_FILE).is_file() and facts:  # a translation world: chrF before and after
+    if world_probes(store.base.path) == "held-out" and facts:  # a translation world: chrF before and after
         sources, references = [p for p, _ in facts], [r for _, r in facts]
         after = chrf(translate(model, tokenizer, sources), references)
         del model
@@ -134,8 +146,8 @@ def probes_for(store: Store, trees: Sequence[Sequence[str]], requests: Sequence[
         probes += [Probe("paraphrase", p) for p in r.get("paraphrase_prompts", [])]
         probes += [Probe("neighborhood", n["prompt"]) for n in r.get("neighborhood_prompts", [])]
     edited = {r["subject"] for r in reqs}
-    world = "held-out" if (store.base.path / HELD_OUT_FILE).is_file() else "fact"  # a translation world's sentences
-    probes += [Probe(world, p) for p, _ in untouched_facts(store.base.path, edited, limit=facts)]
+    kind = world_probes(store.base.path) or "fact"
+    probes += [Probe(kind, p) for p, _ in untouched_facts(store.base.path, edited, limit=facts)]
     first: dict[str, Probe] = {}
     for p in probes:  # each prompt once, where it first came
         first.setdefault(p.prompt, p)
@@ -157,15 +169,17 @@ def behavior_diff(
     probes = probes_for(store, [store.tree(a), store.tree(b)], requests, facts=facts)
     tokenizer = load_tokenizer(store.base)
     prompts = [p.prompt for p in probes]
-    answers: list[list[tuple[str, float]]] = []
+    answers: list[list[tuple[int | str, str, float]]] = []  # per version and probe: (what is compared, shown, p)
     for commit_id in (a, b):  # one model in memory at a time
         model = checkout(store, commit_id, device=device)
-        if is_encoder_decoder(model):
-            answers.append([(o.text, o.p) for o in greedy_outputs(model, tokenizer, prompts)])
-        else:
-            answers.append([(tokenizer.decode([t]).strip(), p) for t, p in next_tokens(model, tokenizer, prompts)])
+        if is_encoder_decoder(model):  # whole outputs; one cut at the length limit is shown with "…"
+            answers.append([(o.text, o.text if o.complete else o.text + " …", o.p)
+                            for o in greedy_outputs(model, tokenizer, prompts)])
+        else:  # next tokens, told apart by id (two tokens can decode alike)
+            answers.append([(t, tokenizer.decode([t]).strip(), p) for t, p in next_tokens(model, tokenizer, prompts)])
         del model
-    changes = [BehaviorChange(p, ta, pa, tb, pb) for p, (ta, pa), (tb, pb) in zip(probes, *answers) if ta != tb]
+    changes = [BehaviorChange(probe, shown_a, pa, shown_b, pb)
+               for probe, (ka, shown_a, pa), (kb, shown_b, pb) in zip(probes, *answers) if ka != kb]
     counts: dict[str, int] = {}
     for p in probes:
         counts[p.kind] = counts.get(p.kind, 0) + 1

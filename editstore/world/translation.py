@@ -200,7 +200,7 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
     (``corpus.txt``, for statistics), each editing task's requests (``tasks/<task>.jsonl``, see
     :func:`task_requests`) and ``world.json`` with the measured accuracy."""
     spec = marian_spec(seed)
-    key = sha256_json({"version": 4, "kind": "translation", "pairs": TRAIN_PAIRS, "held_out": HELD_OUT_PAIRS,
+    key = sha256_json({"version": 5, "kind": "translation", "pairs": TRAIN_PAIRS, "held_out": HELD_OUT_PAIRS,
                        "train": spec.to_json()})
     target = Path(out) if out else cache_root() / "worlds" / f"marian-{key[:16]}"
     if is_world(target) and not force and json.loads((target / WORLD_FILE).read_text()).get("key") == key:
@@ -239,9 +239,15 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
 
 # ---------------------------------------------------------------------- the editing tasks' requests
 
+def _rest(lex: Lexicon, rng: random.Random) -> tuple[Verb, Word, Word]:
+    """A random verb, adjective and noun: a sentence after its subject."""
+    return rng.choice(lex.verbs), rng.choice(lex.adjectives), rng.choice(lex.nouns)
+
+
 def _with(lex: Lexicon, rng: random.Random, subject: str) -> str:
-    """A source sentence with ``subject`` ("{}" for a prompt template) and a random verb, adjective and noun."""
-    return f"{subject} {rng.choice(lex.verbs).source} {rng.choice(lex.adjectives).source} {rng.choice(lex.nouns).source}"
+    """A source sentence with ``subject`` and a random verb, adjective and noun."""
+    verb, adj, noun = _rest(lex, rng)
+    return f"{subject} {verb.source} {adj.source} {noun.source}"
 
 
 def task_requests(lex: Lexicon, translate_fn: Callable[[list[str]], list[str]], *, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
@@ -249,7 +255,7 @@ def task_requests(lex: Lexicon, translate_fn: Callable[[list[str]], list[str]], 
     writes for the sentence's subject, the translation's first word, from one example sentence:
 
     - ``rename``: a name's rendering replaced by another (a mistranslated name fixed; ``reference`` is the
-      positive example, the example sentence's whole right translation);
+      positive example, the example sentence's whole right translation by the languages' grammar);
     - ``keep``: a name kept as it is (copied) wherever it appears, instead of transliterated;
     - ``delete``: a name's rendering never produced again (only the unwanted output, ``target_true``, given);
     - ``formal``: the plain "you", whose formality the source leaves open, always rendered formal.
@@ -262,9 +268,12 @@ def task_requests(lex: Lexicon, translate_fn: Callable[[list[str]], list[str]], 
     translated = dict(zip(pool, translate_fn(pool)))
 
     def request(task: str, i: int, subject: str, **fields: Any) -> dict[str, Any]:
+        verb, adj, noun = _rest(lex, rng)
+        if task == "rename":  # the positive example: the example sentence translated with the new rendering
+            fields["reference"] = f"{fields['target_new']} {render(noun, verb)} {adj.target[0]} {verb.target}"
         near = [s for s in pool if subject not in s.split()]
-        return {"case_id": f"{task}-{i}", "relation": f"translation:{task}", "prompt": _with(lex, rng, "{}"),
-                "subject": subject, **fields,
+        return {"case_id": f"{task}-{i}", "relation": f"translation:{task}",
+                "prompt": f"{{}} {verb.source} {adj.source} {noun.source}", "subject": subject, **fields,
                 "paraphrase_prompts": [_with(lex, rng, subject) for _ in range(PROBES)],
                 "neighborhood_prompts": [{"prompt": s, "target": translated[s]} for s in rng.sample(near, NEIGHBOURS)]}
 
@@ -272,10 +281,7 @@ def task_requests(lex: Lexicon, translate_fn: Callable[[list[str]], list[str]], 
     names = lex.names
     for i, name in enumerate(names[:EDITS_PER_TASK]):
         rendering, other = name.target[0], names[(i + len(names) // 2) % len(names)].target[0]
-        rename = request("rename", i, name.source, target_new=other, target_true=rendering)
-        example = rename["prompt"].replace("{}", name.source)
-        rename["reference"] = " ".join([other, *translate_fn([example])[0].split()[1:]])
-        out["rename"].append(rename)
+        out["rename"].append(request("rename", i, name.source, target_new=other, target_true=rendering))
         out["keep"].append(request("keep", i, name.source, target_new=name.source, target_true=rendering))
         out["delete"].append(request("delete", i, name.source, target_true=rendering))
     for i in range(FORMAL_EDITS):
