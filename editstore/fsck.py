@@ -233,5 +233,5 @@ def rebuild_derived(store: Store, *, device: str = "auto") -> int:
     from .conflicts.checks import rebuild_index
 
     with store.locked():
-        shutil.rmtree(store.root / "cache", ignore_errors=True)
+        shutil.rmtree(composed_cache(store).root, ignore_errors=True)
         return len(rebuild_index(store, device=resolve_device(device)).ids)

@@ -204,7 +204,5 @@ def reset(store: Store, rev: str) -> str:
     """Move the current branch (or a detached HEAD) to ``rev``; returns its commit id."""
     with store.locked():
         target = store.resolve(rev)
-        with store.db.atomic():
-            store.move_head(store.head(), target)
-        store.head_moved()
+        store.update_head(None, target)
     return target

@@ -275,6 +275,14 @@ class Store:
         if not self.refs.set_if_equals(HEAD, expected, commit_id):
             raise HeadMovedError(f"HEAD moved from {expected[:12]} to {self.head()[:12]}; run it again")
 
+    def update_head(self, expected: str | None, commit_id: str) -> None:
+        """Move HEAD to ``commit_id`` on its own (no commit written): under the writer lock, by compare-and-swap
+        on ``expected`` (None: whatever HEAD holds once the lock is taken), then the head-moved hooks run."""
+        with self.locked():
+            with self.db.atomic():
+                self.move_head(self.head() if expected is None else expected, commit_id)
+            self.head_moved()
+
     # ----------------------------------------------------------------- writing history
 
     def record_edits(

@@ -402,8 +402,8 @@ def _replace_offloaded(model: torch.nn.Module, name: str, value: torch.Tensor) -
 
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
-    hooks = [getattr(module, "_hf_hook", None)]
-    hooks = [h for hook in hooks if hook is not None for h in getattr(hook, "hooks", [hook])]
+    hook = getattr(module, "_hf_hook", None)
+    hooks = getattr(hook, "hooks", [hook]) if hook is not None else []  # a SequentialHook holds several
     weights_map = next((h.weights_map for h in hooks if getattr(h, "weights_map", None) is not None), None)
     if weights_map is None:
         raise BaseModelError(f"{name} is offloaded, but its module keeps no weights map to update")

@@ -136,10 +136,12 @@ class Checkpoint:
         if not config_path.is_file():
             raise BaseModelError(f"{path} is not a Hugging Face model directory: no config.json")
         self.config: dict[str, Any] = _read_json_object(config_path, "model config")
-        self.weight_files = self._weight_files()
+        # the safetensors files, and a sharded checkpoint's index (tensor name -> shard; {} for one file)
+        self.weight_files, self.weight_map = self._weights()
         self.tensors = self._locate_tensors()
 
-    def _weight_files(self) -> list[str]:
+    def _weights(self) -> tuple[list[str], dict[str, str]]:
+        """The safetensors files and, when the checkpoint is sharded, its index's weight map."""
         index = self.path / INDEX_FILE
         if index.is_file():
             weight_map = _read_json_object(index, "safetensors index").get("weight_map")
@@ -152,9 +154,9 @@ class Checkpoint:
             missing = [f for f in files if not (self.path / f).is_file()]
             if missing:
                 raise BaseModelError(f"{self.path}: shard(s) named in {INDEX_FILE} are missing: {', '.join(missing)}")
-            return files
+            return files, weight_map
         if (self.path / SINGLE_FILE).is_file():
-            return [SINGLE_FILE]
+            return [SINGLE_FILE], {}
         others = sorted(p.name for p in self.path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".h5"))
         hint = f" (found {', '.join(others)}; re-save it with save_pretrained(safe_serialization=True))" if others else ""
         raise BaseModelError(f"{self.path} has no safetensors weights ({SINGLE_FILE} or {INDEX_FILE}){hint}")
@@ -162,12 +164,11 @@ class Checkpoint:
     def _locate_tensors(self) -> dict[str, TensorInfo]:
         """Every tensor's place; in a sharded checkpoint, in the shard its index names (a shard may hold a
         stale copy of a tensor that another shard replaces, as a ``checkout --link`` writes them)."""
-        index = read_json(self.path / INDEX_FILE, what="safetensors index")["weight_map"] if self.sharded else {}
         tensors: dict[str, TensorInfo] = {}
         for file in self.weight_files:
             header, data_start = read_safetensors_header(self.path / file)
             for name, entry in header.items():
-                if name == "__metadata__" or index.get(name, file) != file:
+                if name == "__metadata__" or self.weight_map.get(name, file) != file:
                     continue
                 begin, end = entry["data_offsets"]
                 tensors[name] = TensorInfo(

@@ -204,7 +204,6 @@ class DirectoryBackend:
     """A remote in a directory (a shared disk): creates by hard link, swaps by rename under a lock. An
     operating-system error (a read-only or full disk, a permission) is a :class:`RemoteError`."""
 
-
     def __init__(self, root: Path, url: str) -> None:
         self.root = root
         self.url = url
@@ -249,7 +248,6 @@ class DirectoryBackend:
     @_os_errors
     def swap(self, path: str, data: bytes, version: str | None) -> bool:
         target = self._path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = self.get(path)

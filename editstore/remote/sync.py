@@ -421,7 +421,7 @@ def fetch(store: Store, remote: str, *, progress: ProgressFactory | None = None)
     summary = Summary(commits=len(commits), edits=len(edits), objects=len(missing),
                       bytes=received + sum(map(len, blobs)))
     with store.locked():
-        for oid, data in zip(missing, blobs):
+        for data in blobs:
             store.objects.write(data)
         with store.db.atomic():
             store.db.table("base_tensors").insert_all(hashes, ignore=True)
@@ -520,10 +520,7 @@ def pull(store: Store, remote: str, branch: str | None = None, *, resolution: st
     if theirs in ancestors(store, ours):
         return PullResult(fetched, "up to date", ours)
     if ours in ancestors(store, theirs):
-        with store.locked():
-            with store.db.atomic():
-                store.move_head(ours, theirs)
-            store.head_moved()
+        store.update_head(ours, theirs)
         return PullResult(fetched, "fast-forward", theirs)
     result = merge(store, theirs, resolution=resolution, message=f"Merge {remote}/{branch}")
     return PullResult(fetched, "merge", result.commit)
@@ -563,10 +560,7 @@ def clone(url: str, directory: str | Path, *, base: str | Path | None = None, en
             fetch(store, "origin", progress=progress)
             main = store.refs.get(f"{REMOTES}origin/main")
             if main is not None and main.target is not None:
-                with store.locked():
-                    with store.db.atomic():
-                        store.move_head(store.head(), main.target)
-                    store.head_moved()
+                store.update_head(None, main.target)
         except BaseException:
             store.close()
             raise

@@ -220,8 +220,8 @@ def build_translation_world(*, seed: int = 0, out: Path | None = None, force: bo
                          on_epoch=hook, device=resolve_device(device))
         seconds = time.perf_counter() - start
         model.to("cpu")
-        translations = translate(model, tokenizer, [p.source for p in held])
-        measured = {**accuracy(translations, [p.target for p in held]), "chrf": chrf(translations, [p.target for p in held])}
+        translations, references = translate(model, tokenizer, [p.source for p in held]), [p.target for p in held]
+        measured = {**accuracy(translations, references), "chrf": chrf(translations, references)}
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_jsonl(staging / "pairs.jsonl", [p.__dict__ for p in pairs])
